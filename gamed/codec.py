@@ -1,0 +1,216 @@
+"""Bytes <-> messages: the only place that knows the wire format.
+
+Framing is a 4-byte big-endian length then UTF-8 JSON (serde's externally
+tagged enum form). ``decode`` validates a client frame into a typed message or
+raises ``DecodeError`` whose text says exactly what was wrong; ``encode`` and
+``frame`` serialise with orjson, once per broadcast.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from gamed import messages as m
+
+_PREFIX = struct.Struct(">I")
+U32_MAX = 0xFFFFFFFF
+I32_MIN, I32_MAX = -(2**31), 2**31 - 1
+
+
+class DecodeError(ValueError):
+    """A frame that is not a valid client message; answered with Error{400}."""
+
+    code = 400
+
+
+# -- encoding ------------------------------------------------------------------
+
+
+def encode(msg: Any) -> bytes:
+    """JSON payload (no length prefix) for any message object."""
+    tag = msg.TAG
+    if not msg.__slots__:  # a unit variant such as HeartBeat is a bare string
+        return orjson.dumps(tag)
+    if tag == "PlayerAction":
+        return orjson.dumps({tag: {"room_id": msg.room_id, "action": action_to_wire(msg.action)}})
+    return orjson.dumps({tag: msg})
+
+
+def frame(msg: Any) -> bytes:
+    """Length-prefixed frame, ready for ``transport.write`` (build once per broadcast)."""
+    payload = encode(msg)
+    return _PREFIX.pack(len(payload)) + payload
+
+
+def frame_payload(payload: bytes) -> bytes:
+    return _PREFIX.pack(len(payload)) + payload
+
+
+def action_to_wire(action: m.Action) -> dict[str, Any]:
+    return {action.TAG: action}
+
+
+def decode_any(payload: bytes) -> tuple[str, Any]:
+    """Loose decoding for clients and tools: ``(tag, body)``; body is None for unit variants."""
+    value = orjson.loads(payload)
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, dict) and len(value) == 1:
+        ((tag, body),) = value.items()
+        return tag, body
+    raise DecodeError(f"not an externally tagged message: {payload[:80]!r}")
+
+
+# -- decoding (server side: strict) ----------------------------------------------------
+
+
+def _u32(where: str, v: Any) -> int:
+    if type(v) is int and 0 <= v <= U32_MAX:
+        return v
+    raise DecodeError(f"{where}: expected an integer 0..{U32_MAX}, got {_show(v)}")
+
+
+def _i32(where: str, v: Any) -> int:
+    if type(v) is int and I32_MIN <= v <= I32_MAX:
+        return v
+    raise DecodeError(f"{where}: expected an integer {I32_MIN}..{I32_MAX}, got {_show(v)}")
+
+
+def _f64(where: str, v: Any) -> float:
+    if type(v) is float or type(v) is int:
+        return float(v)
+    raise DecodeError(f"{where}: expected a number, got {_show(v)}")
+
+
+def _str(where: str, v: Any) -> str:
+    if type(v) is str:
+        return v
+    raise DecodeError(f"{where}: expected a string, got {_show(v)}")
+
+
+def _opt_str(where: str, v: Any) -> str | None:
+    if v is None or type(v) is str:
+        return v
+    raise DecodeError(f"{where}: expected a string or null, got {_show(v)}")
+
+
+def _action(where: str, v: Any) -> m.Action:
+    if type(v) is not dict or len(v) != 1:
+        raise DecodeError(
+            f'{where}: expected one of {{"Move": ...}}, {{"Attack": ...}}, {{"UseItem": ...}}'
+        )
+    ((tag, body),) = v.items()
+    spec = _ACTIONS.get(tag)
+    if spec is None:
+        raise DecodeError(f"{where}: unknown action {tag!r} (Move, Attack or UseItem)")
+    return _build(f"{where}.{tag}", spec, body)
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return str(v) if abs(v) < 10**12 else "an out-of-range integer"
+    if isinstance(v, float):
+        return "a non-integer number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "an array"
+    return "an object"
+
+
+_Check = Callable[[str, Any], Any]
+# (class, ((field, checker, required), ...)); optional fields default to None.
+_Spec = tuple[type, tuple[tuple[str, _Check, bool], ...]]
+
+_SPECS: dict[str, _Spec] = {
+    "Connect": (
+        m.Connect,
+        (
+            ("room_id", _u32, True),
+            ("user_id", _u32, True),
+            ("token", _opt_str, False),
+            ("nickname", _opt_str, False),
+        ),
+    ),
+    "RoomJoin": (
+        m.RoomJoin,
+        (("user_id", _u32, True), ("room_id", _u32, True), ("nickname", _str, True)),
+    ),
+    "RoomLeave": (m.RoomLeave, (("user_id", _u32, True), ("room_id", _u32, True))),
+    "ChatMessage": (
+        m.ChatMessage,
+        (("user_id", _u32, True), ("room_id", _u32, True), ("message", _str, True)),
+    ),
+    "StartGame": (m.StartGame, (("room_id", _u32, True),)),
+    "ToggleReady": (m.ToggleReady, (("room_id", _u32, True),)),
+    "PlayerAction": (m.PlayerAction, (("room_id", _u32, True), ("action", _action, True))),
+}
+
+_ACTIONS: dict[str, _Spec] = {
+    "Move": (m.Move, (("x", _f64, True), ("y", _f64, True), ("direction", _f64, True))),
+    "Attack": (m.Attack, (("target_id", _u32, True), ("damage", _i32, True))),
+    "UseItem": (m.UseItem, (("item_id", _str, True),)),
+}
+
+_UNITS: dict[str, Any] = {"HeartBeat": m.HeartBeat()}
+
+
+def _build(where: str, spec: _Spec, body: Any) -> Any:
+    cls, fields = spec
+    if type(body) is not dict:
+        raise DecodeError(f"{where}: expected an object of fields, got {_show(body)}")
+    args = []
+    for name, check, required in fields:
+        v = body.get(name)
+        if v is None and name not in body:
+            if required:
+                raise DecodeError(f"{where}: missing field {name!r}")
+            args.append(None)
+            continue
+        args.append(check(f"{where}.{name}", v))
+    return cls(*args)
+
+
+def decode(payload: bytes) -> m.ClientMessage:
+    """Validate one client frame (without its length prefix) into a typed message."""
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError as e:
+        raise DecodeError(f"not valid UTF-8 JSON: {e}") from None
+    if type(value) is dict:
+        if len(value) != 1:
+            raise DecodeError(
+                f"expected an object with exactly one key (the message type), got {len(value)} keys"
+            )
+        ((tag, body),) = value.items()
+        spec = _SPECS.get(tag)
+        if spec is not None:
+            return _build(tag, spec, body)
+        unit = _UNITS.get(tag)
+        if unit is not None:
+            if body is not None:
+                raise DecodeError(f"{tag} takes no fields")
+            return unit
+        raise DecodeError(f"unknown message type {_name(tag)}")
+    if type(value) is str:
+        unit = _UNITS.get(value)
+        if unit is not None:
+            return unit
+        if value in _SPECS:
+            raise DecodeError(f"{value} needs its fields: {{{value!r}: {{...}}}}")
+        raise DecodeError(f"unknown message type {_name(value)}")
+    raise DecodeError(
+        f'expected a message object like {{"HeartBeat": ...}} or a string, got {_show(value)}'
+    )
+
+
+def _name(tag: str) -> str:
+    return repr(tag[:40] + ("..." if len(tag) > 40 else ""))

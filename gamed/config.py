@@ -1,0 +1,190 @@
+"""Settings: embedded defaults, overlaid by a TOML file, overlaid by the command line.
+
+One frozen ``Settings`` object comes out; every validation error names the
+option it is about, so ``twistd gamed`` can report it as a UsageError.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+
+
+class ConfigError(ValueError):
+    """A bad setting; ``option`` is its command-line name (without dashes)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"--{option}: {message}")
+        self.option = option
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    port: str = "tcp:7000"
+    metrics_port: str | None = "tcp:9700:interface=127.0.0.1"
+    data_dir: str = "./gamed-data"
+    max_frame_bytes: int = 65536
+    max_connections: int = 10000
+    max_room_users: int = 100
+    idle_timeout: float = 30.0
+    #: None means "every available middleware"; () means none.
+    middleware: tuple[str, ...] | None = None
+    max_outgoing_bytes: int = 1024 * 1024
+    shutdown_grace: float = 3.0
+    config_file: str | None = None
+    #: Raw ``[middleware.NAME]`` tables from the config file, for the plugins.
+    plugin_config: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    def for_plugin(self, name: str) -> Mapping[str, Any]:
+        return self.plugin_config.get(name, MappingProxyType({}))
+
+
+# -- coercion ---------------------------------------------------------------------
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str, Any], int]:
+    def coerce(option: str, value: Any) -> int:
+        if isinstance(value, bool):
+            raise ConfigError(option, f"expected an integer, got {value!r}")
+        try:
+            n = int(str(value).strip().replace("_", ""))
+        except ValueError:
+            raise ConfigError(option, f"expected an integer, got {value!r}") from None
+        if not lo <= n <= hi:
+            raise ConfigError(option, f"must be between {lo} and {hi}, got {n}")
+        return n
+
+    return coerce
+
+
+def _seconds(lo: float, hi: float) -> Callable[[str, Any], float]:
+    def coerce(option: str, value: Any) -> float:
+        if isinstance(value, bool):
+            raise ConfigError(option, f"expected seconds, got {value!r}")
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(option, f"expected a number of seconds, got {value!r}") from None
+        if not lo <= x <= hi:
+            raise ConfigError(option, f"must be between {lo:g} and {hi:g} seconds, got {x:g}")
+        return x
+
+    return coerce
+
+
+def _endpoint(default_interface: str | None, allow_none: bool = False):
+    def coerce(option: str, value: Any) -> str | None:
+        text = str(value).strip()
+        if allow_none and text.lower() in ("none", "off", ""):
+            return None
+        if text.isdigit():
+            port = int(text)
+            if port > 65535:
+                raise ConfigError(option, f"port {port} is out of range 0..65535")
+            text = f"tcp:{port}"
+            if default_interface:
+                text += f":interface={default_interface}"
+        try:
+            # Parse only: the endpoint object is thrown away, nothing listens.
+            serverFromString(None, text)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(option, f"not a valid endpoint description {text!r}: {e}") from None
+        return text
+
+    return coerce
+
+
+def _middleware(option: str, value: Any) -> tuple[str, ...] | None:
+    if isinstance(value, list | tuple):
+        names = [str(v).strip() for v in value]
+    else:
+        text = str(value).strip()
+        if text.lower() in ("all", "default"):
+            return None
+        if text.lower() == "none" or text == "":
+            return ()
+        names = [n.strip() for n in text.split(",")]
+    if any(not n for n in names):
+        raise ConfigError(option, f"empty plugin name in {value!r}")
+    if len(set(names)) != len(names):
+        raise ConfigError(option, f"a plugin is listed twice in {value!r}")
+    return tuple(names)
+
+
+def _path(option: str, value: Any) -> str:
+    text = str(value)
+    if not text.strip():
+        raise ConfigError(option, "must not be empty")
+    return os.path.expanduser(text)
+
+
+# Option name (as on the command line) -> (Settings field, coercer)
+COERCERS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
+    "port": ("port", _endpoint(None)),
+    "metrics-port": ("metrics_port", _endpoint("127.0.0.1", allow_none=True)),
+    "data-dir": ("data_dir", _path),
+    "max-frame-bytes": ("max_frame_bytes", _int_range(64, 16 * 1024 * 1024)),
+    "max-connections": ("max_connections", _int_range(1, 1_000_000)),
+    "max-room-users": ("max_room_users", _int_range(1, 100_000)),
+    "idle-timeout": ("idle_timeout", _seconds(0, 86400)),
+    "middleware": ("middleware", _middleware),
+    "max-outgoing-bytes": ("max_outgoing_bytes", _int_range(4096, 1024**3)),
+    "shutdown-grace": ("shutdown_grace", _seconds(0, 300)),
+}
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Parse the TOML file; errors name --config."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("config", f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config", f"{path} is not valid TOML: {e}") from None
+
+
+def build_settings(cli: Mapping[str, Any], config_path: str | None = None) -> Settings:
+    """Defaults < the config file's ``[server]`` table < the command line.
+
+    ``cli`` maps option names (``max-frame-bytes``) to raw values; options that
+    were not given must be absent (or None).
+    """
+    values: dict[str, Any] = {}
+    plugin_config: dict[str, Mapping[str, Any]] = {}
+    if config_path:
+        doc = read_config_file(config_path)
+        unknown = set(doc) - {"server", "middleware"}
+        if unknown:
+            raise ConfigError("config", f"unknown table(s) {sorted(unknown)} in {config_path}")
+        server = doc.get("server", {})
+        for key, raw in server.items():
+            option = key.replace("_", "-")
+            if option not in COERCERS:
+                raise ConfigError(
+                    "config", f"unknown key [server].{key} in {config_path} (see etc/gamed.toml)"
+                )
+            name, coerce = COERCERS[option]
+            values[name] = coerce(option, raw)
+        for name, table in doc.get("middleware", {}).items():
+            if not isinstance(table, dict):
+                raise ConfigError("config", f"[middleware.{name}] must be a table")
+            plugin_config[name] = MappingProxyType(dict(table))
+    for option, raw in cli.items():
+        if raw is None:
+            continue
+        name, coerce = COERCERS[option]
+        values[name] = coerce(option, raw)
+    values["config_file"] = config_path
+    values["plugin_config"] = MappingProxyType(plugin_config)
+    known = {f.name for f in fields(Settings)}
+    assert set(values) <= known, set(values) - known
+    return Settings(**values)

@@ -1,0 +1,104 @@
+"""Domain events, emitted where things really happen, for plugins to observe.
+
+The core emits these; analytics (and anything else) subscribes through the
+EventBus. Emitting is a loop over a handful of subscribers: a subscriber must
+be O(1) (append to a buffer) and must not raise; one that raises is logged and
+counted, never allowed to break the emitter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gamed.interfaces import IEventSink
+
+_log = Logger()
+
+
+@dataclass(slots=True, frozen=True)
+class UserConnected:
+    user_id: int
+    peer_host: str
+    at: float
+
+
+@dataclass(slots=True, frozen=True)
+class UserDisconnected:
+    user_id: int
+    session_seconds: float
+    reason: str
+    at: float
+
+
+@dataclass(slots=True, frozen=True)
+class RoomCreated:
+    room_id: int
+    creator: int
+    at: float
+
+
+@dataclass(slots=True, frozen=True)
+class RoomDeleted:
+    room_id: int
+    at: float
+
+
+@dataclass(slots=True, frozen=True)
+class RoomJoined:
+    room_id: int
+    user_id: int
+    user_count: int
+    at: float
+
+
+@dataclass(slots=True, frozen=True)
+class RoomLeft:
+    room_id: int
+    user_id: int
+    user_count: int
+    at: float
+
+
+@dataclass(slots=True, frozen=True)
+class MessageHandled:
+    """One client message handled (or refused: ``error_code`` not None)."""
+
+    user_id: int | None
+    room_id: int | None
+    message_type: str
+    error_code: int | None
+    at: float
+
+
+Subscriber = Callable[[object], None]
+
+
+@implementer(IEventSink)
+class EventBus:
+    """Synchronous fan-out of events to in-process subscribers."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+        self.subscriber_errors = 0
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Add a subscriber; returns a function that removes it."""
+        self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
+
+    @property
+    def active(self) -> bool:
+        """True when someone listens; lets hot paths skip building events."""
+        return bool(self._subscribers)
+
+    def emit(self, event: object) -> None:
+        for subscriber in self._subscribers:
+            try:
+                subscriber(event)
+            except Exception:
+                self.subscriber_errors += 1
+                _log.failure("event subscriber {subscriber!r} failed", subscriber=subscriber)

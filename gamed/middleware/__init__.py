@@ -1,0 +1,1 @@
+"""Middleware plugins shipped with gamed, found by name (see registry.py)."""

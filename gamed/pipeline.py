@@ -1,0 +1,92 @@
+"""Run the enabled middleware in order; isolate and time their failures.
+
+A plugin that raises is logged and counted (``gamed_middleware_failures_total``)
+and treated as having passed the message: a broken plugin must not take a
+connection, or the reactor, down with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+
+from gamed.interfaces import IConnectionObserver, IMessageContext, IMiddleware
+
+_log = Logger()
+
+
+@dataclass(slots=True, frozen=True)
+class Veto:
+    """Returned by ``before_process`` (or ``connection_opened``) to refuse."""
+
+    code: int
+    message: str
+    close: bool = False  # also drop the connection after sending the error
+
+
+class Pipeline:
+    def __init__(self, middleware: Sequence[IMiddleware] = ()) -> None:
+        for mw in middleware:
+            if not IMiddleware.providedBy(mw):
+                raise TypeError(f"{mw!r} does not provide IMiddleware")
+        self.middleware: tuple[IMiddleware, ...] = tuple(middleware)
+        self._observers = tuple(mw for mw in self.middleware if IConnectionObserver.providedBy(mw))
+        self.failures: dict[tuple[str, str], int] = {}
+        #: Called as on_failure(plugin_name, phase) -- the metrics hook.
+        self.on_failure = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(mw.name for mw in self.middleware)
+
+    def __bool__(self) -> bool:
+        return bool(self.middleware)
+
+    def _failed(self, mw: IMiddleware, phase: str) -> None:
+        key = (mw.name, phase)
+        self.failures[key] = self.failures.get(key, 0) + 1
+        _log.failure("middleware {name} failed in {phase}", name=mw.name, phase=phase)
+        if self.on_failure is not None:
+            self.on_failure(mw.name, phase)
+
+    def before(self, ctx: IMessageContext, message: object) -> object:
+        """The message to handle (maybe replaced), or a Veto."""
+        for mw in self.middleware:
+            try:
+                outcome = mw.before_process(ctx, message)
+            except Exception:
+                self._failed(mw, "before")
+                continue
+            if outcome is None:
+                continue
+            if isinstance(outcome, Veto):
+                return outcome
+            message = outcome
+        return message
+
+    def after(self, ctx: IMessageContext, message: object, result: object) -> None:
+        for mw in self.middleware:
+            try:
+                mw.after_process(ctx, message, result)
+            except Exception:
+                self._failed(mw, "after")
+
+    def connection_opened(self, ctx: IMessageContext) -> Veto | None:
+        for mw in self._observers:
+            try:
+                outcome = IConnectionObserver(mw).connection_opened(ctx)
+            except Exception:
+                self._failed(mw, "connection_opened")
+                continue
+            if isinstance(outcome, Veto):
+                return outcome
+        return None
+
+    def connection_closed(self, ctx: IMessageContext, reason: str) -> None:
+        for mw in self._observers:
+            try:
+                IConnectionObserver(mw).connection_closed(ctx, reason)
+            except Exception:
+                self._failed(mw, "connection_closed")

@@ -1,0 +1,210 @@
+"""One client connection: framing, limits, idle time-out, back-pressure.
+
+The protocol is thin: it turns bytes into frames and hands them to the
+``Router``; it turns frames from the router and the room service into writes.
+It is also the connection's ``IRoomClient`` (what rooms write to) and owns the
+``ConnectionContext`` that middleware sees.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gamed import codec
+from gamed.interfaces import IMessageContext, IRoomClient
+from gamed.messages import Error, SystemMessage
+
+if TYPE_CHECKING:
+    from gamed.router import Router
+
+_log = Logger()
+_ids = itertools.count(1)
+
+#: How long a connection we closed may take to flush before we abort it.
+CLOSE_FLUSH_SECONDS = 5.0
+
+
+@implementer(IMessageContext)
+class ConnectionContext:
+    """What middleware may know of (and do to) a connection."""
+
+    __slots__ = (
+        "_conn",
+        "clock",
+        "connected_at",
+        "connection_id",
+        "peer_host",
+        "peer_port",
+        "user_id",
+    )
+
+    def __init__(self, conn: GameProtocol, peer_host: str, peer_port: int, clock: IReactorTime):
+        self._conn = conn
+        self.connection_id = next(_ids)
+        self.user_id: int | None = None
+        self.peer_host = peer_host
+        self.peer_port = peer_port
+        self.clock = clock
+        self.connected_at = clock.seconds()
+
+    def notify(self, text: str) -> None:
+        self._conn.send(SystemMessage(text))
+
+    def disconnect(self, code: int, text: str) -> None:
+        self._conn.disconnect(code, text, reason="kicked")
+
+    def __repr__(self) -> str:
+        return f"<conn {self.connection_id} user={self.user_id} {self.peer_host}:{self.peer_port}>"
+
+
+@implementer(IRoomClient)
+class GameProtocol(Int32StringReceiver):
+    def __init__(self, router: Router, clock: IReactorTime) -> None:
+        self.router = router
+        self.clock = clock
+        self.MAX_LENGTH = router.settings.max_frame_bytes
+        self._max_backlog = router.settings.max_outgoing_bytes
+        self._idle_timeout = router.settings.idle_timeout
+        self.ctx: ConnectionContext | None = None
+        self.user_id: int | None = None
+        self.nickname = ""
+        self.closing = False
+        self.close_reason = "closed"
+        self.last_seen = 0.0
+        self._backlog = 0  # bytes written while the transport's buffer was over its high mark
+        self._idle_call = None
+        self._abort_call = None
+
+    # -- connection life -------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        try:
+            transport.setTcpNoDelay(True)  # see docs/performance.md: Nagle costs ~40 ms at p99
+        except (AttributeError, OSError):
+            pass  # not TCP (tests, UNIX sockets)
+        peer = transport.getPeer()
+        self.ctx = ConnectionContext(
+            self, getattr(peer, "host", "unknown"), getattr(peer, "port", 0), self.clock
+        )
+        self.last_seen = self.ctx.connected_at
+        # We are our transport's streaming producer: when its write buffer passes
+        # its high-water mark we stop reading from this client (it is not
+        # keeping up) and start counting what we still queue for it.
+        transport.registerProducer(self, True)
+        self.router.connection_made(self)
+        if not self.closing and self._idle_timeout > 0:
+            self._idle_call = self.clock.callLater(self._idle_timeout, self._check_idle)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        for call in (self._idle_call, self._abort_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_call = self._abort_call = None
+        self.router.connection_lost(self, self.close_reason)
+
+    def _check_idle(self) -> None:
+        self._idle_call = None
+        if self.closing:
+            return
+        idle_for = self.clock.seconds() - self.last_seen
+        if idle_for >= self._idle_timeout:
+            self.send(SystemMessage(f"closing: no frame for {self._idle_timeout:g} seconds"))
+            self.close("idle")
+        else:
+            self._idle_call = self.clock.callLater(self._idle_timeout - idle_for, self._check_idle)
+
+    # -- input ----------------------------------------------------------------------
+
+    def stringReceived(self, data: bytes) -> None:
+        if self.closing:
+            return  # frames pipelined behind a fatal one are not processed
+        self.last_seen = self.clock.seconds()
+        self.router.frame_received(self, data)
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self.disconnect(
+            413,
+            f"frame of {length} bytes exceeds the limit of {self.MAX_LENGTH} bytes",
+            reason="oversize",
+        )
+        self._unprocessed = b""  # the stream cannot be trusted past this point
+
+    # -- output ---------------------------------------------------------------------
+
+    def send_frame(self, frame: bytes) -> None:
+        if self.closing:
+            return
+        if self.paused:
+            self._backlog += len(frame)
+            if self._backlog > self._max_backlog:
+                self._too_slow()
+                return
+        self.transport.write(frame)
+
+    def send(self, message: object) -> None:
+        self.send_frame(codec.frame(message))
+
+    def send_error(self, code: int, text: str) -> None:
+        self.router.metrics.error_sent(code)
+        self.send_frame(codec.frame(Error(code, text)))
+
+    def resumeProducing(self) -> None:
+        self._backlog = 0
+        if not self.closing:
+            super().resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass  # the transport is going away; connectionLost does the clean-up
+
+    def _too_slow(self) -> None:
+        _log.info(
+            "dropping {ctx}: more than {limit} bytes queued that it does not read",
+            ctx=self.ctx,
+            limit=self._max_backlog,
+        )
+        self.closing = True
+        self.close_reason = "slow"
+        self.transport.abortConnection()
+
+    # -- closing ----------------------------------------------------------------------
+
+    def disconnect(self, code: int, text: str, reason: str) -> None:
+        """Send Error{code, text}, then close once it is flushed."""
+        if self.closing:
+            return
+        self.send_error(code, text)
+        self.close(reason)
+
+    def close(self, reason: str) -> None:
+        """Close after flushing; abort if the peer does not read it in time."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_reason = reason
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+        self._abort_call = self.clock.callLater(CLOSE_FLUSH_SECONDS, self.transport.abortConnection)
+
+
+class GameFactory(Factory):
+    """Builds a GameProtocol per connection, all sharing one Router."""
+
+    noisy = False  # no "Starting factory" lines per listener
+
+    def __init__(self, router: Router, clock: IReactorTime) -> None:
+        self.router = router
+        self.clock = clock
+
+    def buildProtocol(self, addr: object) -> GameProtocol:
+        p = GameProtocol(self.router, self.clock)
+        p.factory = self
+        return p

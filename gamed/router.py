@@ -1,0 +1,322 @@
+"""From a decoded frame to state changes and replies: the protocol's rules.
+
+The Router owns the session table (user id -> connection, for takeover and the
+connection cap), runs the middleware pipeline around each message and
+dispatches to one handler per message type. Room state lives in the
+RoomService; the router only decides what to send to whom, encoding each
+outgoing frame once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from gamed import codec
+from gamed import events as ev
+from gamed import messages as m
+from gamed.config import Settings
+from gamed.events import EventBus
+from gamed.pipeline import Pipeline, Veto
+from gamed.rooms import Room, RoomFull, RoomService
+from gamed.telemetry import ServerMetrics
+
+if TYPE_CHECKING:
+    from gamed.protocol import GameProtocol
+
+_log = Logger()
+
+ROOM_ID_MIN, ROOM_ID_MAX = 1, 1_000_000
+CHAT_MAX_BYTES = 1000
+NICKNAME_MAX_CHARS = 64
+
+
+class Refusal(Exception):
+    """A message refused with Error{code, message}; ``close`` also drops the connection."""
+
+    def __init__(self, code: int, message: str, close: bool = False) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.close = close
+
+    def __repr__(self) -> str:
+        return f"Refusal({self.code}, {self.message!r})"
+
+
+#: ``authenticate(user_id, token) -> None``; raises Refusal(401) to refuse.
+Authenticator = Callable[[int, "str | None"], None]
+
+
+class Router:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: IReactorTime,
+        rooms: RoomService,
+        pipeline: Pipeline,
+        metrics: ServerMetrics,
+        events: EventBus,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.rooms = rooms
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.events = events
+        self.authenticate: Authenticator | None = None
+        #: Game-rule handler (the games issue plugs it in); None = games disabled.
+        self.games: Any = None
+        self.connections: set[GameProtocol] = set()
+        self.sessions: dict[int, GameProtocol] = {}
+        self.draining = False
+        self._drained: defer.Deferred[None] | None = None
+        self.started_at = clock.seconds()
+        pipeline.on_failure = lambda plugin, phase: metrics.middleware_failures.labels(
+            plugin, phase
+        ).inc()
+        self._handlers: dict[type, Callable[[GameProtocol, Any], None]] = {
+            m.Connect: self._on_connect,
+            m.HeartBeat: self._on_heartbeat,
+            m.RoomJoin: self._on_room_join,
+            m.RoomLeave: self._on_room_leave,
+            m.ChatMessage: self._on_chat,
+            m.StartGame: self._on_game_message,
+            m.ToggleReady: self._on_game_message,
+            m.PlayerAction: self._on_game_message,
+        }
+
+    # -- connections ------------------------------------------------------------------
+
+    def connection_made(self, conn: GameProtocol) -> None:
+        if self.draining:
+            self.metrics.connections_refused.labels("draining").inc()
+            conn.disconnect(503, "server is shutting down", reason="refused")
+            return
+        if len(self.connections) >= self.settings.max_connections:
+            self.metrics.connections_refused.labels("full").inc()
+            conn.disconnect(
+                503, f"server full ({self.settings.max_connections} connections)", reason="refused"
+            )
+            return
+        if self.pipeline:
+            veto = self.pipeline.connection_opened(conn.ctx)
+            if veto is not None:
+                self.metrics.connections_refused.labels("vetoed").inc()
+                conn.disconnect(veto.code, veto.message, reason="refused")
+                return
+        self.connections.add(conn)
+        self.metrics.connections.inc()
+
+    def connection_lost(self, conn: GameProtocol, reason: str) -> None:
+        if conn not in self.connections:
+            return  # refused at accept: never counted
+        self.connections.discard(conn)
+        self.metrics.connections.dec()
+        self.metrics.disconnected(reason)
+        uid = conn.user_id
+        if uid is not None and self.sessions.get(uid) is conn:
+            del self.sessions[uid]
+            self.metrics.sessions.dec()
+            self._leave_current_room(conn, notify_leaver=False)
+            now = self.clock.seconds()
+            self.events.emit(ev.UserDisconnected(uid, now - conn.ctx.connected_at, reason, now))
+        if self.pipeline:
+            self.pipeline.connection_closed(conn.ctx, reason)
+        if self._drained is not None and not self.connections:
+            d, self._drained = self._drained, None
+            d.callback(None)
+
+    def drain(self, text: str = "server is shutting down") -> defer.Deferred[None]:
+        """Tell every client, close them all; fires when none is left (or after the grace)."""
+        self.draining = True
+        d: defer.Deferred[None] = defer.Deferred()
+        if not self.connections:
+            d.callback(None)
+            return d
+        self._drained = d
+        notice = codec.frame(m.SystemMessage(text))
+        for conn in list(self.connections):
+            conn.send_frame(notice)
+            conn.close("shutdown")
+        grace = self.settings.shutdown_grace
+
+        def give_up() -> None:
+            if self._drained is d:
+                _log.warn(
+                    "{n} clients did not close in {grace}s; aborting them",
+                    n=len(self.connections),
+                    grace=grace,
+                )
+                for conn in list(self.connections):
+                    conn.transport.abortConnection()
+
+        call = self.clock.callLater(grace, give_up)
+        d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
+        return d
+
+    # -- frames -----------------------------------------------------------------------
+
+    def frame_received(self, conn: GameProtocol, data: bytes) -> None:
+        started = perf_counter()
+        try:
+            msg = codec.decode(data)
+        except codec.DecodeError as e:
+            self.metrics.received["invalid"].inc()
+            conn.send_error(400, str(e))
+            self.metrics.processing["invalid"].observe(perf_counter() - started)
+            return
+        tag = msg.TAG
+        self.metrics.received[tag].inc()
+        ctx = conn.ctx
+        pipeline = self.pipeline
+        result: Refusal | None = None
+        if pipeline:
+            outcome = pipeline.before(ctx, msg)
+            if isinstance(outcome, Veto):
+                result = Refusal(outcome.code, outcome.message, outcome.close)
+            else:
+                msg = outcome
+        if result is None:
+            try:
+                if conn.user_id is None and tag != "Connect" and tag != "HeartBeat":
+                    raise Refusal(401, "not connected: send Connect first")
+                self._handlers[type(msg)](conn, msg)
+            except Refusal as refusal:
+                result = refusal
+            except Exception:
+                _log.failure("handling {tag} from {ctx}", tag=tag, ctx=ctx)
+                result = Refusal(500, f"internal error while handling {tag}")
+        if result is not None:
+            if result.close:
+                conn.disconnect(result.code, result.message, reason="refused")
+            else:
+                conn.send_error(result.code, result.message)
+        if pipeline:
+            pipeline.after(ctx, msg, result)
+        self.metrics.processing[tag].observe(perf_counter() - started)
+
+    # -- handlers -----------------------------------------------------------------------
+
+    def _own_id(self, conn: GameProtocol, user_id: int) -> None:
+        if user_id != conn.user_id:
+            raise Refusal(403, f"user_id {user_id} is not this connection's user ({conn.user_id})")
+
+    @staticmethod
+    def _room_id(room_id: int) -> None:
+        if not ROOM_ID_MIN <= room_id <= ROOM_ID_MAX:
+            raise Refusal(422, f"room_id must be {ROOM_ID_MIN}..{ROOM_ID_MAX}, got {room_id}")
+
+    def _on_connect(self, conn: GameProtocol, msg: m.Connect) -> None:
+        uid = msg.user_id
+        if conn.user_id is not None:
+            if conn.user_id == uid:
+                conn.send(m.ConnectionAck(uid))
+                return
+            raise Refusal(409, f"already connected as user {conn.user_id}")
+        nickname = msg.nickname
+        if nickname is not None and len(nickname) > NICKNAME_MAX_CHARS:
+            raise Refusal(422, f"nickname is longer than {NICKNAME_MAX_CHARS} characters")
+        if self.authenticate is not None:
+            self.authenticate(uid, msg.token)
+        old = self.sessions.get(uid)
+        if old is not None:
+            self._leave_current_room(old, notify_leaver=False)
+            del self.sessions[uid]
+            self.metrics.sessions.dec()
+            old.disconnect(409, "replaced by a new connection", reason="replaced")
+        conn.user_id = uid
+        conn.ctx.user_id = uid
+        conn.nickname = nickname or f"user{uid}"
+        self.sessions[uid] = conn
+        self.metrics.sessions.inc()
+        conn.send(m.ConnectionAck(uid))
+        self.events.emit(ev.UserConnected(uid, conn.ctx.peer_host, self.clock.seconds()))
+
+    def _on_heartbeat(self, conn: GameProtocol, msg: m.HeartBeat) -> None:
+        conn.send(m.HeartBeatResponse(int(self.clock.seconds())))
+
+    def _on_room_join(self, conn: GameProtocol, msg: m.RoomJoin) -> None:
+        self._own_id(conn, msg.user_id)
+        room_id = msg.room_id
+        self._room_id(room_id)
+        if len(msg.nickname) > NICKNAME_MAX_CHARS:
+            raise Refusal(422, f"nickname is longer than {NICKNAME_MAX_CHARS} characters")
+        current = self.rooms.room_of(conn.user_id)
+        if current is not None and current.room_id == room_id:
+            conn.send(m.RoomJoinSuccess(room_id, len(current)))
+            return
+        if self.rooms.size(room_id) >= self.rooms.max_room_users:
+            raise Refusal(409, f"room {room_id} is full ({self.rooms.max_room_users} users)")
+        if current is not None:
+            self._leave_current_room(conn, notify_leaver=True)
+        conn.nickname = msg.nickname or conn.nickname
+        try:
+            room = self.rooms.join(conn, room_id)
+        except RoomFull:  # pragma: no cover - checked above; kept for other callers
+            raise Refusal(409, f"room {room_id} is full") from None
+        count = len(room)
+        conn.send(m.RoomJoinSuccess(room_id, count))
+        if count > 1:
+            self._to_others(
+                room, conn, m.UserJoinedRoom(room_id, conn.user_id, conn.nickname, count)
+            )
+        self.metrics.rooms.set(len(self.rooms))
+
+    def _on_room_leave(self, conn: GameProtocol, msg: m.RoomLeave) -> None:
+        self._own_id(conn, msg.user_id)
+        self._room_id(msg.room_id)
+        current = self.rooms.room_of(conn.user_id)
+        if current is None or current.room_id != msg.room_id:
+            raise Refusal(404, f"not in room {msg.room_id}")
+        self._leave_current_room(conn, notify_leaver=True)
+
+    def _on_chat(self, conn: GameProtocol, msg: m.ChatMessage) -> None:
+        if msg.user_id != conn.user_id:
+            self._own_id(conn, msg.user_id)
+        room = self.rooms.room_of(conn.user_id)
+        if room is None or room.room_id != msg.room_id:
+            self._room_id(msg.room_id)
+            raise Refusal(404, f"not in room {msg.room_id}")
+        text = msg.message
+        # A char is at most 4 UTF-8 bytes: only long texts need the exact count.
+        size = len(text) if len(text) * 4 <= CHAT_MAX_BYTES else len(text.encode())
+        if size == 0:
+            raise Refusal(422, "empty chat message")
+        if size > CHAT_MAX_BYTES:
+            raise Refusal(413, f"chat message of {size} bytes exceeds {CHAT_MAX_BYTES} bytes")
+        self.rooms.record_message(room)
+        self.metrics.chat_deliveries.inc(self.rooms.broadcast(room.room_id, codec.frame(msg)))
+
+    def _on_game_message(self, conn: GameProtocol, msg: Any) -> None:
+        self._room_id(msg.room_id)
+        if self.games is None:
+            raise Refusal(404, "games are not enabled on this server")
+        self.games.handle(conn, msg)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _to_others(self, room: Room, conn: GameProtocol, notice: object) -> None:
+        frame = codec.frame(notice)
+        for member in room.members.values():
+            if member is not conn:
+                member.send_frame(frame)
+
+    def _leave_current_room(self, conn: GameProtocol, notify_leaver: bool) -> None:
+        uid = conn.user_id
+        room = self.rooms.room_of(uid) if uid is not None else None
+        if room is None or room.members.get(uid) is not conn:
+            return
+        self.rooms.leave(conn, room.room_id)
+        count = len(room)
+        if notify_leaver:
+            conn.send(m.RoomLeaveSuccess(room.room_id, count))
+        if count and not self.draining:
+            notice = m.UserLeftRoom(room.room_id, uid, conn.nickname, count)
+            self.rooms.broadcast(room.room_id, codec.frame(notice))
+        self.metrics.rooms.set(len(self.rooms))

@@ -1,0 +1,173 @@
+"""twistd plugin wiring: options in, a service tree out. The only module that knows every part."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from gamed import __version__
+from gamed.config import COERCERS, ConfigError, Settings, build_settings
+from gamed.events import EventBus
+from gamed.middleware import registry
+from gamed.pipeline import Pipeline
+from gamed.protocol import GameFactory
+from gamed.rooms import RoomService
+from gamed.router import Router
+from gamed.service import GameService
+from gamed.telemetry import ServerMetrics
+from gamed.web import make_site
+
+_log = Logger()
+
+_d = Settings()
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the gamed game and chat room server. Settings come from the embedded "
+        "defaults, then the --config TOML file, then these options (later wins). "
+        "Endpoints are Twisted endpoint descriptions; a bare number means a TCP port."
+    )
+    optParameters = [
+        ["port", "p", None, f"Game listener endpoint or port [default: {_d.port}]"],
+        [
+            "metrics-port",
+            None,
+            None,
+            f"HTTP endpoint for /metrics, /healthz, /stats; a bare port binds 127.0.0.1; "
+            f"'none' disables it [default: {_d.metrics_port}]",
+        ],
+        ["config", "c", None, "TOML config file (see etc/gamed.toml)"],
+        ["data-dir", "d", None, f"Directory for persistent data [default: {_d.data_dir}]"],
+        [
+            "max-frame-bytes",
+            None,
+            None,
+            f"Largest client frame accepted; larger gets Error 413 and a close "
+            f"[default: {_d.max_frame_bytes}]",
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            f"Open connections before new ones get Error 503 [default: {_d.max_connections}]",
+        ],
+        ["max-room-users", None, None, f"Members per room [default: {_d.max_room_users}]"],
+        [
+            "idle-timeout",
+            None,
+            None,
+            f"Seconds without a frame before a client is closed; 0 = never "
+            f"[default: {_d.idle_timeout:g}]",
+        ],
+        [
+            "max-outgoing-bytes",
+            None,
+            None,
+            f"Bytes queued for a client that is not reading before it is dropped "
+            f"[default: {_d.max_outgoing_bytes}]",
+        ],
+        [
+            "shutdown-grace",
+            None,
+            None,
+            f"Seconds clients get to close on SIGTERM before they are aborted "
+            f"[default: {_d.shutdown_grace:g}]",
+        ],
+        [
+            "middleware",
+            "m",
+            None,
+            "Comma list of middleware plugins to run, in order; 'none' for none "
+            "[default: all available: "
+            + (", ".join(registry.available()) or "none installed")
+            + "]",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        cli = {option: self[option] for option in COERCERS}
+        try:
+            settings = build_settings(cli, self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if settings.middleware is not None:
+            known = registry.available()
+            for name in settings.middleware:
+                if name not in known:
+                    raise usage.UsageError(
+                        f"--middleware: unknown plugin {name!r} (available: "
+                        f"{', '.join(known) or 'none'})"
+                    )
+        self.settings = settings
+
+
+def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    settings: Settings = options.settings if isinstance(options, Options) else options["settings"]
+    os.makedirs(settings.data_dir, exist_ok=True)
+
+    top = MultiService()
+    metrics = ServerMetrics()
+    events = EventBus()
+    rooms = RoomService(reactor, settings.max_room_users, events)
+
+    names = settings.middleware if settings.middleware is not None else registry.available()
+    env_args = dict(
+        settings=settings, clock=reactor, events=events, registry=metrics.registry, rooms=rooms
+    )
+    parts = []
+    for name in names:
+        factory = registry.load(name)
+        parts.append(
+            (
+                name,
+                factory(registry.PluginEnvironment(config=settings.for_plugin(name), **env_args)),
+            )
+        )
+    pipeline = Pipeline([p.middleware for _, p in parts])
+    router = Router(settings, reactor, rooms, pipeline, metrics, events)
+    for name, p in parts:
+        if p.service is not None:
+            p.service.setName(f"middleware-{name}")
+            p.service.setServiceParent(top)
+        bind = getattr(p.middleware, "bind_router", None)
+        if bind is not None:
+            bind(router)
+
+    game = GameService(router)
+    game.setName("game")
+    listener = strports.service(settings.port, GameFactory(router, reactor), reactor=reactor)
+    listener.setName("game-listener")
+    listener.setServiceParent(game)
+    game.setServiceParent(top)
+
+    if settings.metrics_port is not None:
+        site = make_site(
+            router,
+            metrics.registry,
+            stats_sections={n: p.stats for n, p in parts if p.stats is not None},
+            extra={k: v for _, p in parts for k, v in p.resources.items()},
+        )
+        web = strports.service(settings.metrics_port, site, reactor=reactor)
+        web.setName("http-listener")
+        web.setServiceParent(top)
+
+    _log.info(
+        "gamed {version}: game on {port}, HTTP on {http}, middleware: {mw}",
+        version=__version__,
+        port=settings.port,
+        http=settings.metrics_port,
+        mw=", ".join(names) or "none",
+    )
+    top.router = router  # for tests and tools: the live state behind the services
+    return top
