@@ -15,6 +15,9 @@ from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 
+#: Listen backlog added to TCP endpoints that do not set one.
+LISTEN_BACKLOG = 1024
+
 
 class ConfigError(ValueError):
     """A bad setting; ``option`` is its command-line name (without dashes)."""
@@ -92,6 +95,10 @@ def _endpoint(default_interface: str | None, allow_none: bool = False):
             text = f"tcp:{port}"
             if default_interface:
                 text += f":interface={default_interface}"
+        if text.startswith(("tcp:", "tcp6:")) and "backlog=" not in text:
+            # Twisted's default accept queue is 50: a reconnect storm after a
+            # restart overflows it and clients see resets. Deepen it.
+            text += f":backlog={LISTEN_BACKLOG}"
         try:
             # Parse only: the endpoint object is thrown away, nothing listens.
             serverFromString(None, text)

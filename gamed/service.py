@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 
 from gamed.router import Router
 
@@ -25,3 +26,19 @@ class GameService(MultiService):
         stopped = super().stopService()  # closes the listening socket
         drained = self.router.drain()
         return defer.gatherResults([stopped, drained], consumeErrors=True)
+
+
+class ServerRoot(MultiService):
+    """The top of gamed's service tree; turns a failed bind into one clear line.
+
+    twistd binds in ``privilegedStartService`` (before daemonizing), so raising
+    SystemExit here makes it exit non-zero with the message on stderr instead
+    of a traceback.
+    """
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            where = f"{e.interface or '0.0.0.0'}:{e.port}"
+            raise SystemExit(f"gamed: cannot listen on {where}: {e.socketError}") from None

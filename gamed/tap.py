@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -18,7 +18,7 @@ from gamed.pipeline import Pipeline
 from gamed.protocol import GameFactory
 from gamed.rooms import RoomService
 from gamed.router import Router
-from gamed.service import GameService
+from gamed.service import GameService, ServerRoot
 from gamed.telemetry import ServerMetrics
 from gamed.web import make_site
 
@@ -116,7 +116,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     settings: Settings = options.settings if isinstance(options, Options) else options["settings"]
     os.makedirs(settings.data_dir, exist_ok=True)
 
-    top = MultiService()
+    top = ServerRoot()
     metrics = ServerMetrics()
     events = EventBus()
     rooms = RoomService(reactor, settings.max_room_users, events)
