@@ -40,6 +40,15 @@ class Settings:
     middleware: tuple[str, ...] | None = None
     max_outgoing_bytes: int = 1024 * 1024
     shutdown_grace: float = 3.0
+    # -- security plugin knobs (None: the plugin's config section or default decides)
+    rate_limit: int | None = None
+    flood_detection: str | None = None
+    auth_secret_file: str | None = None
+    admin_token_file: str | None = None
+    # -- games
+    round_limit: int = 10
+    turn_timeout: float = 30.0
+    reconnect_grace: float = 30.0
     config_file: str | None = None
     #: Raw ``[middleware.NAME]`` tables from the config file, for the plugins.
     plugin_config: Mapping[str, Mapping[str, Any]] = field(
@@ -126,6 +135,13 @@ def _middleware(option: str, value: Any) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+def _mode(option: str, value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("on", "off", "shadow"):
+        raise ConfigError(option, f"expected on, off or shadow, got {value!r}")
+    return text
+
+
 def _path(option: str, value: Any) -> str:
     text = str(value)
     if not text.strip():
@@ -145,6 +161,13 @@ COERCERS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "middleware": ("middleware", _middleware),
     "max-outgoing-bytes": ("max_outgoing_bytes", _int_range(4096, 1024**3)),
     "shutdown-grace": ("shutdown_grace", _seconds(0, 300)),
+    "rate-limit": ("rate_limit", _int_range(0, 1_000_000)),
+    "flood-detection": ("flood_detection", _mode),
+    "auth-secret-file": ("auth_secret_file", _path),
+    "admin-token-file": ("admin_token_file", _path),
+    "round-limit": ("round_limit", _int_range(1, 10_000)),
+    "turn-timeout": ("turn_timeout", _seconds(0.1, 86400)),
+    "reconnect-grace": ("reconnect_grace", _seconds(0, 86400)),
 }
 
 

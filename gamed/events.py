@@ -74,6 +74,24 @@ class MessageHandled:
     at: float
 
 
+@dataclass(slots=True, frozen=True)
+class GameStarted:
+    """A game went InProgress (everyone ready)."""
+
+    room_id: int
+    players: tuple[int, ...]
+    at: float
+
+
+@dataclass(slots=True, frozen=True)
+class GameEnded:
+    room_id: int
+    duration_seconds: float
+    winner: int | None
+    final_scores: tuple[tuple[int, int], ...]
+    at: float
+
+
 Subscriber = Callable[[object], None]
 
 

@@ -45,6 +45,7 @@ class IMessageContext(Interface):
     peer_host = Attribute("str: the real peer IP address")
     peer_port = Attribute("int: the peer's port")
     connected_at = Attribute("float: clock.seconds() when the TCP connection opened")
+    frame_size = Attribute("int: size in bytes of the frame being processed")
     clock = Attribute("IReactorTime: the clock every time decision must use")
 
     def notify(text: str) -> None:
@@ -88,8 +89,75 @@ class IConnectionObserver(Interface):
         """The connection is gone (``reason`` is a short word: closed, idle, replaced ...)."""
 
 
+class IFrameObserver(Interface):
+    """Optional for a middleware: hear about frames refused before decoding completed."""
+
+    def frame_refused(ctx: IMessageContext, reason: str, size: int) -> None:
+        """``reason`` is ``oversize`` (length prefix over the limit) or ``invalid`` (400)."""
+
+
+class IPipelineObserver(Interface):
+    """Optional: told how long each middleware took (the metrics plugin's seam)."""
+
+    def middleware_timed(name: str, phase: str, seconds: float) -> None:
+        """One ``before``/``after`` call of plugin ``name`` took ``seconds``."""
+
+    def middleware_vetoed(name: str) -> None:
+        """Plugin ``name`` vetoed a message."""
+
+
 class IEventSink(Interface):
     """Where domain events (gamed.events) go; emitting must be O(1) and never block."""
 
     def emit(event: object) -> None:
         """Deliver ``event`` to every subscriber."""
+
+
+class IServerControl(Interface):
+    """What plugins may ask of the server (admin actions, auth), without seeing it."""
+
+    def connected_user_ids() -> list:
+        """User ids with a live, connected session."""
+
+    def kick_user(user_id: int, code: int, text: str) -> bool:
+        """Send Error{code, text} to the user's connection and close it; False if not connected."""
+
+    def kick_host(host: str, code: int, text: str) -> int:
+        """Close every connection from ``host``; returns how many."""
+
+    def remove_from_room(user_id: int) -> bool:
+        """Take the user (a live member or a held seat) out of its room, with notices."""
+
+    def set_authenticator(authenticate: object) -> None:
+        """``authenticate(user_id, token)`` runs on every Connect; raise Refusal(401) to refuse."""
+
+    def reload_config() -> object:
+        """Re-read the config file and hand each plugin its new section (SIGHUP does this)."""
+
+
+class IGameService(Interface):
+    """Game rules for rooms; the router calls these, the game service never sees a transport.
+
+    ``client`` arguments are IRoomClient providers. Methods raise
+    ``gamed.errors.Refusal`` to refuse a message.
+    """
+
+    def handle(client: IRoomClient, message: object) -> None:
+        """StartGame, ToggleReady or PlayerAction from ``client``."""
+
+    def member_left(client: IRoomClient, room_id: int) -> None:
+        """``client`` left ``room_id`` for good (RoomLeave, joined elsewhere, grace expired)."""
+
+    def member_joined(client: IRoomClient, room_id: int) -> None:
+        """``client`` joined ``room_id`` (send it the running game's state as a spectator)."""
+
+    def connection_lost(client: IRoomClient, room_id: int) -> bool:
+        """The client's connection dropped while in ``room_id``. Return True to hold
+        its seat (the router then keeps it in the room and waits for ``reclaim``);
+        False to let it leave as usual."""
+
+    def reclaim(user_id: int) -> int | None:
+        """A new connection for ``user_id`` arrived: the room id of a held seat, or None."""
+
+    def reclaimed(client: IRoomClient, room_id: int) -> None:
+        """The new connection ``client`` is back in ``room_id``: send it the game state."""

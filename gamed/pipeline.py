@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from time import perf_counter
 
 from twisted.logger import Logger
 
-from gamed.interfaces import IConnectionObserver, IMessageContext, IMiddleware
+from gamed.interfaces import (
+    IConnectionObserver,
+    IFrameObserver,
+    IMessageContext,
+    IMiddleware,
+    IPipelineObserver,
+)
 
 _log = Logger()
 
@@ -33,6 +40,9 @@ class Pipeline:
                 raise TypeError(f"{mw!r} does not provide IMiddleware")
         self.middleware: tuple[IMiddleware, ...] = tuple(middleware)
         self._observers = tuple(mw for mw in self.middleware if IConnectionObserver.providedBy(mw))
+        self._frame_observers = tuple(mw for mw in self.middleware if IFrameObserver.providedBy(mw))
+        #: An IPipelineObserver: when set, every plugin call is timed.
+        self.timer: IPipelineObserver | None = None
         self.failures: dict[tuple[str, str], int] = {}
         #: Called as on_failure(plugin_name, phase) -- the metrics hook.
         self.on_failure = None
@@ -53,6 +63,8 @@ class Pipeline:
 
     def before(self, ctx: IMessageContext, message: object) -> object:
         """The message to handle (maybe replaced), or a Veto."""
+        if self.timer is not None:
+            return self._timed_before(ctx, message)
         for mw in self.middleware:
             try:
                 outcome = mw.before_process(ctx, message)
@@ -67,11 +79,40 @@ class Pipeline:
         return message
 
     def after(self, ctx: IMessageContext, message: object, result: object) -> None:
+        timer = self.timer
         for mw in self.middleware:
+            started = perf_counter() if timer is not None else 0.0
             try:
                 mw.after_process(ctx, message, result)
             except Exception:
                 self._failed(mw, "after")
+            if timer is not None:
+                timer.middleware_timed(mw.name, "after", perf_counter() - started)
+
+    def _timed_before(self, ctx: IMessageContext, message: object) -> object:
+        timer = self.timer
+        for mw in self.middleware:
+            started = perf_counter()
+            try:
+                outcome = mw.before_process(ctx, message)
+            except Exception:
+                self._failed(mw, "before")
+                outcome = None
+            timer.middleware_timed(mw.name, "before", perf_counter() - started)
+            if outcome is None:
+                continue
+            if isinstance(outcome, Veto):
+                timer.middleware_vetoed(mw.name)
+                return outcome
+            message = outcome
+        return message
+
+    def frame_refused(self, ctx: IMessageContext, reason: str, size: int) -> None:
+        for mw in self._frame_observers:
+            try:
+                IFrameObserver(mw).frame_refused(ctx, reason, size)
+            except Exception:
+                self._failed(mw, "frame_refused")
 
     def connection_opened(self, ctx: IMessageContext) -> Veto | None:
         for mw in self._observers:

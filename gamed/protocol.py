@@ -41,6 +41,7 @@ class ConnectionContext:
         "clock",
         "connected_at",
         "connection_id",
+        "frame_size",
         "peer_host",
         "peer_port",
         "user_id",
@@ -54,6 +55,7 @@ class ConnectionContext:
         self.peer_port = peer_port
         self.clock = clock
         self.connected_at = clock.seconds()
+        self.frame_size = 0
 
     def notify(self, text: str) -> None:
         self._conn.send(SystemMessage(text))
@@ -82,6 +84,10 @@ class GameProtocol(Int32StringReceiver):
         self._backlog = 0  # bytes written while the transport's buffer was over its high mark
         self._idle_call = None
         self._abort_call = None
+        # Per-connection byte counts (folded into the router's totals on close):
+        # an attribute add per write is cheaper than a locked Prometheus counter.
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     # -- connection life -------------------------------------------------------
 
@@ -124,13 +130,19 @@ class GameProtocol(Int32StringReceiver):
 
     # -- input ----------------------------------------------------------------------
 
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        super().dataReceived(data)
+
     def stringReceived(self, data: bytes) -> None:
         if self.closing:
             return  # frames pipelined behind a fatal one are not processed
         self.last_seen = self.clock.seconds()
+        self.ctx.frame_size = len(data)
         self.router.frame_received(self, data)
 
     def lengthLimitExceeded(self, length: int) -> None:
+        self.router.frame_refused(self, "oversize", length)
         self.disconnect(
             413,
             f"frame of {length} bytes exceeds the limit of {self.MAX_LENGTH} bytes",
@@ -148,6 +160,7 @@ class GameProtocol(Int32StringReceiver):
             if self._backlog > self._max_backlog:
                 self._too_slow()
                 return
+        self.bytes_out += len(frame)
         self.transport.write(frame)
 
     def send(self, message: object) -> None:

@@ -16,12 +16,15 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from gamed import codec
 from gamed import events as ev
 from gamed import messages as m
 from gamed.config import Settings
+from gamed.errors import Refusal
 from gamed.events import EventBus
+from gamed.interfaces import IGameService, IServerControl
 from gamed.pipeline import Pipeline, Veto
 from gamed.rooms import Room, RoomFull, RoomService
 from gamed.telemetry import ServerMetrics
@@ -36,23 +39,11 @@ CHAT_MAX_BYTES = 1000
 NICKNAME_MAX_CHARS = 64
 
 
-class Refusal(Exception):
-    """A message refused with Error{code, message}; ``close`` also drops the connection."""
-
-    def __init__(self, code: int, message: str, close: bool = False) -> None:
-        super().__init__(code, message)
-        self.code = code
-        self.message = message
-        self.close = close
-
-    def __repr__(self) -> str:
-        return f"Refusal({self.code}, {self.message!r})"
-
-
 #: ``authenticate(user_id, token) -> None``; raises Refusal(401) to refuse.
 Authenticator = Callable[[int, "str | None"], None]
 
 
+@implementer(IServerControl)
 class Router:
     def __init__(
         self,
@@ -70,16 +61,20 @@ class Router:
         self.metrics = metrics
         self.events = events
         self.authenticate: Authenticator | None = None
-        #: Game-rule handler (the games issue plugs it in); None = games disabled.
-        self.games: Any = None
+        #: Game rules (an IGameService); None = game messages are refused with 404.
+        self.games: IGameService | None = None
+        #: Re-reads the config and reloads plugins; set by gamed.tap.
+        self.reloader: Callable[[], Any] | None = None
+        # Totals of connections that have closed; live ones are summed at scrape.
+        self.closed_bytes_in = 0
+        self.closed_bytes_out = 0
+        self.frames_refused: dict[str, int] = {"oversize": 0, "invalid": 0}
         self.connections: set[GameProtocol] = set()
         self.sessions: dict[int, GameProtocol] = {}
         self.draining = False
         self._drained: defer.Deferred[None] | None = None
         self.started_at = clock.seconds()
-        pipeline.on_failure = lambda plugin, phase: metrics.middleware_failures.labels(
-            plugin, phase
-        ).inc()
+        self.set_pipeline(pipeline)
         self._handlers: dict[type, Callable[[GameProtocol, Any], None]] = {
             m.Connect: self._on_connect,
             m.HeartBeat: self._on_heartbeat,
@@ -90,6 +85,11 @@ class Router:
             m.ToggleReady: self._on_game_message,
             m.PlayerAction: self._on_game_message,
         }
+
+    def set_pipeline(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        failures = self.metrics.middleware_failures
+        pipeline.on_failure = lambda plugin, phase: failures.labels(plugin, phase).inc()
 
     # -- connections ------------------------------------------------------------------
 
@@ -117,13 +117,24 @@ class Router:
         if conn not in self.connections:
             return  # refused at accept: never counted
         self.connections.discard(conn)
+        self.closed_bytes_in += conn.bytes_in
+        self.closed_bytes_out += conn.bytes_out
         self.metrics.connections.dec()
         self.metrics.disconnected(reason)
         uid = conn.user_id
         if uid is not None and self.sessions.get(uid) is conn:
             del self.sessions[uid]
             self.metrics.sessions.dec()
-            self._leave_current_room(conn, notify_leaver=False)
+            room = self.rooms.room_of(uid)
+            held = (
+                room is not None
+                and self.games is not None
+                and not self.draining
+                and room.members.get(uid) is conn
+                and self.games.connection_lost(conn, room.room_id)
+            )
+            if not held:
+                self._leave_current_room(conn, notify_leaver=False)
             now = self.clock.seconds()
             self.events.emit(ev.UserDisconnected(uid, now - conn.ctx.connected_at, reason, now))
         if self.pipeline:
@@ -168,6 +179,7 @@ class Router:
             msg = codec.decode(data)
         except codec.DecodeError as e:
             self.metrics.received["invalid"].inc()
+            self.frame_refused(conn, "invalid", len(data))
             conn.send_error(400, str(e))
             self.metrics.processing["invalid"].observe(perf_counter() - started)
             return
@@ -237,6 +249,16 @@ class Router:
         self.metrics.sessions.inc()
         conn.send(m.ConnectionAck(uid))
         self.events.emit(ev.UserConnected(uid, conn.ctx.peer_host, self.clock.seconds()))
+        if self.games is not None:
+            room_id = self.games.reclaim(uid)
+            if room_id is not None and self.rooms.get(room_id) is not None:
+                room = self.rooms.join(conn, room_id)  # replaces the held member
+                conn.send(m.RoomJoinSuccess(room_id, len(room)))
+                self.games.reclaimed(conn, room_id)
+        stale = self.rooms.room_of(uid)
+        if stale is not None and stale.members.get(uid) is not conn:
+            # A seat nobody reclaimed (e.g. games were switched off): release it.
+            self._remove_member(stale, stale.members[uid], None)
 
     def _on_heartbeat(self, conn: GameProtocol, msg: m.HeartBeat) -> None:
         conn.send(m.HeartBeatResponse(int(self.clock.seconds())))
@@ -310,13 +332,69 @@ class Router:
     def _leave_current_room(self, conn: GameProtocol, notify_leaver: bool) -> None:
         uid = conn.user_id
         room = self.rooms.room_of(uid) if uid is not None else None
-        if room is None or room.members.get(uid) is not conn:
+        if room is None:
             return
-        self.rooms.leave(conn, room.room_id)
+        if room.members.get(uid) is not conn:
+            return  # another connection of this user holds the seat
+        self._remove_member(room, conn, conn if notify_leaver else None)
+
+    def _remove_member(self, room: Room, member: Any, notify: GameProtocol | None) -> None:
+        """Take ``member`` out of ``room`` with the usual notices, and out of its game."""
+        self.rooms.leave(member, room.room_id)
         count = len(room)
-        if notify_leaver:
-            conn.send(m.RoomLeaveSuccess(room.room_id, count))
+        if notify is not None:
+            notify.send(m.RoomLeaveSuccess(room.room_id, count))
         if count and not self.draining:
-            notice = m.UserLeftRoom(room.room_id, uid, conn.nickname, count)
+            notice = m.UserLeftRoom(room.room_id, member.user_id, member.nickname, count)
             self.rooms.broadcast(room.room_id, codec.frame(notice))
         self.metrics.rooms.set(len(self.rooms))
+        if self.games is not None:
+            self.games.member_left(member, room.room_id)
+
+    def frame_refused(self, conn: GameProtocol, reason: str, size: int) -> None:
+        self.frames_refused[reason] = self.frames_refused.get(reason, 0) + 1
+        if self.pipeline:
+            self.pipeline.frame_refused(conn.ctx, reason, size)
+
+    # -- IServerControl -------------------------------------------------------------------
+
+    def connected_user_ids(self) -> list[int]:
+        return list(self.sessions)
+
+    def kick_user(self, user_id: int, code: int, text: str) -> bool:
+        conn = self.sessions.get(user_id)
+        if conn is None:
+            return False
+        conn.disconnect(code, text, reason="kicked")
+        return True
+
+    def kick_host(self, host: str, code: int, text: str) -> int:
+        victims = [c for c in self.connections if c.ctx.peer_host == host]
+        for conn in victims:
+            conn.disconnect(code, text, reason="kicked")
+        return len(victims)
+
+    def set_authenticator(self, authenticate: Authenticator | None) -> None:
+        self.authenticate = authenticate
+
+    def reload_config(self) -> Any:
+        if self.reloader is None:
+            raise RuntimeError("this server has no config reloader")
+        return self.reloader()
+
+    def remove_from_room(self, user_id: int) -> bool:
+        """Remove the user (live or a held seat) from its room, with notices."""
+        room = self.rooms.room_of(user_id)
+        if room is None:
+            return False
+        member = room.members[user_id]
+        self._remove_member(room, member, None)
+        return True
+
+    def bytes_totals(self) -> tuple[int, int]:
+        """(received, sent) over the process lifetime, live connections included."""
+        live = self.connections
+        return (
+            self.closed_bytes_in + sum(c.bytes_in for c in live),
+            self.closed_bytes_out + sum(c.bytes_out for c in live),
+        )

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 
 from gamed.router import Router
+
+_log = Logger()
 
 
 class GameService(MultiService):
@@ -35,6 +43,40 @@ class ServerRoot(MultiService):
     SystemExit here makes it exit non-zero with the message on stderr instead
     of a traceback.
     """
+
+    def __init__(self, reactor: Any = None, reload: Callable[[], Any] | None = None) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self._reload = reload
+        self._old_hup: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        # SIGHUP re-reads the config (hot reload). Only on a real reactor in the
+        # main thread: signal handlers cannot be set anywhere else.
+        if (
+            self._reload is not None
+            and hasattr(self._reactor, "callFromThread")
+            and threading.current_thread() is threading.main_thread()
+        ):
+            self._old_hup = signal.signal(
+                signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.reload)
+            )
+
+    def stopService(self) -> Any:
+        if self._old_hup is not None:
+            signal.signal(signal.SIGHUP, self._old_hup)
+            self._old_hup = None
+        return super().stopService()
+
+    def reload(self) -> Any:
+        try:
+            result = self._reload()
+        except Exception as e:
+            _log.error("config reload failed, keeping the old settings: {error}", error=e)
+            return None
+        _log.info("config reloaded: {result}", result=result)
+        return result
 
     def privilegedStartService(self) -> None:
         try:

@@ -19,7 +19,7 @@ from gamed.protocol import GameFactory
 from gamed.rooms import RoomService
 from gamed.router import Router
 from gamed.service import GameService, ServerRoot
-from gamed.telemetry import ServerMetrics
+from gamed.telemetry import ServerMetrics, TrafficCollector
 from gamed.web import make_site
 
 _log = Logger()
@@ -81,6 +81,45 @@ class Options(usage.Options):
             f"[default: {_d.shutdown_grace:g}]",
         ],
         [
+            "rate-limit",
+            None,
+            None,
+            "Security: chat/game messages per user per minute; 0 turns the limit off "
+            "[default: 60, or [middleware.security] rate_limit_per_minute]",
+        ],
+        [
+            "flood-detection",
+            None,
+            None,
+            "Security: on, off or shadow (log and count, refuse nothing) [default: on]",
+        ],
+        [
+            "auth-secret-file",
+            None,
+            None,
+            "File holding the HMAC secret; when set, Connect needs a token (see gamed-token)",
+        ],
+        [
+            "admin-token-file",
+            None,
+            None,
+            "File holding the bearer token for /admin/ on the HTTP port; unset: admin API off",
+        ],
+        ["round-limit", None, None, f"Rounds per game [default: {_d.round_limit}]"],
+        [
+            "turn-timeout",
+            None,
+            None,
+            f"Seconds a player has to act before the turn passes [default: {_d.turn_timeout:g}]",
+        ],
+        [
+            "reconnect-grace",
+            None,
+            None,
+            f"Seconds a dropped player keeps a seat in a running game "
+            f"[default: {_d.reconnect_grace:g}]",
+        ],
+        [
             "middleware",
             "m",
             None,
@@ -106,6 +145,7 @@ class Options(usage.Options):
                         f"{', '.join(known) or 'none'})"
                     )
         self.settings = settings
+        self.cli = cli
 
 
 def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IService:
@@ -116,33 +156,44 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     settings: Settings = options.settings if isinstance(options, Options) else options["settings"]
     os.makedirs(settings.data_dir, exist_ok=True)
 
-    top = ServerRoot()
     metrics = ServerMetrics()
     events = EventBus()
     rooms = RoomService(reactor, settings.max_room_users, events)
+    router = Router(settings, reactor, rooms, Pipeline(), metrics, events)
+    metrics.registry.register(TrafficCollector(router))
 
     names = settings.middleware if settings.middleware is not None else registry.available()
-    env_args = dict(
-        settings=settings, clock=reactor, events=events, registry=metrics.registry, rooms=rooms
-    )
-    parts = []
+    parts: list[tuple[str, registry.PluginParts]] = []
     for name in names:
-        factory = registry.load(name)
-        parts.append(
-            (
-                name,
-                factory(registry.PluginEnvironment(config=settings.for_plugin(name), **env_args)),
-            )
+        env = registry.PluginEnvironment(
+            settings=settings,
+            config=settings.for_plugin(name),
+            clock=reactor,
+            events=events,
+            registry=metrics.registry,
+            rooms=rooms,
+            control=router,
         )
-    pipeline = Pipeline([p.middleware for _, p in parts])
-    router = Router(settings, reactor, rooms, pipeline, metrics, events)
+        parts.append((name, registry.load(name)(env)))
+    router.set_pipeline(Pipeline([p.middleware for _, p in parts]))
+
+    cli = getattr(options, "cli", None) or {}
+
+    def reload() -> dict[str, Any]:
+        new = build_settings(cli, settings.config_file)
+        reloaded = []
+        for name, p in parts:
+            if p.reload is not None:
+                p.reload(new)
+                reloaded.append(name)
+        return {"reloaded": reloaded, "config_file": settings.config_file}
+
+    router.reloader = reload
+    top = ServerRoot(reactor, reload)
     for name, p in parts:
         if p.service is not None:
             p.service.setName(f"middleware-{name}")
             p.service.setServiceParent(top)
-        bind = getattr(p.middleware, "bind_router", None)
-        if bind is not None:
-            bind(router)
 
     game = GameService(router)
     game.setName("game")
@@ -156,6 +207,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
             router,
             metrics.registry,
             stats_sections={n: p.stats for n, p in parts if p.stats is not None},
+            room_sections={n: p.room_stats for n, p in parts if p.room_stats is not None},
             extra={k: v for _, p in parts for k, v in p.resources.items()},
         )
         web = strports.service(settings.metrics_port, site, reactor=reactor)

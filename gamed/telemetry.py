@@ -15,9 +15,11 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from gamed import __version__
 from gamed.messages import CLIENT_TAGS, ERROR_CODES
@@ -128,3 +130,33 @@ class ServerMetrics:
 
     def disconnected(self, reason: str) -> None:
         self.disconnects.get(reason, self.disconnects["closed"]).inc()
+
+
+class TrafficCollector(Collector):
+    """Bytes and refused frames, read from plain counters at scrape time.
+
+    The hot path bumps ints (an attribute add per write); a locked Prometheus
+    counter per delivery would cost more than the rest of the write. /metrics is
+    rendered on the reactor thread, so the reads are consistent.
+    """
+
+    def __init__(self, router: object) -> None:
+        self._router = router
+
+    def collect(self):  # type: ignore[override]
+        received, sent = self._router.bytes_totals()
+        yield CounterMetricFamily(
+            "gamed_received_bytes", "Bytes received from clients", value=received
+        )
+        yield CounterMetricFamily("gamed_sent_bytes", "Bytes written to clients", value=sent)
+        refused = CounterMetricFamily(
+            "gamed_frames_refused",
+            "Client frames refused before handling, by reason",
+            labels=["reason"],
+        )
+        for reason, n in sorted(self._router.frames_refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
+
+    def describe(self):  # type: ignore[override]
+        return []

@@ -58,11 +58,47 @@ class HealthPage(Resource):
         return json_response(request, 200, {"status": "serving"})
 
 
-class StatsPage(Resource):
-    def __init__(self, router: Router, sections: dict[str, StatsSection]) -> None:
+class RoomStatsPage(Resource):
+    """/stats/rooms/{id}: one room, with every plugin's extra fields."""
+
+    isLeaf = True
+
+    def __init__(self, router: Router, sections: dict[str, Callable[[int], Any]]) -> None:
         super().__init__()
         self._router = router
         self._sections = sections
+
+    def render_GET(self, request: Request) -> bytes:
+        if len(request.postpath) != 1 or not request.postpath[0].isdigit():
+            return json_response(request, 400, {"error": "expected /stats/rooms/{room_id}"})
+        room_id = int(request.postpath[0])
+        room = self._router.rooms.get(room_id)
+        if room is None:
+            return json_response(request, 404, {"error": f"no room {room_id}"})
+        body: dict[str, Any] = {
+            "room_id": room_id,
+            "user_count": len(room),
+            "peak_users": room.peak_users,
+            "messages": room.message_count,
+            "created_at": room.created_at,
+            "last_activity": room.last_activity,
+        }
+        for name, section in self._sections.items():
+            body[name] = section(room_id)
+        return json_response(request, 200, body)
+
+
+class StatsPage(Resource):
+    def __init__(
+        self,
+        router: Router,
+        sections: dict[str, StatsSection],
+        room_sections: dict[str, Callable[[int], Any]] | None = None,
+    ) -> None:
+        super().__init__()
+        self._router = router
+        self._sections = sections
+        self.putChild(b"rooms", RoomStatsPage(router, room_sections or {}))
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if path == b"":
@@ -129,11 +165,12 @@ def make_site(
     registry: CollectorRegistry,
     stats_sections: dict[str, StatsSection] | None = None,
     extra: dict[bytes, Resource] | None = None,
+    room_sections: dict[str, Callable[[int], Any]] | None = None,
 ) -> Site:
     root = Root()
     root.putChild(b"metrics", MetricsPage(registry))
     root.putChild(b"healthz", HealthPage(router))
-    root.putChild(b"stats", StatsPage(router, stats_sections or {}))
+    root.putChild(b"stats", StatsPage(router, stats_sections or {}, room_sections))
     for name, resource in (extra or {}).items():
         root.putChild(name, resource)
     site = QuietSite(root)

@@ -8,6 +8,7 @@ group. A factory takes a ``PluginEnvironment`` and returns ``PluginParts``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -24,8 +25,13 @@ from gamed.interfaces import IMiddleware
 
 ENTRY_POINT_GROUP = "gamed.middleware"
 
-#: name -> "module:factory", in default pipeline order.
-BUILTIN: dict[str, str] = {}
+#: name -> "module:factory", in default pipeline order: security first so a
+#: refused message costs the other plugins nothing.
+BUILTIN: dict[str, str] = {
+    "security": "gamed.middleware.security:make_plugin",
+    "metrics": "gamed.middleware.metrics:make_plugin",
+    "analytics": "gamed.middleware.analytics:make_plugin",
+}
 
 
 @dataclass
@@ -38,15 +44,21 @@ class PluginEnvironment:
     events: EventBus
     registry: CollectorRegistry
     rooms: Any  # read-only use: IRoomService
-    router: Any = None  # for plugins that add server-side rules (auth); None in unit tests
+    control: Any = None  # IServerControl: kick, auth hook, reload; None in some unit tests
 
 
 @dataclass
 class PluginParts:
     middleware: IMiddleware
     service: IService | None = None
+    #: Mounted at the root of the HTTP port, e.g. {b"admin": AdminResource(...)}.
     resources: dict[bytes, Resource] = field(default_factory=dict)
+    #: A JSON-able section of /stats, under the plugin's name.
     stats: Callable[[], Any] | None = None
+    #: Extra fields for /stats/rooms/{id}; None for an unknown room.
+    room_stats: Callable[[int], Any] | None = None
+    #: Called with the new Settings on SIGHUP or an admin reload.
+    reload: Callable[[Settings], None] | None = None
 
 
 Factory = Callable[[PluginEnvironment], PluginParts]
@@ -56,9 +68,13 @@ def _third_party() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in BUILTIN}
 
 
+def _importable(spec: str) -> bool:
+    return importlib.util.find_spec(spec.partition(":")[0]) is not None
+
+
 def available() -> list[str]:
-    """Every known plugin name, built-ins first in their default order."""
-    return [*BUILTIN, *sorted(_third_party())]
+    """Every installed plugin name, built-ins first in their default order."""
+    return [*(n for n, spec in BUILTIN.items() if _importable(spec)), *sorted(_third_party())]
 
 
 def load(name: str) -> Factory:
