@@ -110,9 +110,12 @@ def _endpoint(default_interface: str | None, allow_none: bool = False):
             text += f":backlog={LISTEN_BACKLOG}"
         try:
             # Parse only: the endpoint object is thrown away, nothing listens.
-            serverFromString(None, text)
+            endpoint = serverFromString(None, text)
         except (ValueError, TypeError, KeyError) as e:
             raise ConfigError(option, f"not a valid endpoint description {text!r}: {e}") from None
+        port = getattr(endpoint, "_port", None)
+        if isinstance(port, int) and not 0 <= port <= 65535:
+            raise ConfigError(option, f"port {port} is out of range 0..65535")
         return text
 
     return coerce
@@ -180,6 +183,8 @@ def read_config_file(path: str) -> dict[str, Any]:
         raise ConfigError("config", f"cannot read {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("config", f"{path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError("config", f"{path} is not valid TOML (not UTF-8): {e}") from None
 
 
 def build_settings(cli: Mapping[str, Any], config_path: str | None = None) -> Settings:
@@ -196,6 +201,11 @@ def build_settings(cli: Mapping[str, Any], config_path: str | None = None) -> Se
         if unknown:
             raise ConfigError("config", f"unknown table(s) {sorted(unknown)} in {config_path}")
         server = doc.get("server", {})
+        if not isinstance(server, dict):
+            raise ConfigError("config", f"[server] must be a table in {config_path}")
+        middleware = doc.get("middleware", {})
+        if not isinstance(middleware, dict):
+            raise ConfigError("config", f"[middleware] must be a table in {config_path}")
         for key, raw in server.items():
             option = key.replace("_", "-")
             if option not in COERCERS:
@@ -204,7 +214,7 @@ def build_settings(cli: Mapping[str, Any], config_path: str | None = None) -> Se
                 )
             name, coerce = COERCERS[option]
             values[name] = coerce(option, raw)
-        for name, table in doc.get("middleware", {}).items():
+        for name, table in middleware.items():
             if not isinstance(table, dict):
                 raise ConfigError("config", f"[middleware.{name}] must be a table")
             plugin_config[name] = MappingProxyType(dict(table))

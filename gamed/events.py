@@ -100,13 +100,22 @@ class EventBus:
     """Synchronous fan-out of events to in-process subscribers."""
 
     def __init__(self) -> None:
-        self._subscribers: list[Subscriber] = []
+        # A tuple, replaced on change: emit() iterates a snapshot, so a
+        # subscriber that unsubscribes mid-emit does not make others miss it.
+        self._subscribers: tuple[Subscriber, ...] = ()
         self.subscriber_errors = 0
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Add a subscriber; returns a function that removes it."""
-        self._subscribers.append(subscriber)
-        return lambda: self._subscribers.remove(subscriber)
+        self._subscribers = (*self._subscribers, subscriber)
+
+        def unsubscribe() -> None:
+            subs = list(self._subscribers)
+            if subscriber in subs:
+                subs.remove(subscriber)
+            self._subscribers = tuple(subs)
+
+        return unsubscribe
 
     @property
     def active(self) -> bool:

@@ -131,6 +131,9 @@ class IServerControl(Interface):
     def set_authenticator(authenticate: object) -> None:
         """``authenticate(user_id, token)`` runs on every Connect; raise Refusal(401) to refuse."""
 
+    def set_pipeline_timer(observer: object) -> None:
+        """Install an IPipelineObserver that is told the cost of every plugin call."""
+
     def reload_config() -> object:
         """Re-read the config file and hand each plugin its new section (SIGHUP does this)."""
 

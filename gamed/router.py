@@ -374,6 +374,9 @@ class Router:
             conn.disconnect(code, text, reason="kicked")
         return len(victims)
 
+    def set_pipeline_timer(self, observer: Any) -> None:
+        self.pipeline.timer = observer
+
     def set_authenticator(self, authenticate: Authenticator | None) -> None:
         self.authenticate = authenticate
 
