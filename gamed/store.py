@@ -1,0 +1,134 @@
+"""SQLite, kept off the reactor thread.
+
+Each store owns one database file and one dedicated thread that holds the only
+connection: writes are serialised without locks, and the reactor never waits
+on disk. ``run`` returns a Deferred; ``run_sync`` blocks and is meant for
+start-up (loading state before the first client is accepted) and tests.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+_log = Logger()
+T = TypeVar("T")
+
+#: One schema step: SQL (may hold several statements) or a function of the connection.
+Migration = str | Callable[[sqlite3.Connection], None]
+
+
+class SqliteStore:
+    def __init__(self, path: str, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.path = path
+        self._reactor = reactor
+        self._conn: sqlite3.Connection | None = None
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"sqlite:{os.path.basename(path)}")
+        self._pool.start()
+        self._closed = False
+
+    # -- in the store's thread ------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._conn = conn
+        return self._conn
+
+    def _transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        conn = self._connection()
+        conn.execute("BEGIN")
+        try:
+            result = fn(conn, *args)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    # -- from the reactor -------------------------------------------------------------
+
+    def run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """Run ``fn(connection, *args)`` in one transaction in the store's thread."""
+        if self._closed:
+            return defer.fail(RuntimeError(f"store {self.path} is closed"))
+        return threads.deferToThreadPool(self._reactor, self._pool, self._transaction, fn, *args)
+
+    def run_sync(self, fn: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:
+        """Like ``run`` but blocks the caller; for start-up and tests only."""
+        if self._closed:
+            raise RuntimeError(f"store {self.path} is closed")
+        done = threading.Event()
+        box: list[Any] = []
+
+        def finished(ok: bool, result: Any) -> None:
+            box.append((ok, result))
+            done.set()
+
+        self._pool.callInThreadWithCallback(finished, self._transaction, fn, *args)
+        if not done.wait(timeout):
+            raise TimeoutError(f"sqlite store {self.path} did not answer in {timeout}s")
+        ok, result = box[0]
+        if not ok:
+            assert isinstance(result, Failure)
+            result.raiseException()
+        return result
+
+    def migrate(self, steps: Sequence[Migration]) -> int:
+        """Bring the schema to ``len(steps)`` (PRAGMA user_version); returns the version."""
+
+        def apply(conn: sqlite3.Connection) -> int:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > len(steps):
+                raise RuntimeError(
+                    f"{self.path} has schema version {version}, newer than this gamed "
+                    f"({len(steps)}): refusing to touch it"
+                )
+            for number, step in enumerate(steps[version:], start=version + 1):
+                if callable(step):
+                    step(conn)
+                else:
+                    for statement in step.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number}")
+                _log.info("{path}: schema migrated to version {n}", path=self.path, n=number)
+            return len(steps)
+
+        return self.run_sync(apply)
+
+    def close(self) -> None:
+        """Finish queued work, close the connection and stop the thread."""
+        if self._closed:
+            return
+
+        def shut(_: Any) -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        try:
+            self.run_sync(lambda conn: None)
+        except Exception:
+            pass
+        self._closed = True
+        done = threading.Event()
+        self._pool.callInThreadWithCallback(lambda ok, r: done.set(), shut, None)
+        done.wait(10)
+        self._pool.stop()
