@@ -19,6 +19,15 @@ from twisted.internet.endpoints import serverFromString
 LISTEN_BACKLOG = 1024
 
 
+def with_backlog(description: str) -> str:
+    """Twisted's default accept queue is 50: a reconnect storm after a restart
+    overflows it and clients see resets. TCP endpoints get a deeper one unless
+    the operator set ``backlog=`` themselves."""
+    if description.startswith(("tcp:", "tcp6:")) and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
+
+
 class ConfigError(ValueError):
     """A bad setting; ``option`` is its command-line name (without dashes)."""
 
@@ -104,10 +113,6 @@ def _endpoint(default_interface: str | None, allow_none: bool = False):
             text = f"tcp:{port}"
             if default_interface:
                 text += f":interface={default_interface}"
-        if text.startswith(("tcp:", "tcp6:")) and "backlog=" not in text:
-            # Twisted's default accept queue is 50: a reconnect storm after a
-            # restart overflows it and clients see resets. Deepen it.
-            text += f":backlog={LISTEN_BACKLOG}"
         try:
             # Parse only: the endpoint object is thrown away, nothing listens.
             endpoint = serverFromString(None, text)

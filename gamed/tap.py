@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from gamed import __version__
-from gamed.config import COERCERS, ConfigError, Settings, build_settings
+from gamed.config import COERCERS, ConfigError, Settings, build_settings, with_backlog
 from gamed.events import EventBus
 from gamed.middleware import registry
 from gamed.pipeline import Pipeline
@@ -197,7 +197,9 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
 
     game = GameService(router)
     game.setName("game")
-    listener = strports.service(settings.port, GameFactory(router, reactor), reactor=reactor)
+    listener = strports.service(
+        with_backlog(settings.port), GameFactory(router, reactor), reactor=reactor
+    )
     listener.setName("game-listener")
     listener.setServiceParent(game)
     game.setServiceParent(top)
@@ -210,7 +212,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
             room_sections={n: p.room_stats for n, p in parts if p.room_stats is not None},
             extra={k: v for _, p in parts for k, v in p.resources.items()},
         )
-        web = strports.service(settings.metrics_port, site, reactor=reactor)
+        web = strports.service(with_backlog(settings.metrics_port), site, reactor=reactor)
         web.setName("http-listener")
         web.setServiceParent(top)
 

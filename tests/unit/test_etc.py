@@ -1,0 +1,25 @@
+"""The shipped example config is valid and documents the defaults it claims."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gamed.config import Settings, build_settings
+
+ETC = Path(__file__).resolve().parents[2] / "etc"
+
+
+def test_example_config_parses_to_the_embedded_defaults() -> None:
+    from_file = build_settings({}, str(ETC / "gamed.toml"))
+    defaults = build_settings({})
+    for name in Settings.__dataclass_fields__:
+        if name in ("config_file", "plugin_config"):
+            continue
+        assert getattr(from_file, name) == getattr(defaults, name), name
+
+
+def test_systemd_unit_runs_twistd_in_the_foreground_and_restarts() -> None:
+    unit = (ETC / "gamed.service").read_text()
+    assert "twistd --nodaemon" in unit
+    assert "Restart=always" in unit
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
