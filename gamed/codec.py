@@ -33,7 +33,7 @@ class DecodeError(ValueError):
 def encode(msg: Any) -> bytes:
     """JSON payload (no length prefix) for any message object."""
     tag = msg.TAG
-    if not msg.__slots__:  # a unit variant such as HeartBeat is a bare string
+    if getattr(msg, "UNIT", False):  # a variant without fields is a bare string
         return orjson.dumps(tag)
     if tag == "PlayerAction":
         return orjson.dumps({tag: {"room_id": msg.room_id, "action": action_to_wire(msg.action)}})
@@ -191,6 +191,18 @@ def decode(payload: bytes) -> m.ClientMessage:
                 f"expected an object with exactly one key (the message type), got {len(value)} keys"
             )
         ((tag, body),) = value.items()
+        if tag == "ChatMessage" and type(body) is dict:
+            # The hot path: the checks of _build, unrolled. Anything unusual
+            # falls through to _build for the precise error message.
+            u, r, t = body.get("user_id"), body.get("room_id"), body.get("message")
+            if (
+                type(u) is int
+                and type(r) is int
+                and type(t) is str
+                and 0 <= u <= U32_MAX
+                and 0 <= r <= U32_MAX
+            ):
+                return m.ChatMessage(u, r, t)
         spec = _SPECS.get(tag)
         if spec is not None:
             return _build(tag, spec, body)

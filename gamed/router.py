@@ -178,13 +178,13 @@ class Router:
         try:
             msg = codec.decode(data)
         except codec.DecodeError as e:
-            self.metrics.received["invalid"].inc()
+            self.metrics.received["invalid"] += 1
             self.frame_refused(conn, "invalid", len(data))
             conn.send_error(400, str(e))
             self.metrics.processing["invalid"].observe(perf_counter() - started)
             return
         tag = msg.TAG
-        self.metrics.received[tag].inc()
+        self.metrics.received[tag] += 1
         ctx = conn.ctx
         pipeline = self.pipeline
         result: Refusal | None = None
@@ -288,6 +288,8 @@ class Router:
             self._to_others(
                 room, conn, m.UserJoinedRoom(room_id, conn.user_id, conn.nickname, count)
             )
+        if self.games is not None:
+            self.games.member_joined(conn, room_id)
         self.metrics.rooms.set(len(self.rooms))
 
     def _on_room_leave(self, conn: GameProtocol, msg: m.RoomLeave) -> None:
@@ -313,7 +315,7 @@ class Router:
         if size > CHAT_MAX_BYTES:
             raise Refusal(413, f"chat message of {size} bytes exceeds {CHAT_MAX_BYTES} bytes")
         self.rooms.record_message(room)
-        self.metrics.chat_deliveries.inc(self.rooms.broadcast(room.room_id, codec.frame(msg)))
+        self.metrics.chat_deliveries += self.rooms.broadcast(room.room_id, codec.frame(msg))
 
     def _on_game_message(self, conn: GameProtocol, msg: Any) -> None:
         self._room_id(msg.room_id)

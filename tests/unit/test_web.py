@@ -296,7 +296,7 @@ def test_two_server_metrics_do_not_clash() -> None:
     b = ServerMetrics()
     assert a.registry is not b.registry
     a.connections.inc()
-    a.received["HeartBeat"].inc()
+    a.received["HeartBeat"] += 1
     a.error_sent(400)
     assert a.registry.get_sample_value("gamed_connections") == 1
     assert b.registry.get_sample_value("gamed_connections") == 0
@@ -331,3 +331,21 @@ def test_unknown_disconnect_reason_counts_as_closed() -> None:
     assert value("gamed_disconnects_total", {"reason": "closed"}) == 1
     assert value("gamed_disconnects_total", {"reason": "idle"}) == 1
     assert value("gamed_disconnects_total", {"reason": "weird"}) is None
+
+
+def test_fast_histogram_matches_prometheus_bucket_semantics() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from gamed.telemetry import LATENCY_BUCKETS, FastHistogram
+
+    values = [0.0, 0.00001, 0.000011, 0.0005, 0.0049, 0.005, 0.3, 2.0, 1.0]
+    fast = FastHistogram(LATENCY_BUCKETS)
+    reg = CollectorRegistry()
+    ref = Histogram("ref_seconds", "reference", buckets=LATENCY_BUCKETS, registry=reg)
+    for v in values:
+        fast.observe(v)
+        ref.observe(v)
+    for le, count in fast.cumulative():
+        assert reg.get_sample_value("ref_seconds_bucket", {"le": le}) == count, le
+    assert fast.count == len(values)
+    assert abs(fast.sum - reg.get_sample_value("ref_seconds_sum")) < 1e-12
