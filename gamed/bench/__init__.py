@@ -1,0 +1,1 @@
+"""gamed-bench: a load generator for the gamed protocol."""

@@ -1,0 +1,189 @@
+"""One load-generator connection: an ``asyncio.Protocol`` (not streams, for speed).
+
+The protocol keeps the receive path cheap (see ``wire.FrameReader``) and offers a
+small awaitable API for the handshake steps (``expect``). Scenarios subclass it and
+override ``on_echo`` / ``on_message``; every wait is bounded by a timeout so a
+silent or broken server turns into a counted failure, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any, cast
+
+from gamed.bench import wire
+from gamed.bench.stats import Counters
+
+
+class ServerError(Exception):
+    """The server answered a step with ``Error{code}``."""
+
+    def __init__(self, code: Any, message: str) -> None:
+        super().__init__(f"Error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class Closed(ConnectionError):
+    """The connection went away while a step was waiting for its answer."""
+
+
+class BenchClient(asyncio.Protocol):
+    """A gamed client whose every received frame is counted in shared ``Counters``."""
+
+    def __init__(self, user_id: int, counters: Counters, *, track_echoes: bool = False) -> None:
+        self.user_id = user_id
+        self.counters = counters
+        self.nickname = f"u{user_id}"
+        self.room_id: int | None = None
+        self.transport: asyncio.Transport | None = None
+        self.reader = wire.FrameReader(wire.own_marker(user_id) if track_echoes else None)
+        self._waiters: dict[str, asyncio.Future[Any]] = {}
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: True once we started closing, so the loss is not counted as a disconnect.
+        self.closing = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but quack the same
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            batch = self.reader.feed(data)
+        except wire.WireError as e:
+            self.counters.error("bad_frame")
+            self._fail_waiters(Closed(str(e)))
+            self.abort()
+            return
+        if batch.chats:
+            self.counters.deliveries += batch.chats
+            if batch.echoes:
+                for seq, sent_ns in batch.echoes:
+                    self.on_echo(seq, sent_ns)
+        for payload in batch.others:
+            try:
+                tag, body = wire.decode(payload)
+            except wire.WireError:
+                self.counters.error("bad_frame")
+                continue
+            if tag == "Error":
+                code = body.get("code") if isinstance(body, dict) else None
+                msg = body.get("message", "") if isinstance(body, dict) else ""
+                self.counters.error(code)
+                if self._waiters:
+                    self._fail_waiters(ServerError(code, msg))
+                self.on_error(code, msg)
+                continue
+            fut = self._waiters.pop(tag, None)
+            if fut is not None and not fut.done():
+                fut.set_result(body)
+            self.on_message(tag, body)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closing:
+            self.counters.disconnects += 1
+        self._fail_waiters(Closed(f"connection lost: {exc}" if exc else "connection closed"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.on_lost()
+
+    # -- hooks for scenarios ---------------------------------------------------------
+
+    def on_echo(self, seq: int, sent_ns: int) -> None:
+        """One of this client's own probe chats came back."""
+
+    def on_message(self, tag: str, body: Any) -> None:
+        """Any non-chat frame other than ``Error``."""
+
+    def on_error(self, code: Any, message: str) -> None:
+        """An ``Error`` frame (already counted)."""
+
+    def on_lost(self) -> None:
+        """The connection is gone (after waiters were failed)."""
+
+    # -- sending and waiting ---------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(data)
+
+    def expect(self, tag: str) -> asyncio.Future[Any]:
+        """A future for the next frame with ``tag`` (fails on ``Error`` or close).
+
+        Register it *before* sending the request so a fast answer is not missed.
+        """
+        fut = self._waiters.get(tag)
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            if self.closed.done():
+                fut.set_exception(Closed("connection closed"))
+            else:
+                self._waiters[tag] = fut
+        return fut
+
+    async def request(self, data: bytes, tag: str, timeout: float) -> Any:
+        """Send ``data`` and wait (bounded) for the reply ``tag``; returns its body."""
+        fut = self.expect(tag)
+        self.send(data)
+        return await asyncio.wait_for(fut, timeout)
+
+    def _fail_waiters(self, exc: BaseException) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for fut in waiters.values():
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: nobody may be awaiting it any more
+
+    async def handshake(self, timeout: float, room_id: int | None = None) -> None:
+        """``Connect`` -> ``ConnectionAck``, then ``RoomJoin`` -> ``RoomJoinSuccess``."""
+        await self.request(wire.connect(self.user_id), "ConnectionAck", timeout)
+        if room_id is not None:
+            await self.request(
+                wire.room_join(self.user_id, room_id, self.nickname), "RoomJoinSuccess", timeout
+            )
+            self.room_id = room_id
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def open_client(
+    client: BenchClient, host: str, port: int, timeout: float
+) -> asyncio.Transport:
+    """TCP connect ``client`` to ``host:port`` within ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await asyncio.wait_for(
+        loop.create_connection(lambda: client, host, port), timeout
+    )
+    return transport  # type: ignore[return-value]
+
+
+async def close_all(clients: list[BenchClient], timeout: float = 5.0) -> None:
+    """Close every connection and wait (bounded) until the loop saw them go."""
+    for c in clients:
+        c.close()
+    pending = [c.closed for c in clients if c.transport is not None and not c.closed.done()]
+    if pending:
+        _, still = await asyncio.wait(pending, timeout=timeout)
+        for c in clients:
+            if c.transport is not None and not c.closed.done():
+                c.abort()
+        if still:
+            await asyncio.wait(still, timeout=1.0)

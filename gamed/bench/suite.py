@@ -1,0 +1,523 @@
+"""``make bench``: every scenario against the floor servers and gamed variants, in one run.
+
+Starts, on free 127.0.0.1 ports: the framework floor (bench/floor_server.py) with stdlib
+json and with orjson, gamed with its default middleware, gamed with each middleware
+plugin switched off in turn, and gamed with ``--middleware none`` (the gamed variants
+only for what ``twistd gamed --help`` says exists). Then, scenario by scenario, it loads
+each target in turn (interleaved, so drift on a shared machine hits every column alike),
+prints one table (rows: scenario/metric, columns: targets, with the ratio to the orjson
+floor) and writes bench/results.json. Every child is killed at the end, whatever happens.
+
+    python -m gamed.bench.suite            # ~4 minutes
+    python -m gamed.bench.suite --quick    # ~1 minute smoke run
+    python -m gamed.bench.suite --repeat 3 # medians of 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from gamed.bench.scenarios import BenchConfig, raise_nofile_limit, run
+from gamed.bench.stats import format_table, human
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOOR = ROOT / "bench" / "floor_server.py"
+RESULTS = ROOT / "bench" / "results.json"
+BASELINE = "floor-orjson"
+START_TIMEOUT = 30.0
+STOP_GRACE = 5.0
+
+
+# -- what to run --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One suite row group: a named BenchConfig and the metrics shown for it."""
+
+    key: str
+    cfg: BenchConfig
+    #: (metric key in result["metrics"] or "errors", row label, show ratio to floor)
+    rows: tuple[tuple[str, str, bool], ...]
+
+
+def suite_scenarios(quick: bool) -> list[Scenario]:
+    """The issue's scenario list; ``quick`` shrinks sizes and times for a smoke run."""
+    warm, dur = (0.5, 1.5) if quick else (1.0, 4.0)
+    idle_n = 1000 if quick else 5000
+    n_games = 50 if quick else 200
+    lat = (("echo_p50_ms", "echo p50 ms", True), ("echo_p99_ms", "echo p99 ms", True))
+    err = (("errors", "errors", False),)
+    return [
+        Scenario(
+            f"idle {idle_n}",
+            BenchConfig(
+                scenario="idle",
+                connections=idle_n,
+                rooms=idle_n // 10,
+                warmup=0.0,
+                duration=0.5 if quick else 1.0,
+            ),
+            (
+                ("rss_per_conn_kib", "RSS KiB/conn", True),
+                ("connects_per_s", "connects/s", True),
+                *err,
+            ),
+        ),
+        Scenario(
+            "fanout 50x20 w2",
+            BenchConfig(
+                scenario="fanout", rooms=50, members=20, window=2, warmup=warm, duration=dur
+            ),
+            (
+                ("deliveries_per_s", "deliveries/s", True),
+                ("sends_per_s", "sends/s", True),
+                *lat,
+                *err,
+            ),
+        ),
+        Scenario(
+            "fanout 500x2 w2",
+            BenchConfig(
+                scenario="fanout", rooms=500, members=2, window=2, warmup=warm, duration=dur
+            ),
+            (("deliveries_per_s", "deliveries/s", True), *lat, *err),
+        ),
+        Scenario(
+            "open 1000x5/s f20",
+            BenchConfig(
+                scenario="fanout", rooms=50, members=20, rate=5.0, warmup=warm, duration=dur
+            ),
+            (("deliveries_per_s", "deliveries/s", True), *lat, *err),
+        ),
+        Scenario(
+            f"games {n_games}",
+            BenchConfig(
+                scenario="games", games=n_games, warmup=0.0, duration=15.0 if quick else 30.0
+            ),
+            (
+                ("games_per_s", "games/s", True),
+                ("action_p50_ms", "action p50 ms", True),
+                ("action_p99_ms", "action p99 ms", True),
+                *err,
+            ),
+        ),
+        Scenario(
+            "churn 20 workers",
+            BenchConfig(
+                scenario="churn", workers=20, rooms=10, warmup=0.5, duration=1.5 if quick else 3.0
+            ),
+            (
+                ("cycles_per_s", "cycles/s", True),
+                ("cycle_p99_ms", "cycle p99 ms", True),
+                *err,
+            ),
+        ),
+    ]
+
+
+# -- child processes ------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """A server under test: how to start it on a port, and its process once started."""
+
+    name: str
+    argv: list[str]  # "{port}" is replaced by the chosen port
+    cwd: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    log_path: Path | None = None
+    problem: str = ""
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1 (start() retries if it is taken)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accepting(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def start(target: Target, workdir: Path, attempts: int = 3) -> bool:
+    """Start ``target`` on a free port and wait until it accepts; retry on a lost port race."""
+    for attempt in range(attempts):
+        port = free_port()
+        argv = [a.replace("{port}", str(port)) for a in target.argv]
+        target.log_path = workdir / f"{target.name}.{attempt}.log"
+        target._log = open(target.log_path, "wb")  # closed in stop_all
+        target.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=target._log,
+            stderr=subprocess.STDOUT,
+            cwd=target.cwd or workdir,
+            start_new_session=True,  # a terminal's Ctrl-C reaches us, and we clean up
+        )
+        target.port = port
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if target.proc.poll() is not None:
+                break
+            if accepting(port):
+                target.problem = ""
+                return True
+            time.sleep(0.1)
+        stop(target)
+        tail = log_tail(target.log_path)
+        target.problem = f"did not start (exit {target.proc.returncode}): {tail}"
+        if "in use" not in tail.lower():
+            break
+    return False
+
+
+def log_tail(path: Path | None, lines: int = 3) -> str:
+    if path is None or not path.exists():
+        return ""
+    text = path.read_text(errors="replace").strip().splitlines()
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+def stop(target: Target) -> None:
+    stop_all([target])
+
+
+def stop_all(targets: Sequence[Target]) -> None:
+    """SIGTERM every child, SIGKILL whatever is left after ``STOP_GRACE`` seconds."""
+    procs = [t.proc for t in targets if t.proc is not None and t.proc.poll() is None]
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            p.wait(timeout=5)
+    for t in targets:
+        if t._log is not None:
+            t._log.close()
+            t._log = None
+
+
+# -- gamed discovery ------------------------------------------------------------------------
+
+
+@dataclass
+class GamedSupport:
+    ok: bool
+    options: set[str] = field(default_factory=set)
+    middleware: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+#: Words of a help sentence that are never plugin names.
+_NOT_NAMES = {
+    "none", "all", "and", "or", "default", "the", "of", "for", "in", "order",
+    "available", "installed", "plugins", "plugin", "middleware", "comma", "list",
+}  # fmt: skip
+
+
+def parse_middleware_help(help_text: str) -> list[str]:
+    """Middleware names listed in the ``--middleware`` paragraph of ``twistd gamed --help``.
+
+    Only a fallback for when ``gamed.middleware.registry`` cannot be imported: help
+    prose is a weak contract, so only explicit lists are read (``available: a, b`` or
+    ``[default: a,b]``) and help words are filtered out.
+    """
+    lines = help_text.splitlines()
+    block: list[str] = []
+    for i, line in enumerate(lines):
+        if re.search(r"--middleware\b", line):
+            block.append(line.split("--middleware", 1)[1])
+            for nxt in lines[i + 1 :]:
+                if re.match(r"\s*-", nxt) or not nxt.strip():
+                    break
+                block.append(nxt)
+            break
+    text = " ".join(s.strip() for s in block)
+    for pattern in (r"available:\s*([^\];)]+)", r"\[default:\s*([^\]]+)\]"):
+        for m in re.finditer(pattern, text):
+            words = re.split(r"[\s,]+", m.group(1))
+            names = [w for w in words if re.fullmatch(r"[a-z][a-z0-9_\-]*", w)]
+            names = [w for w in dict.fromkeys(names) if w not in _NOT_NAMES]
+            if names:
+                return names
+    return []
+
+
+def registry_names() -> list[str] | None:
+    """``gamed.middleware.registry.available()`` as names; None if there is no registry."""
+    try:
+        registry = importlib.import_module("gamed.middleware.registry")
+        available = registry.available()
+    except Exception:
+        return None
+    if isinstance(available, dict):
+        available = list(available)
+    names = []
+    for item in available:
+        name = item if isinstance(item, str) else getattr(item, "name", None)
+        if isinstance(name, str):
+            names.append(name)
+    return names
+
+
+def detect_gamed(twistd: Path, workdir: Path) -> GamedSupport:
+    """Ask ``twistd gamed --help`` (once) which options and middleware this gamed has."""
+    if not twistd.exists():
+        return GamedSupport(False, reason=f"{twistd} not found")
+    try:
+        r = subprocess.run(
+            [str(twistd), "gamed", "--help"],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return GamedSupport(False, reason=f"twistd gamed --help: {e}")
+    if r.returncode != 0 or "--port" not in r.stdout:
+        last = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+        return GamedSupport(False, reason=f"twistd gamed --help failed: {last[0][:200]}")
+    options = set(re.findall(r"--([a-z][a-z0-9-]*)", r.stdout))
+    middleware: list[str] = []
+    if "middleware" in options:
+        from_registry = registry_names()
+        middleware = parse_middleware_help(r.stdout) if from_registry is None else from_registry
+    return GamedSupport(True, options, middleware)
+
+
+def gamed_targets(twistd: Path, support: GamedSupport, workdir: Path, quick: bool) -> list[Target]:
+    """gamed with default middleware, ``none``, and (unless quick) each plugin switched off."""
+    base = [str(twistd), "-n", "--pidfile=", "gamed", "--port", "tcp:{port}:interface=127.0.0.1"]
+    opts = support.options
+    if "metrics-port" in opts:
+        base += ["--metrics-port", "tcp:0:interface=127.0.0.1"]
+    if "rate-limit" in opts:
+        base += ["--rate-limit", "0"]
+    if "flood-detection" in opts:
+        base += ["--flood-detection", "off"]
+
+    def make(name: str, extra: list[str]) -> Target:
+        argv = list(base)
+        if "data-dir" in opts:
+            data = workdir / f"data-{name}"
+            data.mkdir(parents=True, exist_ok=True)
+            argv += ["--data-dir", str(data)]
+        return Target(name, argv + extra, cwd=workdir)
+
+    out = [make("gamed", [])]
+    if "middleware" in opts:
+        out.append(make("gamed-none", ["--middleware", "none"]))
+        if not quick:
+            for name in support.middleware:
+                rest = [m for m in support.middleware if m != name]
+                out.append(make(f"gamed-no-{name}", ["--middleware", ",".join(rest) or "none"]))
+    return out
+
+
+# -- running and reporting --------------------------------------------------------------------
+
+
+def median_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per metric, the median over repeats (ignoring missing values); errors summed."""
+    keys: dict[str, None] = {}
+    for r in runs:
+        keys.update(dict.fromkeys(r["metrics"]))
+    out: dict[str, Any] = {}
+    for k in keys:
+        vals = [r["metrics"].get(k) for r in runs]
+        nums = [v for v in vals if isinstance(v, int | float) and not isinstance(v, bool)]
+        out[k] = statistics.median(nums) if nums else None
+    out["errors"] = sum(r["errors"] for r in runs)
+    return out
+
+
+def ratio_cell(value: Any, base: Any) -> str:
+    text = human(value)
+    if isinstance(value, int | float) and isinstance(base, int | float) and base:
+        return f"{text} ({value / base:.2f}x)"
+    return text
+
+
+def render(
+    scenarios: list[Scenario], targets: list[Target], medians: dict[str, dict[str, dict[str, Any]]]
+) -> str:
+    """Rows = scenario/metric, columns = targets; non-floor cells carry the ratio to the floor."""
+    names = [t.name for t in targets]
+    rows: list[list[Any]] = []
+    for sc in scenarios:
+        for key, label, ratio in sc.rows:
+            row: list[Any] = [f"{sc.key} | {label}"]
+            base = medians.get(BASELINE, {}).get(sc.key, {}).get(key)
+            for name in names:
+                m = medians.get(name, {}).get(sc.key)
+                if m is None:
+                    row.append("n/a")
+                    continue
+                v = m.get(key)
+                row.append(ratio_cell(v, base) if ratio and name != BASELINE else human(v))
+            rows.append(row)
+    return format_table(["scenario | metric", *names], rows)
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    t_begin = time.monotonic()
+    raise_nofile_limit()  # children inherit it: 5000 idle connections need the fds
+    workdir = Path(tempfile.mkdtemp(prefix="gamed-bench-"))
+    targets: list[Target] = []
+    keep_logs = args.keep_logs
+    try:
+        if FLOOR.exists():
+            for mode in ("stdlib", "orjson"):
+                argv = [sys.executable, str(FLOOR), "--port", "{port}", "--json", mode]
+                targets.append(Target(f"floor-{mode}", argv))
+        else:
+            print(f"note: {FLOOR} missing: no floor columns", file=sys.stderr)
+        twistd = Path(sys.executable).parent / "twistd"
+        support = detect_gamed(twistd, workdir)
+        if support.ok:
+            targets += gamed_targets(twistd, support, workdir, args.quick)
+            mw = ", ".join(support.middleware) or "none found"
+            print(f"gamed: middleware {mw}", file=sys.stderr)
+        else:
+            print(f"note: gamed skipped: {support.reason}", file=sys.stderr)
+        if args.targets:
+            wanted = set(args.targets.split(","))
+            targets = [t for t in targets if t.name in wanted]
+        scenarios = suite_scenarios(args.quick)
+        if args.scenarios:
+            wanted_s = [s.strip() for s in args.scenarios.split(",")]
+            scenarios = [s for s in scenarios if any(w in s.key for w in wanted_s)]
+
+        for t in targets:
+            if start(t, workdir):
+                print(f"started {t.name} on 127.0.0.1:{t.port} (pid {t.proc.pid})", file=sys.stderr)  # type: ignore[union-attr]
+            else:
+                print(f"FAILED to start {t.name}: {t.problem}", file=sys.stderr)
+                keep_logs = True
+        live = [t for t in targets if t.problem == ""]
+
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in targets}
+        total = len(scenarios) * len(live) * args.repeat
+        n = 0
+        for rep in range(args.repeat):
+            for si, sc in enumerate(scenarios):
+                slot = rep * len(scenarios) + si
+                for t in live:
+                    n += 1
+                    if not t.alive():
+                        if not t.problem:
+                            code = t.proc.returncode if t.proc else None
+                            t.problem = f"exited ({code}): {log_tail(t.log_path)}"
+                            print(f"{t.name} died: {t.problem}", file=sys.stderr)
+                            keep_logs = True
+                        continue
+                    cfg = replace(
+                        sc.cfg,
+                        port=t.port,
+                        user_id_base=1_000_000 + slot * 20_000,
+                        room_id_base=1 + slot * 1000,
+                        server_pid=t.proc.pid if t.proc else None,
+                    )
+                    res = run(cfg)
+                    res["target_name"] = t.name
+                    runs[t.name].setdefault(sc.key, []).append(res)
+                    first = sc.rows[0][0]
+                    print(
+                        f"[{n}/{total}] {sc.key} on {t.name}: {sc.rows[0][1]} "
+                        f"{human(res['metrics'].get(first))}, errors {res['errors']}"
+                        + ("" if res["ok"] else f", FAILED {res['notes'][:1]}"),
+                        file=sys.stderr,
+                    )
+                    time.sleep(0.3)  # let the server finish the disconnects
+        medians = {
+            name: {k: median_metrics(v) for k, v in per.items()} for name, per in runs.items()
+        }
+        print(render(scenarios, targets, medians))
+        for t in targets:
+            if t.problem:
+                print(f"{t.name}: {t.problem}")
+        doc = {
+            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "quick": args.quick,
+            "repeat": args.repeat,
+            "baseline": BASELINE,
+            "elapsed_s": round(time.monotonic() - t_begin, 1),
+            "targets": {
+                t.name: {"argv": t.argv, "port": t.port, "problem": t.problem} for t in targets
+            },
+            "scenarios": {sc.key: orjson.loads(orjson.dumps(sc.cfg)) for sc in scenarios},
+            "medians": medians,
+            "runs": runs,
+        }
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        print(f"wrote {out} in {time.monotonic() - t_begin:.0f}s")
+        return 0 if live and all(not t.problem for t in targets) else 1
+    finally:
+        stop_all(targets)
+        if keep_logs:
+            print(f"logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwind through run_suite's finally: children die too
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m gamed.bench.suite", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument("--quick", action="store_true", help="~1 minute smoke run")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per cell; the table shows medians")
+    ap.add_argument("--out", default=str(RESULTS), help="results JSON (default %(default)s)")
+    ap.add_argument("--targets", default="", help="comma list of target names to keep")
+    ap.add_argument("--scenarios", default="", help="comma list of scenario name parts to keep")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the children's logs")
+    args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
+    signal.signal(signal.SIGTERM, _terminate)
+    return run_suite(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""gamed-bench against the real floor server (bench/floor_server.py) over 127.0.0.1.
+
+Only counts are asserted, never speeds: this checks the load generator works end to end.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gamed.bench.scenarios import BenchConfig, run
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOOR = ROOT / "bench" / "floor_server.py"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """(port, pid) of a floor server on a free port; killed afterwards."""
+    out = tmp_path_factory.mktemp("floor") / "floor.out"
+    with open(out, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(FLOOR), "--port", "0", "--json", "orjson"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        port = 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            text = out.read_text()
+            if text.startswith("PORT "):
+                port = int(text.split()[1])
+                break
+            time.sleep(0.05)
+        assert port, f"floor did not start: {out.read_text()[-500:]}"
+        yield port, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def test_fanout_closed_loop(floor: tuple[int, int]) -> None:
+    port, _ = floor
+    cfg = BenchConfig(scenario="fanout", port=port, rooms=2, members=3, warmup=0.2, duration=1.0)
+    res = run(cfg)
+    m = res["metrics"]
+    assert res["ok"], res
+    assert m["clients"] == 6
+    assert m["deliveries_per_s"] > 0
+    assert m["echo_count"] > 0
+    assert m["fanout"] == pytest.approx(3, abs=0.5)  # each chat reaches the 3 members
+    assert res["errors"] == 0
+    assert res["connect_failures"] == 0
+
+
+def test_fanout_open_loop(floor: tuple[int, int]) -> None:
+    port, _ = floor
+    cfg = BenchConfig(
+        scenario="fanout", port=port, rooms=2, members=3, rate=20, warmup=0.2, duration=1.0,
+        user_id_base=2_000_000, room_id_base=100,
+    )  # fmt: skip
+    res = run(cfg)
+    assert res["metrics"]["deliveries_per_s"] > 0
+    assert res["errors"] == 0
+
+
+def test_idle_reports_server_rss(floor: tuple[int, int]) -> None:
+    port, pid = floor
+    cfg = BenchConfig(
+        scenario="idle", port=port, connections=20, rooms=4, duration=0.3, server_pid=pid,
+        user_id_base=3_000_000, room_id_base=200,
+    )  # fmt: skip
+    res = run(cfg)
+    assert res["metrics"]["connections"] == 20
+    assert res["metrics"]["rss_after_kib"] > 0
+    assert res["errors"] == 0
+
+
+def test_games_unsupported_is_reported_not_hung(floor: tuple[int, int]) -> None:
+    port, _ = floor
+    cfg = BenchConfig(
+        scenario="games", port=port, games=3, duration=5.0, user_id_base=4_000_000,
+        room_id_base=300,
+    )  # fmt: skip
+    res = run(cfg)
+    assert res["metrics"]["games_completed"] == 0
+    assert res["error_codes"] == {"404": 3}
+    # the errors end the games at once: none is left to the play timeout
+    assert not any("not finished" in n for n in res["notes"]), res["notes"]
+
+
+def test_churn(floor: tuple[int, int]) -> None:
+    port, _ = floor
+    cfg = BenchConfig(
+        scenario="churn", port=port, workers=2, rooms=1, warmup=0.1, duration=0.5,
+        user_id_base=5_000_000, room_id_base=400,
+    )  # fmt: skip
+    res = run(cfg)
+    assert res["metrics"]["cycles"] > 0
+    assert res["errors"] == 0 and res["connect_failures"] == 0
+
+
+def test_connection_refused_gives_exit_status_2() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "gamed.bench", "fanout", "--port", str(port), "--rooms", "1",
+         "--members", "2", "--warmup", "0", "--duration", "0.5", "--json"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout.count("\n") == 1 and '"connect_failures":2' in proc.stdout
