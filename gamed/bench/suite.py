@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import datetime as dt
 import importlib
+import importlib.util
 import re
 import shutil
 import signal
@@ -321,6 +322,10 @@ def detect_gamed(twistd: Path, workdir: Path) -> GamedSupport:
     return GamedSupport(True, options, middleware)
 
 
+def _has_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
 def gamed_targets(twistd: Path, support: GamedSupport, workdir: Path, quick: bool) -> list[Target]:
     """gamed with default middleware, ``none``, and (unless quick) each plugin switched off."""
     base = [str(twistd), "-n", "--pidfile=", "gamed", "--port", "tcp:{port}:interface=127.0.0.1"]
@@ -341,6 +346,12 @@ def gamed_targets(twistd: Path, support: GamedSupport, workdir: Path, quick: boo
         return Target(name, argv + extra, cwd=workdir)
 
     out = [make("gamed", [])]
+    if not quick and _has_uvloop():
+        # The asyncio reactor on uvloop, all default plugins: twistd's global
+        # --reactor option goes before the subcommand.
+        uv = make("gamed-uvloop", [])
+        uv.argv[1:1] = ["--reactor", "uvloop"]
+        out.append(uv)
     if "middleware" in opts:
         out.append(make("gamed-none", ["--middleware", "none"]))
         if not quick:

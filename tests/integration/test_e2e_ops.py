@@ -173,3 +173,51 @@ def test_http_side_port(server: GamedProcess) -> None:
     status, _ = server.http("/nope")
     assert status == 404
     assert heartbeat_ok(a)
+
+
+def test_uvloop_reactor_plugin_serves(tmp_path: Path) -> None:
+    """`twistd --reactor uvloop gamed` (gamed's reactor plugin) runs and serves."""
+    import re
+
+    from tests.integration.conftest import WireClient
+
+    log = tmp_path / "uv.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile",
+                "",
+                "--reactor",
+                "uvloop",
+                "gamed",
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--metrics-port",
+                "none",
+                "--data-dir",
+                str(tmp_path),
+            ],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        port = None
+
+        def bound() -> bool:
+            nonlocal port
+            found = re.search(r"GameFactory starting on (\d+)", log.read_text())
+            port = int(found.group(1)) if found else None
+            return port is not None or proc.poll() is not None
+
+        _wait_for(bound, 20, "the uvloop server")
+        assert port is not None, log.read_text()
+        assert "AsyncioSelectorReactor" in log.read_text()
+        c = WireClient(port)
+        c.connect(1)
+        assert heartbeat_ok(c)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
