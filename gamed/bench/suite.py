@@ -346,18 +346,18 @@ def gamed_targets(twistd: Path, support: GamedSupport, workdir: Path, quick: boo
         return Target(name, argv + extra, cwd=workdir)
 
     out = [make("gamed", [])]
-    if not quick and _has_uvloop():
-        # The asyncio reactor on uvloop, all default plugins: twistd's global
-        # --reactor option goes before the subcommand.
-        uv = make("gamed-uvloop", [])
-        uv.argv[1:1] = ["--reactor", "uvloop"]
-        out.append(uv)
     if "middleware" in opts:
         out.append(make("gamed-none", ["--middleware", "none"]))
         if not quick:
             for name in support.middleware:
                 rest = [m for m in support.middleware if m != name]
                 out.append(make(f"gamed-no-{name}", ["--middleware", ",".join(rest) or "none"]))
+    if not quick and _has_uvloop():
+        # The asyncio reactor on uvloop, all default plugins: twistd's global
+        # --reactor option goes before the subcommand.
+        uv = make("gamed-uvloop", [])
+        uv.argv[1:1] = ["--reactor", "uvloop"]
+        out.append(uv)
     return out
 
 

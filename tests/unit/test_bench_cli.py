@@ -63,7 +63,8 @@ def test_middleware_names_from_help(avail: str, names: list[str]) -> None:
     assert suite.parse_middleware_help(HELP.format(avail=avail)) == names
 
 
-def test_gamed_variants_follow_the_supported_options(tmp_path: Path) -> None:
+def test_gamed_variants_follow_the_supported_options(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(suite, "_has_uvloop", lambda: True)
     support = suite.GamedSupport(
         True,
         {"port", "metrics-port", "data-dir", "middleware", "rate-limit"},
@@ -71,13 +72,21 @@ def test_gamed_variants_follow_the_supported_options(tmp_path: Path) -> None:
     )
     targets = suite.gamed_targets(Path("/x/twistd"), support, tmp_path, quick=False)
     names = [t.name for t in targets]
-    assert names == ["gamed", "gamed-none", "gamed-no-security", "gamed-no-metrics"]
+    assert names == [
+        "gamed",
+        "gamed-none",
+        "gamed-no-security",
+        "gamed-no-metrics",
+        "gamed-uvloop",
+    ]
+    assert targets[-1].argv[:6] == ["/x/twistd", "--reactor", "uvloop", "-n", "--pidfile=", "gamed"]
     argv = targets[2].argv
     assert argv[:4] == ["/x/twistd", "-n", "--pidfile=", "gamed"]
     assert "tcp:{port}:interface=127.0.0.1" in argv
     assert argv[argv.index("--middleware") + 1] == "metrics"
     assert argv[argv.index("--rate-limit") + 1] == "0"
     assert "--flood-detection" not in argv  # not in the help text: never passed
+    monkeypatch.setattr(suite, "_has_uvloop", lambda: False)
     bare = suite.gamed_targets(
         Path("/x/twistd"), suite.GamedSupport(True, {"port"}), tmp_path, False
     )
