@@ -26,6 +26,26 @@ T = TypeVar("T")
 Migration = str | Callable[[sqlite3.Connection], None]
 
 
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    kwargs["daemon"] = True
+    return threading.Thread(*args, **kwargs)
+
+
+def split_sql(script: str) -> list[str]:
+    """Split a script into complete statements (semicolons inside strings or
+    trigger bodies do not end a statement)."""
+    statements, buf = [], ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n\t;"):
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip(" \n\t;"):
+        raise ValueError(f"incomplete SQL statement: {buf.strip()[:80]!r}")
+    return statements
+
+
 class SqliteStore:
     def __init__(self, path: str, reactor: Any = None) -> None:
         if reactor is None:
@@ -36,6 +56,9 @@ class SqliteStore:
         self._reactor = reactor
         self._conn: sqlite3.Connection | None = None
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"sqlite:{os.path.basename(path)}")
+        # A daemon thread: a store someone forgot to close must not keep the
+        # process alive at exit. Durability comes from close()/flush on stop.
+        self._pool.threadFactory = _daemon_thread
         self._pool.start()
         self._closed = False
 
@@ -104,14 +127,17 @@ class SqliteStore:
                 if callable(step):
                     step(conn)
                 else:
-                    for statement in step.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                    for statement in split_sql(step):
+                        conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={number}")
                 _log.info("{path}: schema migrated to version {n}", path=self.path, n=number)
             return len(steps)
 
-        return self.run_sync(apply)
+        try:
+            return self.run_sync(apply)
+        except BaseException:
+            self.close()  # do not leave the thread behind a failed start-up
+            raise
 
     def close(self) -> None:
         """Finish queued work, close the connection and stop the thread."""

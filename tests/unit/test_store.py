@@ -79,3 +79,23 @@ def test_run_works_off_the_reactor_thread(tmp_path: Path):
         assert count == 50
     finally:
         s.close()
+
+
+def test_split_sql_keeps_semicolons_inside_strings_and_triggers() -> None:
+    from gamed.store import split_sql
+
+    script = (
+        "CREATE TABLE a (x TEXT DEFAULT ';');\n"
+        "CREATE TRIGGER t AFTER INSERT ON a BEGIN UPDATE a SET x = 'y;z'; END;\n"
+    )
+    assert len(split_sql(script)) == 2
+    with pytest.raises(ValueError, match="incomplete"):
+        split_sql("CREATE TABLE b (x TEXT DEFAULT 'unterminated)")
+
+
+def test_failed_migration_closes_the_store(tmp_path: Path) -> None:
+    s = SqliteStore(str(tmp_path / "db.sqlite3"), reactor=MemoryReactor())
+    with pytest.raises(sqlite3.OperationalError):
+        s.migrate(["CREATE TABLE ok (a INTEGER)", "THIS IS NOT SQL"])
+    with pytest.raises(RuntimeError, match="closed"):
+        s.run_sync(lambda c: None)
