@@ -159,6 +159,9 @@ class IGameService(Interface):
         its seat (the router then keeps it in the room and waits for ``reclaim``);
         False to let it leave as usual."""
 
+    def game_of_user(user_id: int) -> int | None:
+        """The room id of the game ``user_id`` plays in, or None."""
+
     def reclaim(user_id: int) -> int | None:
         """A new connection for ``user_id`` arrived: the room id of a held seat, or None."""
 

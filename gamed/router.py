@@ -237,8 +237,20 @@ class Router:
         if self.authenticate is not None:
             self.authenticate(uid, msg.token)
         old = self.sessions.get(uid)
+        seat: int | None = None
         if old is not None:
-            self._leave_current_room(old, notify_leaver=False)
+            # A player whose old connection is still (half-)open keeps the seat:
+            # the new connection takes it over, as after a reconnect.
+            room = self.rooms.room_of(uid)
+            if (
+                self.games is not None
+                and room is not None
+                and room.members.get(uid) is old
+                and self.games.game_of_user(uid) == room.room_id
+            ):
+                seat = room.room_id
+            else:
+                self._leave_current_room(old, notify_leaver=False)
             del self.sessions[uid]
             self.metrics.sessions.dec()
             old.disconnect(409, "replaced by a new connection", reason="replaced")
@@ -250,7 +262,7 @@ class Router:
         conn.send(m.ConnectionAck(uid))
         self.events.emit(ev.UserConnected(uid, conn.ctx.peer_host, self.clock.seconds()))
         if self.games is not None:
-            room_id = self.games.reclaim(uid)
+            room_id = self.games.reclaim(uid) if seat is None else seat
             if room_id is not None and self.rooms.get(room_id) is not None:
                 room = self.rooms.join(conn, room_id)  # replaces the held member
                 conn.send(m.RoomJoinSuccess(room_id, len(room)))

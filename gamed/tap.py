@@ -13,6 +13,7 @@ from twisted.python import usage
 from gamed import __version__
 from gamed.config import COERCERS, ConfigError, Settings, build_settings, with_backlog
 from gamed.events import EventBus
+from gamed.games import Games
 from gamed.middleware import registry
 from gamed.pipeline import Pipeline
 from gamed.protocol import GameFactory
@@ -161,6 +162,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     rooms = RoomService(reactor, settings.max_room_users, events)
     router = Router(settings, reactor, rooms, Pipeline(), metrics, events)
     metrics.registry.register(TrafficCollector(router))
+    games = Games(reactor, rooms, events, settings, metrics.registry, router)
+    router.games = games
 
     names = settings.middleware if settings.middleware is not None else registry.available()
     parts: list[tuple[str, registry.PluginParts]] = []
@@ -190,6 +193,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
 
     router.reloader = reload
     top = ServerRoot(reactor, reload)
+    games.service.setServiceParent(top)
     for name, p in parts:
         if p.service is not None:
             p.service.setName(f"middleware-{name}")
@@ -208,7 +212,11 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         site = make_site(
             router,
             metrics.registry,
-            stats_sections={n: p.stats for n, p in parts if p.stats is not None},
+            stats_sections={
+                "cache": games.cache_stats,
+                "games": games.stats,
+                **{n: p.stats for n, p in parts if p.stats is not None},
+            },
             room_sections={n: p.room_stats for n, p in parts if p.room_stats is not None},
             extra={k: v for _, p in parts for k, v in p.resources.items()},
         )

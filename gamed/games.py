@@ -1,0 +1,519 @@
+"""Turn-based games in rooms: the IGameService the router calls.
+
+One game per room. The rules are protocol.md's Games section; every choice it
+left open is written down in docs/games.md. Turn time-outs and reconnect
+grace periods are DelayedCalls on the injected clock.
+
+Where the state lives: the ``Game`` objects are kept in ``self._games`` (the
+authority, never evicted, dropped when the game ends) *and* in the
+``GameStateCache`` under ``game_state:{room_id}``, which is the read path of
+every game message. The cache holds the very same object, never a copy, so
+a cached entry cannot be stale; an entry lost to eviction or expiry is a miss
+that is repaired from ``self._games``. A game can therefore never be
+corrupted by the cache, only slowed down by a miss. ``user_game:{user_id}``
+holds the room id of each player's game, read when a player reconnects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from twisted.application.service import IService
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gamed import codec
+from gamed import events as ev
+from gamed import messages as m
+from gamed.cache import CacheCollector, CacheConfig, GameStateCache, make_sweeper
+from gamed.config import Settings
+from gamed.errors import Refusal
+from gamed.interfaces import IGameService, IRoomClient, IServerControl
+from gamed.rooms import Room, RoomService
+
+_log = Logger()
+
+WAITING, IN_PROGRESS, FINISHED = "Waiting", "InProgress", "Finished"
+I32_MIN, I32_MAX = -(2**31), 2**31 - 1
+#: Longest ``UseItem.item_id`` accepted (it is echoed to the whole room).
+ITEM_ID_MAX_CHARS = 64
+
+
+class Player:
+    """One seat in a game."""
+
+    __slots__ = ("away", "nickname", "position", "ready", "score", "user_id")
+
+    def __init__(self, user_id: int, nickname: str, ready: bool) -> None:
+        self.user_id = user_id
+        self.nickname = nickname
+        self.score = 0
+        self.ready = ready
+        self.position: dict[str, float] | None = None
+        self.away = False
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "nickname": self.nickname,
+            "score": self.score,
+            "ready": self.ready,
+            "position": self.position,
+        }
+
+
+class Game:
+    """A room's game: players in room join order, whose turn, which round."""
+
+    __slots__ = (
+        "by_id",
+        "created_at",
+        "live_at",
+        "players",
+        "room_id",
+        "round",
+        "status",
+        "timer",
+        "turn",
+    )
+
+    def __init__(self, room_id: int, now: float) -> None:
+        self.room_id = room_id
+        self.status = WAITING
+        self.players: list[Player] = []
+        self.by_id: dict[int, Player] = {}
+        self.turn = 0  # index into players while InProgress
+        self.round = 0
+        self.created_at = now
+        self.live_at: float | None = None  # when it went InProgress
+        self.timer: IDelayedCall | None = None
+
+    def add(self, player: Player) -> None:
+        self.players.append(player)
+        self.by_id[player.user_id] = player
+
+    @property
+    def current(self) -> Player | None:
+        return self.players[self.turn] if self.status == IN_PROGRESS else None
+
+    def state(self) -> dict[str, Any]:
+        """The protocol's game-state object."""
+        current = self.current
+        return {
+            "room_id": self.room_id,
+            "status": self.status,
+            "players": [p.wire() for p in self.players],
+            "current_turn": current.user_id if current is not None else None,
+            "round": self.round,
+            "started_at": int(self.created_at),
+        }
+
+
+class _Seat:
+    """A dropped player's held seat."""
+
+    __slots__ = ("call", "room_id")
+
+    def __init__(self, room_id: int, call: IDelayedCall) -> None:
+        self.room_id = room_id
+        self.call = call
+
+
+@implementer(IGameService)
+class Games:
+    """Game rules, turns, turn timers and reconnect grace; never sees a transport."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        rooms: RoomService,
+        events: ev.EventBus,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        control: IServerControl | None = None,
+        cache_config: CacheConfig | Mapping[str, Any] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._rooms = rooms
+        self._events = events
+        self._control = control
+        self.round_limit = settings.round_limit
+        self.turn_timeout = settings.turn_timeout
+        self.reconnect_grace = settings.reconnect_grace
+        if cache_config is None:
+            cache_config = settings.for_plugin("cache")
+        if not isinstance(cache_config, CacheConfig):
+            cache_config = CacheConfig.from_mapping(cache_config)
+        # Values are live Game objects and room ids: nothing to serialise, so
+        # compression never applies to them (see docs/cache.md).
+        self.cache = GameStateCache(clock, cache_config)
+        self.service: IService = make_sweeper(self.cache, clock)
+        self.service.setName("game-cache-sweeper")
+        if registry is not None:
+            registry.register(CacheCollector(self.cache))
+        self._games: dict[int, Game] = {}
+        self._away: dict[int, _Seat] = {}
+        self.started = 0  # games that went InProgress
+        self.ended = 0
+        self.actions = 0
+        self.turn_timeouts = 0
+        self.leavers = 0
+        self.seats_held = 0
+        self.seats_reclaimed = 0
+        self.seats_expired = 0
+
+    # -- lookups (through the cache) -----------------------------------------------------
+
+    def game(self, room_id: int) -> Game | None:
+        """The room's game: a cache read, repaired from the authority on a miss.
+
+        Rooms without a game are answered by the game table without a cache
+        lookup, so a cache miss always means an entry lost to eviction or TTL.
+        """
+        if room_id not in self._games:
+            return None
+        key = f"game_state:{room_id}"
+        game = self.cache.get(key)
+        if game is None:
+            game = self._games[room_id]
+            self.cache.set(key, game)
+        return game
+
+    def game_of_user(self, user_id: int) -> int | None:
+        """Room id of the game ``user_id`` plays in, or None (read through ``user_game:``)."""
+        key = f"user_game:{user_id}"
+        room_id = self.cache.get(key)
+        if room_id is not None:
+            game = self._games.get(room_id)
+            if game is not None and user_id in game.by_id:
+                return room_id
+            self.cache.remove(key)  # stale: the seat went with its player
+            return None
+        room = self._rooms.room_of(user_id)
+        if room is not None:
+            game = self._games.get(room.room_id)
+            if game is not None and user_id in game.by_id:
+                self.cache.set(key, room.room_id)
+                return room.room_id
+        return None
+
+    # -- IGameService -------------------------------------------------------------------
+
+    def handle(self, client: IRoomClient, message: Any) -> None:
+        room_id = message.room_id
+        uid = client.user_id
+        room = self._rooms.room_of(uid)
+        if room is None or room.room_id != room_id or room.members.get(uid) is not client:
+            raise Refusal(404, f"not in room {room_id}")
+        tag = message.TAG
+        if tag == "PlayerAction":
+            self._act(client, room_id, message.action)
+        elif tag == "ToggleReady":
+            self._toggle_ready(client, room_id)
+        elif tag == "StartGame":
+            self._start(client, room)
+        else:  # pragma: no cover - the router only routes these three
+            raise Refusal(400, f"not a game message: {tag}")
+
+    def member_joined(self, client: IRoomClient, room_id: int) -> None:
+        game = self.game(room_id)
+        if game is not None:
+            self._send_state(client, game)
+
+    def member_left(self, client: IRoomClient, room_id: int) -> None:
+        uid = client.user_id
+        seat = self._away.pop(uid, None)
+        if seat is not None and seat.call.active():
+            seat.call.cancel()
+        game = self._games.get(room_id)
+        if game is None:
+            return
+        player = game.by_id.get(uid)
+        if player is not None:
+            self.leavers += 1
+            self._remove_player(game, player)
+
+    def connection_lost(self, client: IRoomClient, room_id: int) -> bool:
+        if self.reconnect_grace <= 0:
+            return False
+        uid = client.user_id
+        game = self._games.get(room_id)
+        player = game.by_id.get(uid) if game is not None else None
+        if player is None:
+            return False
+        player.away = True
+        call = self._clock.callLater(self.reconnect_grace, self._grace_expired, uid)
+        self._away[uid] = _Seat(room_id, call)
+        self.seats_held += 1
+        text = (
+            f"player {player.nickname} (user {uid}) is away: "
+            f"seat held for {self.reconnect_grace:g} seconds"
+        )
+        self._rooms.broadcast(room_id, codec.frame(m.SystemMessage(text)))
+        return True
+
+    def reclaim(self, user_id: int) -> int | None:
+        seat = self._away.pop(user_id, None)
+        if seat is None:
+            return None
+        if seat.call.active():
+            seat.call.cancel()
+        self.seats_reclaimed += 1
+        return seat.room_id
+
+    def reclaimed(self, client: IRoomClient, room_id: int) -> None:
+        uid = client.user_id
+        game = self.game(room_id)
+        nickname = client.nickname
+        if game is not None:
+            player = game.by_id.get(uid)
+            if player is not None:
+                player.away = False
+                nickname = player.nickname
+            self._send_state(client, game)
+        text = f"player {nickname} (user {uid}) is back"
+        self._rooms.broadcast(room_id, codec.frame(m.SystemMessage(text)))
+
+    # -- the rules ----------------------------------------------------------------------
+
+    def _start(self, client: IRoomClient, room: Room) -> None:
+        room_id = room.room_id
+        game = self.game(room_id)
+        if game is not None:
+            raise Refusal(409, f"a game is already {_doing(game.status)} in room {room_id}")
+        away = self._away
+        members = [c for c in room.members.values() if c.user_id not in away]
+        if len(members) < 2:
+            raise Refusal(
+                409, f"a game needs at least 2 players in the room, there are {len(members)}"
+            )
+        game = Game(room_id, self._clock.seconds())
+        for c in members:
+            game.add(Player(c.user_id, c.nickname, ready=c is client))
+        self._games[room_id] = game
+        cache = self.cache
+        cache.set(f"game_state:{room_id}", game)
+        for p in game.players:
+            cache.set(f"user_game:{p.user_id}", room_id)
+        self._broadcast(room_id, m.GameStarted(room_id, [p.wire() for p in game.players]))
+
+    def _toggle_ready(self, client: IRoomClient, room_id: int) -> None:
+        game = self.game(room_id)
+        if game is None:
+            raise Refusal(404, f"no game in room {room_id}: send StartGame first")
+        if game.status != WAITING:
+            raise Refusal(409, f"the game in room {room_id} is already in progress")
+        player = game.by_id.get(client.user_id)
+        if player is None:
+            raise Refusal(
+                409, "you are not a player in this game (you joined after it was started)"
+            )
+        player.ready = not player.ready
+        if player.ready and all(p.ready for p in game.players):
+            self._go_live(game)
+        else:
+            self._broadcast(room_id, m.PlayerReadyUpdate(room_id, player.user_id, player.ready))
+
+    def _act(self, client: IRoomClient, room_id: int, action: m.Action) -> None:
+        game = self.game(room_id)
+        if game is None:
+            raise Refusal(404, f"no game in room {room_id}")
+        if game.status != IN_PROGRESS:
+            raise Refusal(
+                409, f"the game in room {room_id} has not started: players are not all ready"
+            )
+        current = game.players[game.turn]
+        uid = client.user_id
+        if current.user_id != uid:
+            raise Refusal(409, f"not your turn: it is user {current.user_id}'s turn")
+        tag = action.TAG
+        if tag == "Move":
+            current.position = {"x": action.x, "y": action.y, "direction": action.direction}
+        elif tag == "Attack":
+            target = game.by_id.get(action.target_id)
+            if target is None:
+                raise Refusal(422, f"attack target {action.target_id} is not a player in this game")
+            target.score = max(I32_MIN, min(I32_MAX, target.score - action.damage))
+        elif len(action.item_id) > ITEM_ID_MAX_CHARS:
+            raise Refusal(422, f"item_id is longer than {ITEM_ID_MAX_CHARS} characters")
+        self.actions += 1
+        finished = self._advance(game)
+        wire = {
+            tag: action
+        }  # orjson writes the slotted dataclass's fields (see codec.action_to_wire)
+        self._broadcast(room_id, m.ActionResult(room_id, uid, wire, game.state()))
+        if finished:
+            self._end(game)
+        else:
+            self._arm_timer(game)
+
+    def _go_live(self, game: Game) -> None:
+        game.status = IN_PROGRESS
+        game.round = 1
+        game.turn = 0
+        now = self._clock.seconds()
+        game.live_at = now
+        self.started += 1
+        self._broadcast(game.room_id, m.GameInProgress(game.room_id, game.players[0].user_id, 1))
+        self._arm_timer(game)
+        if self._events.active:
+            players = tuple(p.user_id for p in game.players)
+            self._events.emit(ev.GameStarted(game.room_id, players, now))
+
+    def _advance(self, game: Game) -> bool:
+        """Pass the turn; True when that finished the last round."""
+        game.turn += 1
+        if game.turn >= len(game.players):
+            if game.round >= self.round_limit:
+                game.status = FINISHED
+                game.turn = 0
+                return True
+            game.turn = 0
+            game.round += 1
+        return False
+
+    def _arm_timer(self, game: Game) -> None:
+        timer = game.timer
+        if timer is not None and timer.active():
+            timer.reset(self.turn_timeout)
+        else:
+            game.timer = self._clock.callLater(self.turn_timeout, self._turn_timed_out, game)
+
+    def _announce_turn(self, game: Game) -> None:
+        current = game.players[game.turn]
+        self._broadcast(game.room_id, m.GameInProgress(game.room_id, current.user_id, game.round))
+        self._arm_timer(game)
+
+    def _turn_timed_out(self, game: Game) -> None:
+        game.timer = None
+        if self._games.get(game.room_id) is not game or game.status != IN_PROGRESS:
+            return
+        self.turn_timeouts += 1
+        if self._advance(game):
+            self._end(game)
+        else:
+            self._announce_turn(game)
+
+    def _remove_player(self, game: Game, player: Player) -> None:
+        index = game.players.index(player)
+        del game.players[index]
+        del game.by_id[player.user_id]
+        self.cache.remove(f"user_game:{player.user_id}")
+        if len(game.players) < 2:
+            self._end(game)
+            return
+        if game.status == WAITING:
+            if all(p.ready for p in game.players):
+                self._go_live(game)
+            return
+        if index < game.turn:
+            game.turn -= 1
+        elif index == game.turn:
+            # The leaver had the turn: it passes to whoever now sits at ``index``.
+            if game.turn >= len(game.players):
+                if game.round >= self.round_limit:
+                    game.status = FINISHED
+                    game.turn = 0
+                    self._end(game)
+                    return
+                game.turn = 0
+                game.round += 1
+            self._announce_turn(game)
+
+    def _end(self, game: Game) -> None:
+        room_id = game.room_id
+        if game.timer is not None and game.timer.active():
+            game.timer.cancel()
+        game.timer = None
+        went_live = game.live_at is not None
+        game.status = FINISHED
+        del self._games[room_id]
+        self.cache.remove(f"game_state:{room_id}")
+        for p in game.players:
+            self.cache.remove(f"user_game:{p.user_id}")
+        winner = _winner(game.players) if went_live else None
+        scores = [[p.user_id, p.score] for p in game.players]
+        self.ended += 1
+        self._broadcast(room_id, m.GameEnded(room_id, winner.wire() if winner else None, scores))
+        if went_live and self._events.active:
+            now = self._clock.seconds()
+            self._events.emit(
+                ev.GameEnded(
+                    room_id,
+                    now - game.live_at,
+                    winner.user_id if winner else None,
+                    tuple((u, s) for u, s in scores),
+                    now,
+                )
+            )
+
+    def _grace_expired(self, user_id: int) -> None:
+        seat = self._away.get(user_id)
+        if seat is None:
+            return
+        self.seats_expired += 1
+        removed = self._control.remove_from_room(user_id) if self._control is not None else False
+        # remove_from_room calls member_left, which drops the seat; make sure either way.
+        self._away.pop(user_id, None)
+        if not removed:
+            game = self._games.get(seat.room_id)
+            if game is not None and user_id in game.by_id:
+                self.leavers += 1
+                self._remove_player(game, game.by_id[user_id])
+
+    # -- output ---------------------------------------------------------------------------
+
+    def _broadcast(self, room_id: int, message: object) -> None:
+        self._rooms.broadcast(room_id, codec.frame(message))
+
+    def _send_state(self, client: IRoomClient, game: Game) -> None:
+        """The current state as existing messages: GameStarted (players), then GameInProgress."""
+        room_id = game.room_id
+        client.send_frame(codec.frame(m.GameStarted(room_id, [p.wire() for p in game.players])))
+        if game.status == IN_PROGRESS:
+            current = game.players[game.turn]
+            client.send_frame(codec.frame(m.GameInProgress(room_id, current.user_id, game.round)))
+
+    # -- stats ----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The ``games`` section of /stats."""
+        waiting = sum(1 for g in self._games.values() if g.status == WAITING)
+        return {
+            "active": len(self._games),
+            "waiting": waiting,
+            "in_progress": len(self._games) - waiting,
+            "players": sum(len(g.players) for g in self._games.values()),
+            "away": len(self._away),
+            "started_total": self.started,
+            "ended_total": self.ended,
+            "actions_total": self.actions,
+            "turn_timeouts_total": self.turn_timeouts,
+            "leavers_total": self.leavers,
+            "seats_held_total": self.seats_held,
+            "seats_reclaimed_total": self.seats_reclaimed,
+            "seats_expired_total": self.seats_expired,
+            "round_limit": self.round_limit,
+            "turn_timeout_seconds": self.turn_timeout,
+            "reconnect_grace_seconds": self.reconnect_grace,
+        }
+
+    def cache_stats(self) -> dict[str, Any]:
+        """The ``cache`` section of /stats."""
+        return self.cache.stats()
+
+
+def _winner(players: list[Player]) -> Player | None:
+    """The one player with the highest score; None for a draw (or no players)."""
+    if not players:
+        return None
+    best = max(p.score for p in players)
+    top = [p for p in players if p.score == best]
+    return top[0] if len(top) == 1 else None
+
+
+def _doing(status: str) -> str:
+    return "waiting for players to be ready" if status == WAITING else "in progress"
