@@ -182,6 +182,11 @@ class Games:
             self.cache.set(key, game)
         return game
 
+    def game_state(self, room_id: int) -> str | None:
+        """The status of the room's game, for monitoring: no cache read, no side effects."""
+        game = self._games.get(room_id)
+        return None if game is None else game.status
+
     def game_of_user(self, user_id: int) -> int | None:
         """Room id of the game ``user_id`` plays in, or None (read through ``user_game:``)."""
         key = f"user_game:{user_id}"

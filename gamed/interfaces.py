@@ -159,6 +159,9 @@ class IGameService(Interface):
         its seat (the router then keeps it in the room and waits for ``reclaim``);
         False to let it leave as usual."""
 
+    def game_state(room_id: int) -> str | None:
+        """The status of the room's game (Waiting, InProgress), or None; no side effects."""
+
     def game_of_user(user_id: int) -> int | None:
         """The room id of the game ``user_id`` plays in, or None."""
 
