@@ -115,13 +115,19 @@ class Pipeline:
                 self._failed(mw, "frame_refused")
 
     def connection_opened(self, ctx: IMessageContext) -> Veto | None:
-        for mw in self._observers:
+        for i, mw in enumerate(self._observers):
             try:
                 outcome = IConnectionObserver(mw).connection_opened(ctx)
             except Exception:
                 self._failed(mw, "connection_opened")
                 continue
             if isinstance(outcome, Veto):
+                # The plugins before this one counted the connection: close it for them.
+                for earlier in self._observers[:i]:
+                    try:
+                        IConnectionObserver(earlier).connection_closed(ctx, "refused")
+                    except Exception:
+                        self._failed(earlier, "connection_closed")
                 return outcome
         return None
 

@@ -132,6 +132,8 @@ class GameProtocol(Int32StringReceiver):
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        if self.closing:
+            return  # we are closing this connection: its input is no longer read
         super().dataReceived(data)
 
     def stringReceived(self, data: bytes) -> None:

@@ -137,6 +137,15 @@ class Options(usage.Options):
             settings = build_settings(cli, self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        enabled = registry.available() if settings.middleware is None else settings.middleware
+        for option, value in (
+            ("auth-secret-file", settings.auth_secret_file),
+            ("admin-token-file", settings.admin_token_file),
+        ):
+            if value and "security" not in enabled:
+                # Both are served by the security plugin: running without it
+                # would silently accept any user id or ignore the admin token.
+                raise usage.UsageError(f"--{option} needs the security middleware enabled")
         if settings.middleware is not None:
             known = registry.available()
             for name in settings.middleware:

@@ -476,3 +476,15 @@ def test_options_unknown_middleware_from_the_file_is_refused(tmp_path: Path) -> 
 def test_options_unknown_flag() -> None:
     with pytest.raises(usage.UsageError):
         parse("--no-such-flag", "1")
+
+
+@pytest.mark.parametrize("option", ["--auth-secret-file", "--admin-token-file"])
+def test_auth_and_admin_need_the_security_plugin(tmp_path: Path, option: str) -> None:
+    from twisted.python import usage
+
+    from gamed.tap import Options
+
+    secret = tmp_path / "s"
+    secret.write_text("x" * 32)
+    with pytest.raises(usage.UsageError, match=f"{option}: needs the security|{option} needs"):
+        Options().parseOptions([option, str(secret), "--middleware", "none"])

@@ -218,7 +218,8 @@ def test_connection_opened_veto_stops_later_observers() -> None:
     veto = Veto(403, "blocked", close=True)
     p = Pipeline([Observer("a", log), Observer("b", log, opened=veto), Observer("c", log)])
     assert p.connection_opened(CTX) is veto
-    assert log == [("a", "opened"), ("b", "opened")]
+    # "a" had counted the connection, so it is told it closed; "c" never saw it.
+    assert log == [("a", "opened"), ("b", "opened"), ("a", "closed", "refused")]
 
 
 def test_connection_opened_non_veto_results_are_ignored() -> None:
@@ -325,3 +326,34 @@ def test_unsubscribing_during_emit_does_not_skip_others() -> None:
     bus.subscribe(got.append)
     bus.emit("e1")
     assert got == ["e1"]
+
+
+def test_a_veto_at_accept_closes_the_connection_for_plugins_that_counted_it() -> None:
+    from zope.interface import implementer
+
+    from gamed.interfaces import IConnectionObserver, IMiddleware
+    from gamed.pipeline import Pipeline, Veto
+
+    @implementer(IMiddleware, IConnectionObserver)
+    class Obs:
+        def __init__(self, name: str, veto: bool) -> None:
+            self.name, self.veto, self.seen = name, veto, []
+
+        def before_process(self, ctx, message):
+            return None
+
+        def after_process(self, ctx, message, result):
+            pass
+
+        def connection_opened(self, ctx):
+            self.seen.append("opened")
+            return Veto(403, "no") if self.veto else None
+
+        def connection_closed(self, ctx, reason):
+            self.seen.append(reason)
+
+    first, second, third = Obs("a", False), Obs("b", True), Obs("c", False)
+    assert Pipeline([first, second, third]).connection_opened(object()) == Veto(403, "no")
+    assert first.seen == ["opened", "refused"]
+    assert second.seen == ["opened"]
+    assert third.seen == []

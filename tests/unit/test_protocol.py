@@ -597,3 +597,11 @@ def test_events_for_connect_join_leave_disconnect(h: Harness) -> None:
         "UserDisconnected",
     ]
     assert h.seen[-1].session_seconds == 12
+
+
+def test_input_after_an_oversize_prefix_is_not_read(h: Harness) -> None:
+    c = h.client()
+    c.proto.dataReceived(struct.pack(">I", 10**6))
+    c.proto.dataReceived(struct.pack(">I", 10**6) + frame("HeartBeat"))
+    assert_error(c.received(), 413)
+    assert h.router.frames_refused["oversize"] == 1

@@ -1,0 +1,193 @@
+"""``/admin/`` on the side HTTP port: security stats and sanctions, behind a bearer token.
+
+Every call needs ``Authorization: Bearer <token>`` matching ``--admin-token-file``
+(compared in constant time). No token file configured: 403 for everything; a
+missing or wrong token: 401. JSON in, JSON out; bad ids and addresses are 400,
+unknown paths 404, wrong methods 405.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from gamed.web import json_response
+
+if TYPE_CHECKING:
+    from gamed.middleware.security import SecurityMiddleware
+
+_log = Logger()
+
+_MAX_U32 = 2**32 - 1
+_MAX_BODY = 4096
+_MAX_DURATION = 10 * 365 * 86400.0
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, allow: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.allow = allow
+
+
+def _user_id(text: bytes) -> int:
+    s = text.decode("ascii", "replace")
+    if not s.isascii() or not s.isdigit() or len(s) > 10 or int(s) > _MAX_U32:
+        raise _HTTPError(400, f"bad user id {s!r}: expected an integer 0..{_MAX_U32}")
+    return int(s)
+
+
+def _ip(text: bytes) -> str:
+    from gamed.middleware.security import normalize_ip
+
+    s = text.decode("utf-8", "replace")
+    try:
+        ipaddress.ip_address(s)
+    except ValueError:
+        raise _HTTPError(400, f"bad IP address {s!r}") from None
+    return normalize_ip(s)[0]
+
+
+def _body(request: Request) -> dict[str, Any]:
+    raw = request.content.read(_MAX_BODY + 1) if request.content is not None else b""
+    if len(raw) > _MAX_BODY:
+        raise _HTTPError(413, f"request body over {_MAX_BODY} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise _HTTPError(400, f"body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise _HTTPError(400, "body must be a JSON object")
+    return body
+
+
+def _reason(body: dict[str, Any], default: str) -> str:
+    reason = body.get("reason", default)
+    if not isinstance(reason, str) or not 0 < len(reason) <= 200:
+        raise _HTTPError(400, "reason must be a string of 1..200 characters")
+    return reason
+
+
+class AdminResource(Resource):
+    isLeaf = True
+
+    def __init__(
+        self, mw: SecurityMiddleware, admin_token: Callable[[], bytes | None], control: Any
+    ) -> None:
+        super().__init__()
+        self.mw = mw
+        self._token = admin_token
+        self.control = control
+
+    def render(self, request: Request) -> bytes:
+        try:
+            self._authorize(request)
+            status, body = self._route(request, request.method.decode("ascii", "replace"))
+        except _HTTPError as e:
+            if e.allow:
+                request.setHeader(b"allow", ", ".join(e.allow).encode())
+            if e.status == 401:
+                request.setHeader(b"www-authenticate", b'Bearer realm="gamed-admin"')
+            return json_response(request, e.status, {"error": e.message})
+        except Exception as e:
+            _log.failure("admin request {path} failed", path=request.path)
+            return json_response(request, 500, {"error": f"internal error: {type(e).__name__}"})
+        return json_response(request, status, body)
+
+    def _authorize(self, request: Request) -> None:
+        expected = self._token()
+        if expected is None:
+            raise _HTTPError(403, "the admin API is off: start gamed with --admin-token-file")
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not given:
+            raise _HTTPError(401, "missing 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(given.strip(), expected):
+            raise _HTTPError(401, "wrong admin token")
+
+    def _route(self, request: Request, method: str) -> tuple[int, Any]:
+        path = [seg for seg in request.postpath if seg != b""]
+        mw = self.mw
+
+        def need(*allowed: str) -> None:
+            if method not in allowed:
+                raise _HTTPError(405, f"use {' or '.join(allowed)} here", allow=allowed)
+
+        if path == [b"security"]:
+            need("GET")
+            return 200, {**mw.stats(), "policy": mw.policy.summary()}
+        if path == [b"reload"]:
+            need("POST")
+            if self.control is None:
+                raise _HTTPError(503, "no server control to reload through")
+            try:
+                result = self.control.reload_config()
+            except Exception as e:
+                return 400, {"error": f"reload failed, old settings kept: {e}"}
+            return 200, {"reloaded": result}
+        if len(path) in (2, 3) and path[0] == b"users":
+            uid = _user_id(path[1])
+            if len(path) == 2:
+                need("GET")
+                return 200, mw.user_view(uid)
+            action = path[2]
+            need("POST")
+            if action == b"unblock":
+                return 200, {"user_id": uid, "unblocked": mw.unblock_user(uid)}
+            if action == b"ban":
+                reason = _reason(_body(request), "admin_ban")
+                kicked = mw.ban_user(uid, reason)
+                return 200, {"user_id": uid, "banned": True, "kicked": kicked}
+            if action == b"kick":
+                if not mw.kick_user(uid):
+                    raise _HTTPError(404, f"user {uid} is not connected")
+                return 200, {"user_id": uid, "kicked": True}
+        if len(path) in (2, 3) and path[0] == b"ips":
+            ip = _ip(path[1])
+            if len(path) == 2:
+                need("GET")
+                return 200, mw.ip_view(ip)
+            action = path[2]
+            need("POST")
+            if action == b"block":
+                body = _body(request)
+                duration = body.get("duration")
+                if duration is None:
+                    seconds = math.inf
+                elif (
+                    isinstance(duration, bool)
+                    or not isinstance(duration, int | float)
+                    or not 0 < duration <= _MAX_DURATION
+                ):
+                    raise _HTTPError(
+                        400, f"duration must be seconds in (0, {_MAX_DURATION:g}] or null"
+                    )
+                else:
+                    seconds = float(duration)
+                kicked = mw.block_ip(ip, seconds, _reason(body, "admin_block"))
+                return 200, {
+                    "ip": ip,
+                    "blocked": True,
+                    "duration": None if math.isinf(seconds) else seconds,
+                    "kicked": kicked,
+                }
+            if action == b"unblock":
+                lifted = mw.unblock_ip(ip)
+                view = mw.ip_view(ip)
+                return 200, {
+                    "ip": ip,
+                    "unblocked": lifted,
+                    "still_blocklisted": view["blocklisted"],
+                }
+        raise _HTTPError(404, f"no admin call at /admin/{b'/'.join(path).decode(errors='replace')}")

@@ -1,0 +1,136 @@
+"""Bans and blocks survive a restart: the plugin's service, its SQLite file, a Clock."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from twisted.internet.task import Clock
+
+from gamed import messages as m
+from gamed.middleware.security import SecurityMiddleware, SecurityService
+from gamed.middleware.security_policy import build_policy
+from gamed.middleware.security_store import FILENAME, BlockStore
+from tests.unit.test_security import Control, Ctx
+
+
+def server(data_dir: Path, clock: Clock) -> tuple[SecurityMiddleware, SecurityService]:
+    mw = SecurityMiddleware(build_policy({}), clock, Control(), CollectorRegistry())
+    service = SecurityService(mw, clock, str(data_dir))
+    service.startService()
+    return mw, service
+
+
+def sqlite_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if "sqlite:" in t.name]
+
+
+def test_bans_and_active_blocks_survive_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    mw, service = server(tmp_path, clock)
+    mw.ban_user(1)
+    mw.block_user(2, 300, "rate_user")
+    mw.block_user(3, 10, "rate_user")  # will have expired by the restart
+    mw.block_ip("10.0.0.1", math.inf, "admin_block")
+    mw.block_ip("10.0.0.2", 120, "rate_ip", kick=False)
+    mw.unblock_user(2)
+    mw.block_user(2, 300, "suspicion")  # re-blocked: the last change wins
+    service.stopService()
+
+    clock.advance(60)
+    mw2, service2 = server(tmp_path, clock)
+    try:
+        assert set(mw2.user_blocks) == {1, 2}
+        assert math.isinf(mw2.user_blocks[1].until)
+        assert mw2.user_blocks[2].reason == "suspicion"
+        assert set(mw2.ip_blocks) == {"10.0.0.1", "10.0.0.2"}
+        ctx = Ctx(clock, "10.0.0.9")
+        mw2.connection_opened(ctx)
+        out = mw2.before_process(ctx, m.Connect(0, 1))
+        assert out.code == 403 and out.close  # a restart does not free an abuser
+        assert mw2.connection_opened(Ctx(clock, "10.0.0.1")).code == 403
+        assert mw2.connection_opened(Ctx(clock, "10.0.0.2")).code == 403
+    finally:
+        service2.stopService()
+
+
+def test_lifting_a_ban_is_durable_too(tmp_path: Path) -> None:
+    clock = Clock()
+    mw, service = server(tmp_path, clock)
+    mw.ban_user(5)
+    mw.store.flush_sync()
+    mw.unblock_user(5)
+    service.stopService()
+    mw2, service2 = server(tmp_path, clock)
+    assert mw2.user_blocks == {}
+    service2.stopService()
+
+
+def test_expired_rows_are_deleted_on_load(tmp_path: Path) -> None:
+    clock = Clock()
+    mw, service = server(tmp_path, clock)
+    mw.block_user(1, 5, "rate_user")
+    service.stopService()
+    clock.advance(10)
+    _, service2 = server(tmp_path, clock)
+    service2.stopService()
+    rows = sqlite3.connect(tmp_path / FILENAME).execute("SELECT * FROM user_blocks").fetchall()
+    assert rows == []
+
+
+def test_no_writer_thread_is_kept_while_nothing_changes(tmp_path: Path) -> None:
+    before = len(sqlite_threads())
+    clock = Clock()
+    mw, service = server(tmp_path, clock)
+    assert len(sqlite_threads()) == before  # loaded, then released
+    mw.ban_user(1)
+    assert len(sqlite_threads()) == before + 1
+    service.stopService()
+    assert len(sqlite_threads()) == before
+
+
+def test_flush_runs_on_the_clock_and_sweeps_expire(tmp_path: Path) -> None:
+    clock = Clock()
+    mw, service = server(tmp_path, clock)
+    try:
+        mw.block_user(1, 45, "rate_user")
+        assert mw.store.pending
+        clock.advance(1.0)  # the flusher hands the batch to the writer thread
+        assert mw.store.pending == []
+        clock.advance(60)  # the sweeper (every 30 s) drops the expired block
+        assert mw.user_blocks == {}
+        assert ("user", "1", "delete", "", 0.0) in mw.store.pending  # written on the next flush
+    finally:
+        service.stopService()
+
+
+def test_a_full_queue_drops_the_oldest_and_stays_bounded(tmp_path: Path) -> None:
+    from gamed.middleware import security_store
+
+    store = BlockStore(None, str(tmp_path / "q.sqlite3"))
+    old = security_store.MAX_PENDING
+    security_store.MAX_PENDING = 10
+    try:
+        for i in range(25):
+            store.put("user", i, 1e12, "x", 0.0)
+        assert len(store.pending) == 10 and store.dropped == 15
+        assert store.pending[0][1] == "15"
+    finally:
+        security_store.MAX_PENDING = old
+        store.close()
+
+
+def test_unwritable_data_dir_is_logged_not_fatal(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    clock = Clock()
+    mw = SecurityMiddleware(build_policy({}), clock, Control(), CollectorRegistry())
+    service = SecurityService(mw, clock, str(blocker / "sub"))
+    service.startService()
+    mw.ban_user(1)  # works in memory
+    assert 1 in mw.user_blocks
+    service.stopService()
