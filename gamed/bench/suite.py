@@ -337,8 +337,21 @@ def gamed_targets(twistd: Path, support: GamedSupport, workdir: Path, quick: boo
     if "flood-detection" in opts:
         base += ["--flood-detection", "off"]
 
+    config: list[str] = []
+    if "config" in opts:
+        # Loopback is allowlisted by default, which would let the security
+        # plugin skip its per-message limits entirely. Clear the allowlist so
+        # every check runs, and raise only the limits the load would trip:
+        # the per-IP connection cap (all clients share 127.0.0.1); the message
+        # rates are off through --rate-limit 0 and flooding through the flag.
+        bench_toml = workdir / "gamed-bench.toml"
+        bench_toml.write_text(
+            "[middleware.security]\nallowlist = []\nip_max_connections = 1000000\n"
+        )
+        config = ["--config", str(bench_toml)]
+
     def make(name: str, extra: list[str]) -> Target:
-        argv = list(base)
+        argv = list(base) + config
         if "data-dir" in opts:
             data = workdir / f"data-{name}"
             data.mkdir(parents=True, exist_ok=True)
