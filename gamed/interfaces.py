@@ -30,8 +30,8 @@ class IRoomService(Interface):
     def size(room_id: int) -> int:
         """Number of members (0 for an unknown room)."""
 
-    def broadcast(room_id: int, frame: bytes) -> int:
-        """Write ``frame`` to every member; returns how many received it."""
+    def broadcast(room_id: int, frame: bytes, exclude: IRoomClient | None = None) -> int:
+        """Write ``frame`` to every member (but ``exclude``); returns how many received it."""
 
     def room_of(user_id: int) -> object:
         """The room the user is in, or None."""

@@ -106,6 +106,7 @@ class GameProtocol(Int32StringReceiver):
         # its high-water mark we stop reading from this client (it is not
         # keeping up) and start counting what we still queue for it.
         transport.registerProducer(self, True)
+        self._route_output()
         self.router.connection_made(self)
         if not self.closing and self._idle_timeout > 0:
             self._idle_call = self.clock.callLater(self._idle_timeout, self._check_idle)
@@ -154,28 +155,58 @@ class GameProtocol(Int32StringReceiver):
 
     # -- output ---------------------------------------------------------------------
 
+    # ``send_frame`` is what rooms call once per member per broadcast, so it is
+    # rebound to the cheapest correct writer for the connection's state
+    # (``_route_output``): the transport's own ``write`` while the client keeps
+    # up, a counting writer while its buffer is over the high-water mark, and a
+    # no-op once we are closing. The method below is the general version, used
+    # before the connection is made.
+
     def send_frame(self, frame: bytes) -> None:
         if self.closing:
             return
         if self.paused:
-            self._backlog += len(frame)
-            if self._backlog > self._max_backlog:
-                self._too_slow()
-                return
-        self.bytes_out += len(frame)
+            self._write_while_paused(frame)
+        else:
+            self.transport.write(frame)
+
+    def _write_while_paused(self, frame: bytes) -> None:
+        self._backlog += len(frame)
+        if self._backlog > self._max_backlog:
+            self._too_slow()
+            return
         self.transport.write(frame)
 
+    @staticmethod
+    def _drop(frame: bytes) -> None:
+        pass
+
+    def _route_output(self) -> None:
+        if self.closing:
+            self.send_frame = self._drop  # type: ignore[method-assign]
+        elif self.paused:
+            self.send_frame = self._write_while_paused  # type: ignore[method-assign]
+        else:
+            self.send_frame = self.transport.write  # type: ignore[method-assign]
+
     def send(self, message: object) -> None:
-        self.send_frame(codec.frame(message))
+        frame = codec.frame(message)
+        self.bytes_out += len(frame)
+        self.send_frame(frame)
 
     def send_error(self, code: int, text: str) -> None:
         self.router.metrics.error_sent(code)
-        self.send_frame(codec.frame(Error(code, text)))
+        self.send(Error(code, text))
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        self._route_output()
 
     def resumeProducing(self) -> None:
         self._backlog = 0
         if not self.closing:
             super().resumeProducing()
+        self._route_output()
 
     def stopProducing(self) -> None:
         pass  # the transport is going away; connectionLost does the clean-up
@@ -188,6 +219,7 @@ class GameProtocol(Int32StringReceiver):
         )
         self.closing = True
         self.close_reason = "slow"
+        self._route_output()
         self.transport.abortConnection()
 
     # -- closing ----------------------------------------------------------------------
@@ -205,6 +237,7 @@ class GameProtocol(Int32StringReceiver):
             return
         self.closing = True
         self.close_reason = reason
+        self._route_output()
         self.transport.unregisterProducer()
         self.transport.loseConnection()
         self._abort_call = self.clock.callLater(CLOSE_FLUSH_SECONDS, self.transport.abortConnection)

@@ -51,6 +51,7 @@ class RoomService:
         self._rooms: dict[int, Room] = {}
         self._room_of: dict[int, Room] = {}
         self.total_broadcast_frames = 0
+        self.bytes_out = 0  # counted per broadcast: members' writers do not count
 
     # -- queries --------------------------------------------------------------
 
@@ -116,14 +117,22 @@ class RoomService:
             self._events.emit(ev.RoomDeleted(room_id, now))
         return room
 
-    def broadcast(self, room_id: int, frame: bytes) -> int:
+    def broadcast(self, room_id: int, frame: bytes, exclude: IRoomClient | None = None) -> int:
         room = self._rooms.get(room_id)
         if room is None:
             return 0
-        for member in room.members.values():
-            member.send_frame(frame)
-        n = len(room.members)
+        if exclude is None:
+            for member in room.members.values():
+                member.send_frame(frame)
+            n = len(room.members)
+        else:
+            n = 0
+            for member in room.members.values():
+                if member is not exclude:
+                    member.send_frame(frame)
+                    n += 1
         self.total_broadcast_frames += n
+        self.bytes_out += n * len(frame)
         return n
 
     def record_message(self, room: Room) -> None:

@@ -338,10 +338,7 @@ class Router:
     # -- helpers ------------------------------------------------------------------------
 
     def _to_others(self, room: Room, conn: GameProtocol, notice: object) -> None:
-        frame = codec.frame(notice)
-        for member in room.members.values():
-            if member is not conn:
-                member.send_frame(frame)
+        self.rooms.broadcast(room.room_id, codec.frame(notice), exclude=conn)
 
     def _leave_current_room(self, conn: GameProtocol, notify_leaver: bool) -> None:
         uid = conn.user_id
@@ -413,5 +410,5 @@ class Router:
         live = self.connections
         return (
             self.closed_bytes_in + sum(c.bytes_in for c in live),
-            self.closed_bytes_out + sum(c.bytes_out for c in live),
+            self.closed_bytes_out + sum(c.bytes_out for c in live) + self.rooms.bytes_out,
         )

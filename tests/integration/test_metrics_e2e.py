@@ -10,6 +10,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.conftest import heartbeat_ok
+
 pytestmark = pytest.mark.slow
 
 WAIT = 15.0
@@ -120,6 +122,8 @@ def test_metrics_parse_and_move_with_traffic(gamed: Any, tmp_path: Path) -> None
     assert "ChatMessage" in clients[0].recv()
     clients[0].send({"NoSuchMessage": {}})
     clients[0].recv_error(400)
+    for _ in range(32):  # plugin calls are timed for one message in 16
+        assert heartbeat_ok(clients[2])
     wait_stats(server, lambda s: s["rooms"]["count"] == 3 and len(s["rooms"]["top"]) == 2)
     after = scrape(server)
     assert value(after, "gamed_connections") == 6

@@ -535,7 +535,9 @@ def test_pipeline_timer_exports_per_middleware_latency_and_vetoes() -> None:
     registry.register(timer)
     pipeline = Pipeline([Stub("security", veto=True), Stub("metrics")])
     pipeline.timer = timer
-    for _ in range(3):
+    from gamed.pipeline import TIMER_SAMPLE
+
+    for _ in range(3 * TIMER_SAMPLE):  # one message in TIMER_SAMPLE is timed
         assert isinstance(pipeline.before(Ctx(), chat()), Veto)
         pipeline.after(Ctx(), chat(), Refusal(429, "no"))
     families = {
@@ -552,8 +554,12 @@ def test_pipeline_timer_exports_per_middleware_latency_and_vetoes() -> None:
     buckets = [s for s in hist.samples if s.name.endswith("_bucket")]
     assert len(buckets) == 3 * (len(MIDDLEWARE_BUCKETS) + 1)
     vetoes = families["gamed_middleware_vetoes"].samples
-    assert [(s.name, s.labels, s.value) for s in vetoes] == [
-        ("gamed_middleware_vetoes_total", {"plugin": "security", "phase": "before"}, 3)
+    assert [(s.name, s.labels, s.value) for s in vetoes] == [  # every veto is counted
+        (
+            "gamed_middleware_vetoes_total",
+            {"plugin": "security", "phase": "before"},
+            3 * TIMER_SAMPLE,
+        )
     ]
     assert timer.mean_microseconds()["security"].keys() == {"before", "after"}
 
@@ -715,7 +721,8 @@ def send(proto: Any, *objs: object) -> None:
         proto.dataReceived(struct.pack(">I", len(payload)) + payload)
 
 
-def test_full_stack_stats_and_metrics(tmp_path: Path) -> None:
+def test_full_stack_stats_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gamed.pipeline.TIMER_SAMPLE", 1)  # time every call in this test
     server = Server(tmp_path)
     try:
         a, b = server.client(), server.client()

@@ -357,3 +357,40 @@ def test_a_veto_at_accept_closes_the_connection_for_plugins_that_counted_it() ->
     assert first.seen == ["opened", "refused"]
     assert second.seen == ["opened"]
     assert third.seen == []
+
+
+def test_timer_samples_one_message_in_n_but_counts_every_veto() -> None:
+    from zope.interface import implementer
+
+    from gamed.interfaces import IMiddleware
+    from gamed.pipeline import TIMER_SAMPLE, Pipeline, Veto
+
+    @implementer(IMiddleware)
+    class Refuser:
+        name = "refuser"
+
+        def before_process(self, ctx, message):
+            return Veto(429, "no")
+
+        def after_process(self, ctx, message, result):
+            pass
+
+    class Timer:
+        def __init__(self) -> None:
+            self.timed: list = []
+            self.vetoes = 0
+
+        def middleware_timed(self, name, phase, seconds):
+            self.timed.append((name, phase))
+
+        def middleware_vetoed(self, name):
+            self.vetoes += 1
+
+    p = Pipeline([Refuser()])
+    timer = Timer()
+    p.timer = timer
+    for _ in range(TIMER_SAMPLE * 3):
+        p.after(None, "m", p.before(None, "m"))
+    assert timer.vetoes == TIMER_SAMPLE * 3
+    assert timer.timed.count(("refuser", "before")) == 3
+    assert timer.timed.count(("refuser", "after")) == 3
