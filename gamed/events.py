@@ -64,17 +64,6 @@ class RoomLeft:
 
 
 @dataclass(slots=True, frozen=True)
-class MessageHandled:
-    """One client message handled (or refused: ``error_code`` not None)."""
-
-    user_id: int | None
-    room_id: int | None
-    message_type: str
-    error_code: int | None
-    at: float
-
-
-@dataclass(slots=True, frozen=True)
 class GameStarted:
     """A game went InProgress (everyone ready)."""
 

@@ -254,6 +254,8 @@ class Router:
             del self.sessions[uid]
             self.metrics.sessions.dec()
             old.disconnect(409, "replaced by a new connection", reason="replaced")
+            now = self.clock.seconds()
+            self.events.emit(ev.UserDisconnected(uid, now - old.ctx.connected_at, "replaced", now))
         conn.user_id = uid
         conn.ctx.user_id = uid
         conn.nickname = nickname or f"user{uid}"

@@ -306,10 +306,8 @@ def test_raising_subscriber_is_counted_and_others_still_receive(caplog_twisted: 
 
 
 def test_events_are_frozen_values() -> None:
-    e = ev.MessageHandled(
-        user_id=1, room_id=None, message_type="HeartBeat", error_code=None, at=1.0
-    )
-    assert e == ev.MessageHandled(1, None, "HeartBeat", None, 1.0)
+    e = ev.RoomJoined(room_id=5, user_id=1, user_count=2, at=1.0)
+    assert e == ev.RoomJoined(5, 1, 2, 1.0)
     with pytest.raises(AttributeError):
         e.user_id = 2  # type: ignore[misc]
 

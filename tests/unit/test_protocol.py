@@ -605,3 +605,20 @@ def test_input_after_an_oversize_prefix_is_not_read(h: Harness) -> None:
     c.proto.dataReceived(struct.pack(">I", 10**6) + frame("HeartBeat"))
     assert_error(c.received(), 413)
     assert h.router.frames_refused["oversize"] == 1
+
+
+def test_takeover_ends_the_old_session_in_the_event_stream(h: Harness) -> None:
+    old = h.client()
+    old.connect(1)
+    h.clock.advance(7)
+    new = h.client()
+    new.connect(1)
+    kinds = [(type(e).__name__, getattr(e, "reason", None)) for e in h.seen]
+    assert kinds == [
+        ("UserConnected", None),
+        ("UserDisconnected", "replaced"),
+        ("UserConnected", None),
+    ]
+    assert h.seen[1].session_seconds == 7
+    old.lose()  # the old socket closing later emits nothing more
+    assert len(h.seen) == 3
