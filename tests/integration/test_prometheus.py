@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import heartbeat_ok
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -339,6 +341,8 @@ def test_real_prometheus_scrapes_gamed(gamed: Any, prometheus_for: Any) -> None:
     for c in clients:
         c.join(5)
     clients[0].chat(5, "hello")
+    for _ in range(32):  # plugin calls are timed for one message in 16
+        assert heartbeat_ok(clients[1])
     prom = prometheus_for(server.http_port)
     try:
         result = prom.wait_for("gamed_connections", 3)
