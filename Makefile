@@ -47,7 +47,7 @@ release-test:
 	build/release-venv/bin/python -m pip install --quiet --upgrade pip build
 	build/release-venv/bin/python -m build --wheel --outdir dist .
 	build/release-venv/bin/python -m pip install --quiet dist/*.whl
-	cd / && $(CURDIR)/build/release-venv/bin/twistd --help | grep -q gamed && echo "release-test: twistd lists gamed"
+	cd / && $(CURDIR)/build/release-venv/bin/twistd --help | grep gamed > /dev/null && echo "release-test: twistd lists gamed"
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis _trial_temp*
