@@ -21,20 +21,17 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import struct
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 
-TWISTD = str(Path(sys.executable).with_name("twistd"))
+from gamed.bench.server import GamedServer
+
 LEN = struct.Struct(">I")
 
 
@@ -43,52 +40,14 @@ def frame(obj: object) -> bytes:
     return LEN.pack(len(payload)) + payload
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
+class Server(GamedServer):
     def __init__(self, middleware: str, workdir: Path, extra: tuple[str, ...] = ()) -> None:
         self.middleware = middleware
-        self.port, self.http_port = free_port(), free_port()
-        self.log = open(workdir / f"{middleware}.log", "wb")
-        self.proc = subprocess.Popen(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile",
-                "",
-                "gamed",
-                "--port",
-                f"tcp:{self.port}:interface=127.0.0.1",
-                "--metrics-port",
-                f"tcp:{self.http_port}:interface=127.0.0.1",
-                "--data-dir",
-                str(workdir / f"data-{middleware}"),
-                "--middleware",
-                middleware,
-                "--idle-timeout",
-                "0",
-                *extra,
-            ],
-            cwd=workdir,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+        super().__init__(
+            workdir / middleware,
+            ["--middleware", middleware, "--idle-timeout", "0", *extra],
         )
-        self.ps = psutil.Process(self.proc.pid)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                socket.create_connection(("127.0.0.1", self.http_port), timeout=1).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{middleware} server exited") from None
-                time.sleep(0.1)
-        raise RuntimeError(f"{middleware} server did not start")
+        self.ps = psutil.Process(self.pid)
 
     def cpu(self) -> float:
         t = self.ps.cpu_times()
@@ -98,18 +57,7 @@ class Server:
         return self.ps.memory_info().rss
 
     def get(self, path: str) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
-            return json.loads(r.read())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
+        return json.loads(self.http_get(path))
 
 
 # -- fan-out ----------------------------------------------------------------------------------

@@ -16,21 +16,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import resource
 import struct
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psutil
 
-TWISTD = str(Path(sys.executable).with_name("twistd"))
+from gamed.bench.server import GamedServer
+
 ROOT = Path(__file__).resolve().parent.parent
 _PREFIX = struct.Struct(">I")
 
@@ -40,58 +38,11 @@ def frame(obj: Any) -> bytes:
     return _PREFIX.pack(len(payload)) + payload
 
 
-class Server:
-    """A twistd gamed subprocess; ports parsed from its log."""
-
-    def __init__(self, workdir: Path, args: list[str]) -> None:
-        self.log_path = workdir / "gamed.log"
-        cmd = [
-            TWISTD,
-            "-n",
-            "--pidfile",
-            "",
-            "gamed",
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-            "--metrics-port",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            str(workdir / "data"),
-            *args,
-        ]
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            game = re.search(r"GameFactory starting on (\d+)", text)
-            http = re.search(r"QuietSite starting on (\d+)", text)
-            if game and http:
-                self.port, self.http_port = int(game.group(1)), int(http.group(1))
-                return
-            if self.proc.poll() is not None:
-                raise SystemExit(f"gamed exited with {self.proc.returncode}:\n{text}")
-            time.sleep(0.05)
-        self.stop()
-        raise SystemExit("gamed did not start within 20 s")
+class Server(GamedServer):
+    """A twistd gamed subprocess (gamed.bench.server) with the figures this script reports."""
 
     def rss_mib(self) -> float:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
-
-    def stats(self) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.http_port}/stats"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return orjson.loads(r.read())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
 
 
 class Player:

@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,81 +23,23 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from gamed.bench.scenarios import BenchConfig, run
-
-TWISTD = str(Path(sys.executable).with_name("twistd"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from gamed.bench.server import GamedServer
 
 
-def accepting(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-class Server:
+class Server(GamedServer):
     def __init__(self, middleware: str, workdir: Path) -> None:
         self.middleware = middleware
-        self.port = free_port()
-        self.http_port = free_port()
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log = open(workdir / "gamed.log", "wb")
-        self.proc = subprocess.Popen(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile",
-                "",
-                "gamed",
-                "--port",
-                f"tcp:{self.port}:interface=127.0.0.1",
-                "--metrics-port",
-                f"tcp:{self.http_port}:interface=127.0.0.1",
-                "--data-dir",
-                str(workdir / "data"),
-                "--middleware",
-                middleware,
-                "--idle-timeout",
-                "0",
-            ],
-            cwd=workdir,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
-        while not accepting(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"gamed --middleware {middleware} did not start")
-            time.sleep(0.1)
+        super().__init__(workdir, ["--middleware", middleware, "--idle-timeout", "0"])
 
     def cpu_and_deliveries(self) -> tuple[float, float]:
         """(CPU seconds the server used, chat deliveries it made) so far."""
         times = psutil.Process(self.proc.pid).cpu_times()
-        url = f"http://127.0.0.1:{self.http_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            text = r.read().decode()
+        text = self.http_get("/metrics").decode()
         deliveries = 0.0
         for family in text_string_to_metric_families(text):
             if family.name == "gamed_chat_deliveries":
                 deliveries = sum(s.value for s in family.samples if s.name.endswith("_total"))
         return times.user + times.system, deliveries
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
 
 
 def measure(server: Server, args: argparse.Namespace, round_no: int) -> tuple[float, float]:

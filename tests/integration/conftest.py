@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,54 +12,14 @@ from typing import Any
 import orjson
 import pytest
 
-TWISTD = str(Path(sys.executable).with_name("twistd"))
-START_TIMEOUT = 20.0
+from gamed.bench.server import TWISTD, GamedServer
 
 
-class GamedProcess:
-    """One running server; ports are read back from twistd's own log lines."""
+class GamedProcess(GamedServer):
+    """One running server (gamed.bench.server), plus what the tests ask of it."""
 
     def __init__(self, workdir: Path, *args: str) -> None:
-        self.workdir = workdir
-        self.log_path = workdir / "gamed.log"
-        self.args = [
-            TWISTD,
-            "-n",
-            "--pidfile",
-            "",
-            "gamed",
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-            "--metrics-port",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            str(workdir / "data"),
-            *args,
-        ]
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            self.args, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        self.port, self.http_port = self._wait_for_ports()
-
-    def _wait_for_ports(self) -> tuple[int, int | None]:
-        deadline = time.monotonic() + START_TIMEOUT
-        metrics_args = [self.args[i + 1] for i, a in enumerate(self.args) if a == "--metrics-port"]
-        want_http = metrics_args[-1].lower() != "none"
-        while time.monotonic() < deadline:
-            text = self.log()
-            game = re.search(r"GameFactory starting on (\d+)", text)
-            http = re.search(r"QuietSite starting on (\d+)", text)
-            if game and (http or not want_http):
-                return int(game.group(1)), int(http.group(1)) if http else None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gamed exited with {self.proc.returncode}:\n{text}")
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"gamed did not start in {START_TIMEOUT}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__(workdir, args)
 
     def client(self, user_id: int | None = None, **kw: Any) -> WireClient:
         c = WireClient(self.port)
@@ -87,28 +42,6 @@ class GamedProcess:
         status, body = self.http("/stats")
         assert status == 200
         return orjson.loads(body)
-
-    def terminate(self, timeout: float = 10.0) -> int:
-        """SIGTERM and wait; returns the exit status (negative = signal)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                raise
-        return self.proc.returncode
-
-    def stop(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.terminate()
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(5)
-            self._log.close()
 
 
 @pytest.fixture
@@ -236,4 +169,4 @@ def heartbeat_ok(c: WireClient, timeout: float = 5.0) -> bool:
     return False
 
 
-__all__ = ["GamedProcess", "WireClient", "heartbeat_ok", "os"]
+__all__ = ["TWISTD", "GamedProcess", "WireClient", "heartbeat_ok"]
