@@ -126,6 +126,19 @@ class UserDelta:
         }
 
 
+#: A room delta's additive counters, also the room table's counter columns.
+ROOM_COUNTERS = (
+    "sessions",
+    "completed_sessions",
+    "session_seconds",
+    "messages",
+    "games_played",
+    "games_finished",
+    "game_seconds",
+    "times_created",
+)
+
+
 class RoomDelta:
     """What changed for one room since the last flush."""
 
@@ -167,16 +180,7 @@ class RoomDelta:
             self.first_seen = at
 
     def absorb(self, other: RoomDelta) -> None:
-        for name in (
-            "sessions",
-            "completed_sessions",
-            "session_seconds",
-            "messages",
-            "games_played",
-            "games_finished",
-            "game_seconds",
-            "times_created",
-        ):
+        for name in ROOM_COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.peak_users = max(self.peak_users, other.peak_users)
         if other.last_creator is not None:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from twisted.internet import defer
 
-from gamed.middleware.analytics_aggregates import HOURS, RoomDelta, UserDelta
+from gamed.middleware.analytics_aggregates import HOURS, ROOM_COUNTERS, RoomDelta, UserDelta
 
 T = TypeVar("T")
 
@@ -36,16 +36,7 @@ USER_COLUMNS = (
     "errors",
     "rooms_created",
 )
-ROOM_COLUMNS = (
-    "sessions",
-    "completed_sessions",
-    "session_seconds",
-    "messages",
-    "games_played",
-    "games_finished",
-    "game_seconds",
-    "times_created",
-)
+ROOM_COLUMNS = ROOM_COUNTERS
 
 #: Schema versions, applied in order by SqliteStore.migrate (PRAGMA user_version).
 MIGRATIONS: list[str] = [
