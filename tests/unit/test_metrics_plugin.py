@@ -19,14 +19,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from gamed import messages as m
-from gamed import tap
 from gamed.config import ConfigError, Settings
 from gamed.errors import Refusal
 from gamed.events import EventBus
@@ -45,6 +44,7 @@ from gamed.pipeline import Pipeline, Veto
 from gamed.protocol import GameFactory
 from gamed.rooms import RoomService
 from gamed.telemetry import ServerMetrics
+from tests.unit.memory_service import build
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -677,23 +677,9 @@ class Server:
     def __init__(self, tmp_path: Path, middleware: str = "metrics") -> None:
         config = tmp_path / "gamed.toml"
         config.write_text("[middleware.metrics]\ncollection_interval = 1\n")
-        options = tap.Options()
-        options.parseOptions(
-            [
-                "--port",
-                "tcp:7001",
-                "--metrics-port",
-                "tcp:9701:interface=127.0.0.1",
-                "--data-dir",
-                str(tmp_path / "d"),
-                "--config",
-                str(config),
-                "--middleware",
-                middleware,
-            ]
+        self.service, self.reactor = build(
+            tmp_path, "--config", str(config), "--middleware", middleware
         )
-        self.reactor = MemoryReactorClock()
-        self.service = tap.makeService(options, reactor=self.reactor)
         self.service.privilegedStartService()
         self.service.startService()
         self.router = self.service.router

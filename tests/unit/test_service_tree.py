@@ -6,7 +6,7 @@ import errno
 from pathlib import Path
 
 import pytest
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, Service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
@@ -17,23 +17,7 @@ from gamed.protocol import GameFactory
 from gamed.router import Router
 from gamed.service import GameService, ServerRoot
 from gamed.web import QuietSite
-
-
-def build(tmp_path: Path, *extra: str) -> tuple[MultiService, MemoryReactorClock]:
-    options = tap.Options()
-    options.parseOptions(
-        [
-            "--port",
-            "tcp:7001",
-            "--metrics-port",
-            "tcp:9701:interface=127.0.0.1",
-            "--data-dir",
-            str(tmp_path / "d"),
-            *extra,
-        ]
-    )
-    reactor = MemoryReactorClock()
-    return tap.makeService(options, reactor=reactor), reactor
+from tests.unit.memory_service import build
 
 
 def start(service: IService) -> None:

@@ -10,37 +10,24 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from gamed import __version__, tap
+from gamed import __version__
 from gamed.protocol import GameFactory
 from gamed.rooms import Room
 from gamed.telemetry import ServerMetrics
 from gamed.web import STATS_ROOM_LIMIT, QuietSite, make_site
+from tests.unit.memory_service import build
 
 
 class Server:
     """makeService on a MemoryReactorClock; clients on StringTransports."""
 
     def __init__(self, tmp_path: Path) -> None:
-        options = tap.Options()
-        options.parseOptions(
-            [
-                "--port",
-                "tcp:7001",
-                "--metrics-port",
-                "tcp:9701:interface=127.0.0.1",
-                "--data-dir",
-                str(tmp_path / "d"),
-                "--middleware",
-                "none",
-            ]
-        )
-        self.reactor = MemoryReactorClock()
-        self.service = tap.makeService(options, reactor=self.reactor)
+        self.service, self.reactor = build(tmp_path, "--middleware", "none")
         self.router = self.service.router
         self.site = self.service.getServiceNamed("http-listener").factory
         self.factory = GameFactory(self.router, self.reactor)
