@@ -12,25 +12,18 @@ import heapq
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from gamed import __version__
+from gamed.httputil import json_response
 from gamed.router import Router
 
 #: Rooms listed in /stats (largest first); the total is always given.
 STATS_ROOM_LIMIT = 100
 
 StatsSection = Callable[[], Any]
-
-
-def json_response(request: Request, status: int, body: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
 
 
 class MetricsPage(Resource):

@@ -15,10 +15,10 @@ from gamed import messages as m
 from gamed.config import Settings
 from gamed.errors import Refusal
 from gamed.events import EventBus
-from gamed.middleware import analytics
-from gamed.middleware.analytics import Analytics, AnalyticsService, options_from
-from gamed.middleware.analytics_aggregates import EVENT_TYPES, hour_of
-from gamed.middleware.analytics_storage import InlineStore
+from gamed.middleware.analytics import middleware as analytics
+from gamed.middleware.analytics.aggregates import EVENT_TYPES, hour_of
+from gamed.middleware.analytics.middleware import Analytics, AnalyticsService, options_from
+from gamed.middleware.analytics.store import InlineStore
 from gamed.middleware.registry import PluginEnvironment
 
 HOUR = 3600.0

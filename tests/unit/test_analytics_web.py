@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from gamed import events as ev
 from gamed import tap
-from gamed.middleware.analytics import Analytics, AnalyticsService
+from gamed.middleware.analytics.middleware import Analytics, AnalyticsService
 from gamed.protocol import GameFactory
 from gamed.store import SqliteStore
 

@@ -30,10 +30,10 @@ from gamed.config import ConfigError, Settings
 from gamed.errors import Refusal
 from gamed.events import EventBus
 from gamed.interfaces import IMiddleware
-from gamed.middleware import metrics
-from gamed.middleware.metrics import MetricsConfig, MetricsMiddleware, make_plugin
-from gamed.middleware.metrics_prom import MIDDLEWARE_BUCKETS, PipelineTimer
-from gamed.middleware.metrics_window import (
+from gamed.middleware.metrics import middleware as metrics
+from gamed.middleware.metrics.middleware import MetricsConfig, MetricsMiddleware, make_plugin
+from gamed.middleware.metrics.prom import MIDDLEWARE_BUCKETS, PipelineTimer
+from gamed.middleware.metrics.window import (
     LatencyRing,
     RoomActivity,
     error_rate_percent,

@@ -14,8 +14,8 @@ from zope.interface import implementer
 from gamed import messages as m
 from gamed.config import ConfigError, Settings
 from gamed.interfaces import IMessageContext
-from gamed.middleware.security import SecurityMiddleware
-from gamed.middleware.security_policy import DEFAULT_PATTERNS, build_policy
+from gamed.middleware.security.middleware import SecurityMiddleware
+from gamed.middleware.security.policy import DEFAULT_PATTERNS, build_policy
 from gamed.pipeline import Veto
 
 _ids = itertools.count(1)

@@ -18,7 +18,7 @@ from gamed.config import Settings
 from gamed.errors import Refusal
 from gamed.events import EventBus
 from gamed.middleware.registry import PluginEnvironment
-from gamed.middleware.security import make_plugin
+from gamed.middleware.security.middleware import make_plugin
 from tests.unit.test_security import Control, Ctx
 
 TOKEN = b"admin-token-0123456789"

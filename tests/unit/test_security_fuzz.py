@@ -19,8 +19,8 @@ from twisted.internet.testing import StringTransport
 
 from gamed.config import Settings
 from gamed.events import EventBus
-from gamed.middleware.security import SecurityMiddleware
-from gamed.middleware.security_policy import build_policy
+from gamed.middleware.security.middleware import SecurityMiddleware
+from gamed.middleware.security.policy import build_policy
 from gamed.pipeline import Pipeline
 from gamed.protocol import GameFactory
 from gamed.rooms import RoomService

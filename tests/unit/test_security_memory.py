@@ -11,9 +11,9 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 
 from gamed import messages as m
-from gamed.middleware import security
-from gamed.middleware.security import SecurityMiddleware
-from gamed.middleware.security_policy import build_policy
+from gamed.middleware.security import middleware as security
+from gamed.middleware.security.middleware import SecurityMiddleware
+from gamed.middleware.security.policy import build_policy
 from tests.unit.test_security import Control, Ctx
 
 USERS = 100_000

@@ -11,9 +11,9 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 
 from gamed import messages as m
-from gamed.middleware.security import SecurityMiddleware, SecurityService
-from gamed.middleware.security_policy import build_policy
-from gamed.middleware.security_store import FILENAME, BlockStore
+from gamed.middleware.security.middleware import SecurityMiddleware, SecurityService
+from gamed.middleware.security.policy import build_policy
+from gamed.middleware.security.store import FILENAME, BlockStore
 from tests.unit.test_security import Control, Ctx
 
 
@@ -109,7 +109,7 @@ def test_flush_runs_on_the_clock_and_sweeps_expire(tmp_path: Path) -> None:
 
 
 def test_a_full_queue_drops_the_oldest_and_stays_bounded(tmp_path: Path) -> None:
-    from gamed.middleware import security_store
+    from gamed.middleware.security import store as security_store
 
     store = BlockStore(None, str(tmp_path / "q.sqlite3"))
     old = security_store.MAX_PENDING

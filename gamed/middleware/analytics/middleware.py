@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gamed.interfaces import IMessageContext, IMiddleware
-from gamed.middleware.analytics_aggregates import (
+from gamed.middleware.analytics.aggregates import (
     BUS_EVENTS,
     EVENT_TYPES,
     Aggregates,
@@ -39,7 +39,7 @@ from gamed.middleware.analytics_aggregates import (
     Realtime,
     public,
 )
-from gamed.middleware.analytics_storage import (
+from gamed.middleware.analytics.store import (
     DB_NAME,
     MIGRATIONS,
     InlineStore,
@@ -51,7 +51,7 @@ from gamed.middleware.analytics_storage import (
     read_user,
     write_deltas,
 )
-from gamed.middleware.analytics_web import AnalyticsResource, SseClient
+from gamed.middleware.analytics.web import AnalyticsResource, SseClient
 from gamed.middleware.registry import PluginEnvironment, PluginParts
 
 _log = Logger()

@@ -19,10 +19,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from gamed.middleware.analytics_aggregates import EVENT_TYPES
+from gamed.middleware.analytics.aggregates import EVENT_TYPES
 
 if TYPE_CHECKING:
-    from gamed.middleware.analytics import Analytics
+    from gamed.middleware.analytics.middleware import Analytics
 
 _log = Logger()
 

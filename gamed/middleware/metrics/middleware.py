@@ -31,8 +31,8 @@ from zope.interface import implementer
 
 from gamed.config import ConfigError, Settings
 from gamed.interfaces import IFrameObserver, IMessageContext, IMiddleware
-from gamed.middleware.metrics_prom import PipelineTimer, RoomSeries
-from gamed.middleware.metrics_window import (
+from gamed.middleware.metrics.prom import PipelineTimer, RoomSeries
+from gamed.middleware.metrics.window import (
     LatencyRing,
     RoomActivity,
     error_rate_percent,

@@ -19,10 +19,11 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from gamed.web import json_response
+from gamed.httputil import json_response
+from gamed.middleware.security.policy import normalize_ip
 
 if TYPE_CHECKING:
-    from gamed.middleware.security import SecurityMiddleware
+    from gamed.middleware.security.middleware import SecurityMiddleware
 
 _log = Logger()
 
@@ -47,8 +48,6 @@ def _user_id(text: bytes) -> int:
 
 
 def _ip(text: bytes) -> str:
-    from gamed.middleware.security import normalize_ip
-
     s = text.decode("utf-8", "replace")
     try:
         ipaddress.ip_address(s)

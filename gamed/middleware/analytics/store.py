@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from twisted.internet import defer
 
-from gamed.middleware.analytics_aggregates import HOURS, ROOM_COUNTERS, RoomDelta, UserDelta
+from gamed.middleware.analytics.aggregates import HOURS, ROOM_COUNTERS, RoomDelta, UserDelta
 
 T = TypeVar("T")
 

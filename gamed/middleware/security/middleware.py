@@ -15,7 +15,6 @@ Everything that allocates (decisions, sanctions, logging) is off that path.
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import math
 import os
 import sys
@@ -34,8 +33,9 @@ from gamed.errors import Refusal
 from gamed.interfaces import IConnectionObserver, IFrameObserver, IMessageContext, IMiddleware
 from gamed.messages import ChatMessage, Connect, HeartBeat, RoomJoin
 from gamed.middleware.registry import PluginEnvironment, PluginParts
-from gamed.middleware.security_policy import OFF, ON, SHADOW, Policy, build_policy
-from gamed.middleware.security_store import FILENAME, BlockStore
+from gamed.middleware.security.policy import OFF, ON, SHADOW, Policy, build_policy, normalize_ip
+from gamed.middleware.security.store import FILENAME, BlockStore
+from gamed.middleware.security.web import AdminResource
 from gamed.pipeline import Veto
 
 _log = Logger()
@@ -116,17 +116,6 @@ class Block:
             "permanent": permanent,
             "remaining_seconds": None if permanent else max(0.0, round(self.until - now, 3)),
         }
-
-
-def normalize_ip(host: str) -> tuple[str, Any]:
-    """(canonical text, ip_address or None); IPv4-mapped IPv6 becomes IPv4."""
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return host, None
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return str(addr), addr
 
 
 @implementer(IMiddleware, IConnectionObserver, IFrameObserver)
@@ -907,8 +896,6 @@ def _refuse_token(text: str) -> Exception:
 
 
 def make_plugin(env: PluginEnvironment) -> PluginParts:
-    from gamed.middleware.security_admin import AdminResource
-
     try:
         policy = build_policy(env.config, env.settings)
     except ConfigError as e:

@@ -258,3 +258,14 @@ def _with_regex(policy: Policy) -> Policy:
 
 def default_policy() -> Policy:
     return build_policy({})
+
+
+def normalize_ip(host: str) -> tuple[str, Any]:
+    """(canonical text, ip_address or None); IPv4-mapped IPv6 becomes IPv4."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return host, None
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return str(addr), addr
