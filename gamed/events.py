@@ -81,6 +81,19 @@ class GameEnded:
     at: float
 
 
+@dataclass(slots=True, frozen=True)
+class SeatExpired:
+    """A dropped player's held seat was not reclaimed within the reconnect grace.
+
+    The game service emits it; the router subscribes and takes the member out
+    of its room (with the usual notices), so the game service never calls it.
+    """
+
+    user_id: int
+    room_id: int
+    at: float
+
+
 Subscriber = Callable[[object], None]
 
 

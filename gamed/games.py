@@ -31,7 +31,7 @@ from gamed import messages as m
 from gamed.cache import CacheCollector, CacheConfig, GameStateCache, make_sweeper
 from gamed.config import Settings
 from gamed.errors import Refusal
-from gamed.interfaces import IGameService, IRoomClient, IServerControl
+from gamed.interfaces import IGameService, IRoomClient
 from gamed.rooms import Room, RoomService
 
 _log = Logger()
@@ -133,13 +133,14 @@ class Games:
         events: ev.EventBus,
         settings: Settings,
         registry: CollectorRegistry | None = None,
-        control: IServerControl | None = None,
+        *,
         cache_config: CacheConfig | Mapping[str, Any] | None = None,
     ) -> None:
         self._clock = clock
         self._rooms = rooms
+        # Also where an expired seat is reported (SeatExpired): the router
+        # listens there, so this service never needs a reference to it.
         self._events = events
-        self._control = control
         self.round_limit = settings.round_limit
         self.turn_timeout = settings.turn_timeout
         self.reconnect_grace = settings.reconnect_grace
@@ -335,9 +336,9 @@ class Games:
         if current.user_id != uid:
             raise Refusal(409, f"not your turn: it is user {current.user_id}'s turn")
         tag = action.TAG
-        if tag == "Move":
+        if isinstance(action, m.Move):
             current.position = {"x": action.x, "y": action.y, "direction": action.direction}
-        elif tag == "Attack":
+        elif isinstance(action, m.Attack):
             target = game.by_id.get(action.target_id)
             if target is None:
                 raise Refusal(422, f"attack target {action.target_id} is not a player in this game")
@@ -433,7 +434,8 @@ class Games:
         if game.timer is not None and game.timer.active():
             game.timer.cancel()
         game.timer = None
-        went_live = game.live_at is not None
+        live_at = game.live_at
+        went_live = live_at is not None
         game.status = FINISHED
         del self._games[room_id]
         self.cache.remove(f"game_state:{room_id}")
@@ -443,12 +445,12 @@ class Games:
         scores = [[p.user_id, p.score] for p in game.players]
         self.ended += 1
         self._broadcast(room_id, m.GameEnded(room_id, winner.wire() if winner else None, scores))
-        if went_live and self._events.active:
+        if live_at is not None and self._events.active:
             now = self._clock.seconds()
             self._events.emit(
                 ev.GameEnded(
                     room_id,
-                    now - game.live_at,
+                    now - live_at,
                     winner.user_id if winner else None,
                     tuple((u, s) for u, s in scores),
                     now,
@@ -460,14 +462,14 @@ class Games:
         if seat is None:
             return
         self.seats_expired += 1
-        removed = self._control.remove_from_room(user_id) if self._control is not None else False
-        # remove_from_room calls member_left, which drops the seat; make sure either way.
+        # The router hears this (synchronously) and removes the member with the
+        # usual notices, which calls member_left: the seat and the player go.
+        self._events.emit(ev.SeatExpired(user_id, seat.room_id, self._clock.seconds()))
         self._away.pop(user_id, None)
-        if not removed:
-            game = self._games.get(seat.room_id)
-            if game is not None and user_id in game.by_id:
-                self.leavers += 1
-                self._remove_player(game, game.by_id[user_id])
+        game = self._games.get(seat.room_id)
+        if game is not None and user_id in game.by_id:  # nobody removed the member
+            self.leavers += 1
+            self._remove_player(game, game.by_id[user_id])
 
     # -- output ---------------------------------------------------------------------------
 
@@ -509,6 +511,39 @@ class Games:
     def cache_stats(self) -> dict[str, Any]:
         """The ``cache`` section of /stats."""
         return self.cache.stats()
+
+
+@implementer(IGameService)
+class NullGames:
+    """The game service of a server with games off: game messages get 404, no seat is held.
+
+    Lets the router call its game service unconditionally instead of testing
+    for None at every step.
+    """
+
+    def handle(self, client: IRoomClient, message: object) -> None:
+        raise Refusal(404, "games are not enabled on this server")
+
+    def member_left(self, client: IRoomClient, room_id: int) -> None:
+        pass
+
+    def member_joined(self, client: IRoomClient, room_id: int) -> None:
+        pass
+
+    def connection_lost(self, client: IRoomClient, room_id: int) -> bool:
+        return False
+
+    def game_state(self, room_id: int) -> str | None:
+        return None
+
+    def game_of_user(self, user_id: int) -> int | None:
+        return None
+
+    def reclaim(self, user_id: int) -> int | None:
+        return None
+
+    def reclaimed(self, client: IRoomClient, room_id: int) -> None:
+        pass
 
 
 def _winner(players: list[Player]) -> Player | None:

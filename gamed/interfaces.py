@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from zope.interface import Attribute, Interface
 
 
@@ -13,6 +15,72 @@ class IRoomClient(Interface):
 
     def send_frame(frame: bytes) -> None:
         """Queue one already length-prefixed frame for this member; never blocks."""
+
+
+class IConnection(IRoomClient):
+    """A client connection as the router sees it, whatever carries its frames.
+
+    The router, the room service and the game service hold connections only
+    through this interface, so a second transport (WebSocket) is routed by the
+    same Router: it implements these methods and reports to an
+    IConnectionHandler. ``user_id`` is None until Connect succeeds; the router
+    sets it (and ``nickname``). Every method is safe to call on a connection
+    that is already closing: output is then dropped and closes are no-ops.
+    """
+
+    ctx = Attribute("IMessageContext: what middleware may know of this connection")
+    bytes_in = Attribute("int: bytes received from the peer so far")
+    bytes_out = Attribute(
+        "int: bytes of messages sent with send(); frames from send_frame are counted by "
+        "whoever fans them out (the room service)"
+    )
+
+    def send(message: object) -> None:
+        """Encode ``message`` as one frame and queue it; counts it in ``bytes_out``."""
+
+    def send_error(code: int, text: str) -> None:
+        """Send Error{code, text} and count it (the connection's handler ``error_sent``),
+        so errors from every layer and every transport land in one metric."""
+
+    def disconnect(code: int, text: str, reason: str) -> None:
+        """Send Error{code, text}, then ``close(reason)``: the client learns why it was dropped."""
+
+    def close(reason: str) -> None:
+        """Stop reading, flush what is queued, then close; abort if the peer does not read
+        in time. ``reason`` (a short word: closed, idle, refused, replaced, kicked, shutdown
+        ...) is what ``IConnectionHandler.connection_lost`` is told."""
+
+    def abort() -> None:
+        """Drop the connection now, discarding queued output (a peer that does not read,
+        the end of a shutdown grace). ``connection_lost`` still follows."""
+
+
+class IConnectionHandler(Interface):
+    """Where a transport's connections report (the Router), one call per event.
+
+    A transport builds one IConnection per client and calls these; it never
+    decodes messages or applies the protocol's rules itself.
+    """
+
+    settings = Attribute(
+        "gamed.config.Settings: the limits a connection enforces "
+        "(max_frame_bytes, max_outgoing_bytes, idle_timeout)"
+    )
+
+    def connection_made(conn: IConnection) -> None:
+        """A client connected; the handler may refuse it (``conn.disconnect``) at once."""
+
+    def connection_lost(conn: IConnection, reason: str) -> None:
+        """The connection is gone; ``reason`` is the one given to ``close`` (or ``closed``)."""
+
+    def frame_received(conn: IConnection, data: bytes) -> None:
+        """One complete frame payload (without its length prefix) from ``conn``."""
+
+    def frame_refused(conn: IConnection, reason: str, size: int) -> None:
+        """A frame was refused before decoding: ``reason`` is ``oversize`` or ``invalid``."""
+
+    def error_sent(code: int) -> None:
+        """Count one Error{code} sent to a client (``IConnection.send_error`` calls this)."""
 
 
 class IRoomService(Interface):
@@ -128,7 +196,7 @@ class IServerControl(Interface):
     def remove_from_room(user_id: int) -> bool:
         """Take the user (a live member or a held seat) out of its room, with notices."""
 
-    def set_authenticator(authenticate: object) -> None:
+    def set_authenticator(authenticate: Callable[[int, str | None], None] | None) -> None:
         """``authenticate(user_id, token)`` runs on every Connect; raise Refusal(401) to refuse."""
 
     def set_pipeline_timer(observer: object) -> None:
@@ -136,6 +204,13 @@ class IServerControl(Interface):
 
     def reload_config() -> object:
         """Re-read the config file and hand each plugin its new section (SIGHUP does this)."""
+
+    def connection_count() -> int:
+        """Open client connections (sessions or not), e.g. for a metrics snapshot."""
+
+    def game_status(room_id: int) -> str | None:
+        """The status of the room's game (Waiting, InProgress), or None: no game, or games
+        are off. A read for monitoring: no side effects."""
 
 
 class IGameService(Interface):
@@ -157,7 +232,9 @@ class IGameService(Interface):
     def connection_lost(client: IRoomClient, room_id: int) -> bool:
         """The client's connection dropped while in ``room_id``. Return True to hold
         its seat (the router then keeps it in the room and waits for ``reclaim``);
-        False to let it leave as usual."""
+        False to let it leave as usual. A held seat nobody reclaims in time is
+        reported as a ``gamed.events.SeatExpired`` event, and the router removes
+        the member (it owns the room notices and the session table)."""
 
     def game_state(room_id: int) -> str | None:
         """The status of the room's game (Waiting, InProgress), or None; no side effects."""

@@ -1,17 +1,23 @@
 """One client connection: framing, limits, idle time-out, back-pressure.
 
-The protocol is thin: it turns bytes into frames and hands them to the
-``Router``; it turns frames from the router and the room service into writes.
-It is also the connection's ``IRoomClient`` (what rooms write to) and owns the
-``ConnectionContext`` that middleware sees.
+The protocol is thin: it turns bytes into frames and hands them to its
+``IConnectionHandler`` (the Router); it turns frames from the router and the
+room service into writes. It is the router's ``IConnection`` (and so the
+rooms' ``IRoomClient``) and owns the ``ConnectionContext`` that middleware sees.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
+from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
@@ -19,11 +25,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gamed import codec
-from gamed.interfaces import IMessageContext, IRoomClient
+from gamed.interfaces import IConnection, IConnectionHandler, IMessageContext
 from gamed.messages import Error, SystemMessage
-
-if TYPE_CHECKING:
-    from gamed.router import Router
 
 _log = Logger()
 _ids = itertools.count(1)
@@ -47,7 +50,9 @@ class ConnectionContext:
         "user_id",
     )
 
-    def __init__(self, conn: GameProtocol, peer_host: str, peer_port: int, clock: IReactorTime):
+    def __init__(
+        self, conn: IConnection, peer_host: str, peer_port: int, clock: IReactorTime
+    ) -> None:
         self._conn = conn
         self.connection_id = next(_ids)
         self.user_id: int | None = None
@@ -67,23 +72,33 @@ class ConnectionContext:
         return f"<conn {self.connection_id} user={self.user_id} {self.peer_host}:{self.peer_port}>"
 
 
-@implementer(IRoomClient)
+class IStreamTransport(ITCPTransport, IConsumer):
+    """What GameProtocol uses of its transport: writes, closes and aborts, a producer slot."""
+
+
+@implementer(IConnection, IPushProducer)
 class GameProtocol(Int32StringReceiver):
-    def __init__(self, router: Router, clock: IReactorTime) -> None:
-        self.router = router
+    """A client on a TCP stream of 4-byte length-prefixed frames."""
+
+    # Set by makeConnection / connectionMade before any other method runs.
+    transport: IStreamTransport
+    ctx: ConnectionContext
+
+    def __init__(self, handler: IConnectionHandler, clock: IReactorTime) -> None:
+        self.handler = handler
         self.clock = clock
-        self.MAX_LENGTH = router.settings.max_frame_bytes
-        self._max_backlog = router.settings.max_outgoing_bytes
-        self._idle_timeout = router.settings.idle_timeout
-        self.ctx: ConnectionContext | None = None
+        settings = handler.settings
+        self.MAX_LENGTH = settings.max_frame_bytes
+        self._max_backlog = settings.max_outgoing_bytes
+        self._idle_timeout = settings.idle_timeout
         self.user_id: int | None = None
         self.nickname = ""
         self.closing = False
         self.close_reason = "closed"
         self.last_seen = 0.0
         self._backlog = 0  # bytes written while the transport's buffer was over its high mark
-        self._idle_call = None
-        self._abort_call = None
+        self._idle_call: IDelayedCall | None = None
+        self._abort_call: IDelayedCall | None = None
         # Per-connection byte counts (folded into the router's totals on close):
         # an attribute add per write is cheaper than a locked Prometheus counter.
         self.bytes_in = 0
@@ -107,16 +122,16 @@ class GameProtocol(Int32StringReceiver):
         # keeping up) and start counting what we still queue for it.
         transport.registerProducer(self, True)
         self._route_output()
-        self.router.connection_made(self)
+        self.handler.connection_made(self)
         if not self.closing and self._idle_timeout > 0:
             self._idle_call = self.clock.callLater(self._idle_timeout, self._check_idle)
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         for call in (self._idle_call, self._abort_call):
             if call is not None and call.active():
                 call.cancel()
         self._idle_call = self._abort_call = None
-        self.router.connection_lost(self, self.close_reason)
+        self.handler.connection_lost(self, self.close_reason)
 
     def _check_idle(self) -> None:
         self._idle_call = None
@@ -142,10 +157,10 @@ class GameProtocol(Int32StringReceiver):
             return  # frames pipelined behind a fatal one are not processed
         self.last_seen = self.clock.seconds()
         self.ctx.frame_size = len(data)
-        self.router.frame_received(self, data)
+        self.handler.frame_received(self, data)
 
     def lengthLimitExceeded(self, length: int) -> None:
-        self.router.frame_refused(self, "oversize", length)
+        self.handler.frame_refused(self, "oversize", length)
         self.disconnect(
             413,
             f"frame of {length} bytes exceeds the limit of {self.MAX_LENGTH} bytes",
@@ -187,7 +202,8 @@ class GameProtocol(Int32StringReceiver):
         elif self.paused:
             self.send_frame = self._write_while_paused  # type: ignore[method-assign]
         else:
-            self.send_frame = self.transport.write  # type: ignore[method-assign]
+            # The deliberate rebinding of a method to the transport's own writer.
+            self.send_frame = self.transport.write  # type: ignore[method-assign,assignment]
 
     def send(self, message: object) -> None:
         frame = codec.frame(message)
@@ -195,7 +211,7 @@ class GameProtocol(Int32StringReceiver):
         self.send_frame(frame)
 
     def send_error(self, code: int, text: str) -> None:
-        self.router.metrics.error_sent(code)
+        self.handler.error_sent(code)
         self.send(Error(code, text))
 
     def pauseProducing(self) -> None:
@@ -217,10 +233,8 @@ class GameProtocol(Int32StringReceiver):
             ctx=self.ctx,
             limit=self._max_backlog,
         )
-        self.closing = True
         self.close_reason = "slow"
-        self._route_output()
-        self.transport.abortConnection()
+        self.abort()
 
     # -- closing ----------------------------------------------------------------------
 
@@ -240,19 +254,25 @@ class GameProtocol(Int32StringReceiver):
         self._route_output()
         self.transport.unregisterProducer()
         self.transport.loseConnection()
-        self._abort_call = self.clock.callLater(CLOSE_FLUSH_SECONDS, self.transport.abortConnection)
+        self._abort_call = self.clock.callLater(CLOSE_FLUSH_SECONDS, self.abort)
+
+    def abort(self) -> None:
+        """Drop the connection now: queued output is lost, nothing more is written."""
+        self.closing = True
+        self._route_output()
+        self.transport.abortConnection()
 
 
 class GameFactory(Factory):
-    """Builds a GameProtocol per connection, all sharing one Router."""
+    """Builds a GameProtocol per connection, all reporting to one handler (the Router)."""
 
     noisy = False  # no "Starting factory" lines per listener
 
-    def __init__(self, router: Router, clock: IReactorTime) -> None:
-        self.router = router
+    def __init__(self, handler: IConnectionHandler, clock: IReactorTime) -> None:
+        self.handler = handler
         self.clock = clock
 
-    def buildProtocol(self, addr: object) -> GameProtocol:
-        p = GameProtocol(self.router, self.clock)
+    def buildProtocol(self, addr: Any) -> GameProtocol:
+        p = GameProtocol(self.handler, self.clock)
         p.factory = self
         return p

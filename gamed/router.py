@@ -5,13 +5,17 @@ connection cap), runs the middleware pipeline around each message and
 dispatches to one handler per message type. Room state lives in the
 RoomService; the router only decides what to send to whom, encoding each
 outgoing frame once.
+
+It sees connections only as ``IConnection`` and is their transports'
+``IConnectionHandler``: any transport whose connections implement the one and
+report to the other is routed by this class unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -24,13 +28,11 @@ from gamed import messages as m
 from gamed.config import Settings
 from gamed.errors import Refusal
 from gamed.events import EventBus
-from gamed.interfaces import IGameService, IServerControl
+from gamed.games import NullGames
+from gamed.interfaces import IConnection, IConnectionHandler, IGameService, IServerControl
 from gamed.pipeline import Pipeline, Veto
 from gamed.rooms import Room, RoomFull, RoomService
 from gamed.telemetry import ServerMetrics
-
-if TYPE_CHECKING:
-    from gamed.protocol import GameProtocol
 
 _log = Logger()
 
@@ -43,8 +45,10 @@ NICKNAME_MAX_CHARS = 64
 Authenticator = Callable[[int, "str | None"], None]
 
 
-@implementer(IServerControl)
+@implementer(IConnectionHandler, IServerControl)
 class Router:
+    """The protocol's rules over IConnections, and the server as plugins see it."""
+
     def __init__(
         self,
         settings: Settings,
@@ -53,7 +57,9 @@ class Router:
         pipeline: Pipeline,
         metrics: ServerMetrics,
         events: EventBus,
+        games: IGameService | None = None,
     ) -> None:
+        """``games`` is the game service; None means games are off (``NullGames``)."""
         self.settings = settings
         self.clock = clock
         self.rooms = rooms
@@ -61,21 +67,21 @@ class Router:
         self.metrics = metrics
         self.events = events
         self.authenticate: Authenticator | None = None
-        #: Game rules (an IGameService); None = game messages are refused with 404.
-        self.games: IGameService | None = None
+        #: Game rules; NullGames refuses game messages with 404 and holds no seat.
+        self.games: IGameService = NullGames() if games is None else games
         #: Re-reads the config and reloads plugins; set by gamed.tap.
         self.reloader: Callable[[], Any] | None = None
         # Totals of connections that have closed; live ones are summed at scrape.
         self.closed_bytes_in = 0
         self.closed_bytes_out = 0
         self.frames_refused: dict[str, int] = {"oversize": 0, "invalid": 0}
-        self.connections: set[GameProtocol] = set()
-        self.sessions: dict[int, GameProtocol] = {}
+        self.connections: set[IConnection] = set()
+        self.sessions: dict[int, IConnection] = {}
         self.draining = False
         self._drained: defer.Deferred[None] | None = None
         self.started_at = clock.seconds()
         self.set_pipeline(pipeline)
-        self._handlers: dict[type, Callable[[GameProtocol, Any], None]] = {
+        self._handlers: dict[type, Callable[[IConnection, Any], None]] = {
             m.Connect: self._on_connect,
             m.HeartBeat: self._on_heartbeat,
             m.RoomJoin: self._on_room_join,
@@ -85,6 +91,8 @@ class Router:
             m.ToggleReady: self._on_game_message,
             m.PlayerAction: self._on_game_message,
         }
+        # The game service reports a seat nobody reclaimed as an event.
+        events.subscribe(self._on_event)
 
     def set_pipeline(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
@@ -93,7 +101,7 @@ class Router:
 
     # -- connections ------------------------------------------------------------------
 
-    def connection_made(self, conn: GameProtocol) -> None:
+    def connection_made(self, conn: IConnection) -> None:
         if self.draining:
             self.metrics.connections_refused.labels("draining").inc()
             conn.disconnect(503, "server is shutting down", reason="refused")
@@ -113,7 +121,7 @@ class Router:
         self.connections.add(conn)
         self.metrics.connections.inc()
 
-    def connection_lost(self, conn: GameProtocol, reason: str) -> None:
+    def connection_lost(self, conn: IConnection, reason: str) -> None:
         if conn not in self.connections:
             return  # refused at accept: never counted
         self.connections.discard(conn)
@@ -128,7 +136,6 @@ class Router:
             room = self.rooms.room_of(uid)
             held = (
                 room is not None
-                and self.games is not None
                 and not self.draining
                 and room.members.get(uid) is conn
                 and self.games.connection_lost(conn, room.room_id)
@@ -165,7 +172,7 @@ class Router:
                     grace=grace,
                 )
                 for conn in list(self.connections):
-                    conn.transport.abortConnection()
+                    conn.abort()
 
         call = self.clock.callLater(grace, give_up)
         d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
@@ -173,10 +180,11 @@ class Router:
 
     # -- frames -----------------------------------------------------------------------
 
-    def frame_received(self, conn: GameProtocol, data: bytes) -> None:
+    def frame_received(self, conn: IConnection, data: bytes) -> None:
         started = perf_counter()
         try:
-            msg = codec.decode(data)
+            # Any: a plugin may hand back a replacement message of its own.
+            msg: Any = codec.decode(data)
         except codec.DecodeError as e:
             self.metrics.received["invalid"] += 1
             self.frame_refused(conn, "invalid", len(data))
@@ -215,7 +223,7 @@ class Router:
 
     # -- handlers -----------------------------------------------------------------------
 
-    def _own_id(self, conn: GameProtocol, user_id: int) -> None:
+    def _own_id(self, conn: IConnection, user_id: int) -> None:
         if user_id != conn.user_id:
             raise Refusal(403, f"user_id {user_id} is not this connection's user ({conn.user_id})")
 
@@ -224,7 +232,7 @@ class Router:
         if not ROOM_ID_MIN <= room_id <= ROOM_ID_MAX:
             raise Refusal(422, f"room_id must be {ROOM_ID_MIN}..{ROOM_ID_MAX}, got {room_id}")
 
-    def _on_connect(self, conn: GameProtocol, msg: m.Connect) -> None:
+    def _on_connect(self, conn: IConnection, msg: m.Connect) -> None:
         uid = msg.user_id
         if conn.user_id is not None:
             if conn.user_id == uid:
@@ -243,8 +251,7 @@ class Router:
             # the new connection takes it over, as after a reconnect.
             room = self.rooms.room_of(uid)
             if (
-                self.games is not None
-                and room is not None
+                room is not None
                 and room.members.get(uid) is old
                 and self.games.game_of_user(uid) == room.room_id
             ):
@@ -263,21 +270,20 @@ class Router:
         self.metrics.sessions.inc()
         conn.send(m.ConnectionAck(uid))
         self.events.emit(ev.UserConnected(uid, conn.ctx.peer_host, self.clock.seconds()))
-        if self.games is not None:
-            room_id = self.games.reclaim(uid) if seat is None else seat
-            if room_id is not None and self.rooms.get(room_id) is not None:
-                room = self.rooms.join(conn, room_id)  # replaces the held member
-                conn.send(m.RoomJoinSuccess(room_id, len(room)))
-                self.games.reclaimed(conn, room_id)
+        room_id = self.games.reclaim(uid) if seat is None else seat
+        if room_id is not None and self.rooms.get(room_id) is not None:
+            room = self.rooms.join(conn, room_id)  # replaces the held member
+            conn.send(m.RoomJoinSuccess(room_id, len(room)))
+            self.games.reclaimed(conn, room_id)
         stale = self.rooms.room_of(uid)
         if stale is not None and stale.members.get(uid) is not conn:
             # A seat nobody reclaimed (e.g. games were switched off): release it.
             self._remove_member(stale, stale.members[uid], None)
 
-    def _on_heartbeat(self, conn: GameProtocol, msg: m.HeartBeat) -> None:
+    def _on_heartbeat(self, conn: IConnection, msg: m.HeartBeat) -> None:
         conn.send(m.HeartBeatResponse(int(self.clock.seconds())))
 
-    def _on_room_join(self, conn: GameProtocol, msg: m.RoomJoin) -> None:
+    def _on_room_join(self, conn: IConnection, msg: m.RoomJoin) -> None:
         self._own_id(conn, msg.user_id)
         room_id = msg.room_id
         self._room_id(room_id)
@@ -302,11 +308,10 @@ class Router:
             self._to_others(
                 room, conn, m.UserJoinedRoom(room_id, conn.user_id, conn.nickname, count)
             )
-        if self.games is not None:
-            self.games.member_joined(conn, room_id)
+        self.games.member_joined(conn, room_id)
         self.metrics.rooms.set(len(self.rooms))
 
-    def _on_room_leave(self, conn: GameProtocol, msg: m.RoomLeave) -> None:
+    def _on_room_leave(self, conn: IConnection, msg: m.RoomLeave) -> None:
         self._own_id(conn, msg.user_id)
         self._room_id(msg.room_id)
         current = self.rooms.room_of(conn.user_id)
@@ -314,7 +319,7 @@ class Router:
             raise Refusal(404, f"not in room {msg.room_id}")
         self._leave_current_room(conn, notify_leaver=True)
 
-    def _on_chat(self, conn: GameProtocol, msg: m.ChatMessage) -> None:
+    def _on_chat(self, conn: IConnection, msg: m.ChatMessage) -> None:
         if msg.user_id != conn.user_id:
             self._own_id(conn, msg.user_id)
         room = self.rooms.room_of(conn.user_id)
@@ -331,18 +336,16 @@ class Router:
         self.rooms.record_message(room)
         self.metrics.chat_deliveries += self.rooms.broadcast(room.room_id, codec.frame(msg))
 
-    def _on_game_message(self, conn: GameProtocol, msg: Any) -> None:
+    def _on_game_message(self, conn: IConnection, msg: Any) -> None:
         self._room_id(msg.room_id)
-        if self.games is None:
-            raise Refusal(404, "games are not enabled on this server")
         self.games.handle(conn, msg)
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _to_others(self, room: Room, conn: GameProtocol, notice: object) -> None:
+    def _to_others(self, room: Room, conn: IConnection, notice: object) -> None:
         self.rooms.broadcast(room.room_id, codec.frame(notice), exclude=conn)
 
-    def _leave_current_room(self, conn: GameProtocol, notify_leaver: bool) -> None:
+    def _leave_current_room(self, conn: IConnection, notify_leaver: bool) -> None:
         uid = conn.user_id
         room = self.rooms.room_of(uid) if uid is not None else None
         if room is None:
@@ -351,7 +354,7 @@ class Router:
             return  # another connection of this user holds the seat
         self._remove_member(room, conn, conn if notify_leaver else None)
 
-    def _remove_member(self, room: Room, member: Any, notify: GameProtocol | None) -> None:
+    def _remove_member(self, room: Room, member: Any, notify: IConnection | None) -> None:
         """Take ``member`` out of ``room`` with the usual notices, and out of its game."""
         self.rooms.leave(member, room.room_id)
         count = len(room)
@@ -361,13 +364,20 @@ class Router:
             notice = m.UserLeftRoom(room.room_id, member.user_id, member.nickname, count)
             self.rooms.broadcast(room.room_id, codec.frame(notice))
         self.metrics.rooms.set(len(self.rooms))
-        if self.games is not None:
-            self.games.member_left(member, room.room_id)
+        self.games.member_left(member, room.room_id)
 
-    def frame_refused(self, conn: GameProtocol, reason: str, size: int) -> None:
+    def _on_event(self, event: object) -> None:
+        """EventBus subscriber: a held seat expired, so its member leaves the room."""
+        if type(event) is ev.SeatExpired:
+            self.remove_from_room(event.user_id)
+
+    def frame_refused(self, conn: IConnection, reason: str, size: int) -> None:
         self.frames_refused[reason] = self.frames_refused.get(reason, 0) + 1
         if self.pipeline:
             self.pipeline.frame_refused(conn.ctx, reason, size)
+
+    def error_sent(self, code: int) -> None:
+        self.metrics.error_sent(code)
 
     # -- IServerControl -------------------------------------------------------------------
 
@@ -397,6 +407,12 @@ class Router:
         if self.reloader is None:
             raise RuntimeError("this server has no config reloader")
         return self.reloader()
+
+    def connection_count(self) -> int:
+        return len(self.connections)
+
+    def game_status(self, room_id: int) -> str | None:
+        return self.games.game_state(room_id)
 
     def remove_from_room(self, user_id: int) -> bool:
         """Remove the user (live or a held seat) from its room, with notices."""

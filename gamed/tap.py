@@ -169,10 +169,9 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     metrics = ServerMetrics()
     events = EventBus()
     rooms = RoomService(reactor, settings.max_room_users, events)
-    router = Router(settings, reactor, rooms, Pipeline(), metrics, events)
+    games = Games(reactor, rooms, events, settings, metrics.registry)
+    router = Router(settings, reactor, rooms, Pipeline(), metrics, events, games)
     metrics.registry.register(TrafficCollector(router))
-    games = Games(reactor, rooms, events, settings, metrics.registry, router)
-    router.games = games
 
     names = settings.middleware if settings.middleware is not None else registry.available()
     parts: list[tuple[str, registry.PluginParts]] = []

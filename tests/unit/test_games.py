@@ -11,12 +11,15 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
 
 from gamed import events as ev
+from gamed import messages as m
 from gamed.cache import CacheConfig
 from gamed.config import Settings
 from gamed.events import EventBus
 from gamed.games import Games
+from gamed.interfaces import IGameService
 from gamed.pipeline import Pipeline
 from gamed.protocol import GameFactory
 from gamed.rooms import RoomService
@@ -88,7 +91,7 @@ class Client:
 
 
 class Harness:
-    def __init__(self, **settings: object) -> None:
+    def __init__(self, cache_config: CacheConfig | None = None, **settings: object) -> None:
         self.clock = Clock()
         self.clock.advance(1_000_000)
         defaults: dict[str, object] = {"idle_timeout": 0, "round_limit": 3, "turn_timeout": 30}
@@ -97,14 +100,24 @@ class Harness:
         self.seen: list[object] = []
         self.events.subscribe(self.seen.append)
         self.rooms = RoomService(self.clock, self.settings.max_room_users, self.events)
-        self.router = Router(
-            self.settings, self.clock, self.rooms, Pipeline(), ServerMetrics(), self.events
-        )
         self.registry = CollectorRegistry()
         self.games = Games(
-            self.clock, self.rooms, self.events, self.settings, self.registry, self.router
+            self.clock,
+            self.rooms,
+            self.events,
+            self.settings,
+            self.registry,
+            cache_config=cache_config,
         )
-        self.router.games = self.games
+        self.router = Router(
+            self.settings,
+            self.clock,
+            self.rooms,
+            Pipeline(),
+            ServerMetrics(),
+            self.events,
+            self.games,
+        )
         self.factory = GameFactory(self.router, self.clock)
         self.port = 40000
 
@@ -418,6 +431,45 @@ def test_dropped_player_not_back_in_time_is_removed_as_leaver() -> None:
     assert h.games.stats()["seats_expired_total"] == 1
 
 
+def test_an_expired_seat_is_reported_as_an_event_not_a_call() -> None:
+    h = Harness(reconnect_grace=5)
+    _a, b = h.live(2)
+    b.drop()
+    h.clock.advance(5)
+    expired = [e for e in h.seen if isinstance(e, ev.SeatExpired)]
+    assert expired == [ev.SeatExpired(2, ROOM, h.clock.seconds())]
+
+
+def test_an_expired_seat_nobody_removes_still_leaves_the_game() -> None:
+    """With no router listening, the game service drops the player itself."""
+    clock = Clock()
+    events = EventBus()
+    rooms = RoomService(clock, 10, events)
+    games = Games(clock, rooms, events, Settings(reconnect_grace=5))
+
+    class Member:
+        def __init__(self, uid: int) -> None:
+            self.user_id, self.nickname = uid, f"n{uid}"
+
+        def send_frame(self, frame: bytes) -> None:
+            pass
+
+    a, b = Member(1), Member(2)
+    for c in (a, b):
+        rooms.join(c, ROOM)
+    games.handle(a, m.StartGame(room_id=ROOM))
+    games.handle(b, m.ToggleReady(room_id=ROOM))
+    assert games.game_state(ROOM) == "InProgress"
+    assert games.connection_lost(b, ROOM) is True
+    clock.advance(5)
+    assert games.game_state(ROOM) is None  # two players minus one: the game ended
+    assert games.stats()["seats_expired_total"] == 1 and games.stats()["away"] == 0
+
+
+def test_games_provides_the_game_service_interface(h: Harness) -> None:
+    verifyObject(IGameService, h.games)
+
+
 def test_zero_grace_means_a_drop_is_a_leave() -> None:
     h = Harness(reconnect_grace=0)
     a, b = h.live(2)
@@ -452,11 +504,7 @@ def test_game_state_lives_in_the_cache_and_eviction_never_corrupts_it() -> None:
 
 
 def test_small_cache_many_games() -> None:
-    h = Harness()
-    h.games = Games(
-        h.clock, h.rooms, h.events, h.settings, None, h.router, CacheConfig(l1_size=4, l2_size=4)
-    )
-    h.router.games = h.games
+    h = Harness(cache_config=CacheConfig(l1_size=4, l2_size=4))
     pairs = []
     for g in range(10):
         room = 100 + g

@@ -1,4 +1,6 @@
-"""GameProtocol + Router over StringTransport and Clock: every connection rule, no sockets."""
+"""GameProtocol (+ Router) over StringTransport and Clock: framing, limits, idle time-out,
+back-pressure and closing, no sockets. The routing rules are tested on a fake connection
+in test_router.py."""
 
 from __future__ import annotations
 
@@ -10,13 +12,13 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from gamed import messages as m
 from gamed.config import Settings
 from gamed.events import EventBus
-from gamed.interfaces import IConnectionObserver, IMiddleware
-from gamed.pipeline import Pipeline, Veto
+from gamed.interfaces import IConnection, IConnectionHandler, IMessageContext
+from gamed.pipeline import Pipeline
 from gamed.protocol import CLOSE_FLUSH_SECONDS, GameFactory, GameProtocol
 from gamed.rooms import RoomService
 from gamed.router import Router
@@ -129,52 +131,6 @@ def test_tcp_nodelay_is_requested_and_peer_is_real(h: Harness) -> None:
     assert p.ctx.connected_at == h.clock.seconds()
 
 
-def test_frames_before_connect_get_401_but_heartbeat_is_answered(h: Harness) -> None:
-    c = h.client()
-    c.send({"RoomJoin": {"user_id": 1, "room_id": 1, "nickname": "a"}})
-    assert_error(c.received(), 401, "Connect")
-    c.send("HeartBeat")
-    assert c.received() == [{"HeartBeatResponse": {"timestamp": int(h.clock.seconds())}}]
-    assert not c.closed
-
-
-def test_connect_acks_and_registers_session(h: Harness) -> None:
-    c = h.client()
-    c.connect(7, nickname="neo")
-    assert h.router.sessions[7] is c.proto
-    assert c.proto.nickname == "neo"
-    assert h.metric("gamed_sessions") == 1
-
-
-def test_repeated_connect_same_id_reacks_other_id_conflicts(h: Harness) -> None:
-    c = h.client()
-    c.connect(7)
-    c.send({"Connect": {"room_id": 0, "user_id": 7}})
-    assert c.received() == [{"ConnectionAck": {"user_id": 7}}]
-    c.send({"Connect": {"room_id": 0, "user_id": 8}})
-    assert_error(c.received(), 409, "already connected")
-
-
-def test_takeover_replaces_older_connection(h: Harness) -> None:
-    old, other = h.client(), h.client()
-    old.connect(1)
-    other.connect(2)
-    old.join(1, 5)
-    other.join(2, 5)
-    old.received()
-    new = h.client()
-    new.connect(1)
-    assert_error(old.received(), 409, "replaced by a new connection")
-    assert old.closed
-    assert other.received() == [
-        {"UserLeftRoom": {"room_id": 5, "user_id": 1, "nickname": "n1", "user_count": 1}}
-    ]
-    assert h.router.sessions[1] is new.proto
-    old.lose()  # the old socket finally closes: must not unregister the new session
-    assert h.router.sessions[1] is new.proto
-    assert h.metric("gamed_disconnects_total", reason="replaced") == 1
-
-
 def test_idle_timeout_closes_after_silence_only(h: Harness) -> None:
     c = h.client()
     c.connect(1)
@@ -196,20 +152,6 @@ def test_idle_timeout_zero_disables_it() -> None:
     h.clock.advance(10_000)
     assert not c.closed
     assert not h.clock.getDelayedCalls()
-
-
-def test_connection_cap_answers_503_then_closes() -> None:
-    h = Harness(max_connections=2)
-    a, b = h.client(), h.client()
-    c = h.client()
-    assert_error(c.received(), 503, "server full")
-    assert c.closed and not a.closed and not b.closed
-    assert len(h.router.connections) == 2
-    c.lose()
-    assert h.metric("gamed_connections") == 2
-    a.lose()
-    d = h.client()
-    assert not d.closed
 
 
 def test_oversize_length_prefix_gets_413_and_close_and_stops_parsing(h: Harness) -> None:
@@ -236,16 +178,6 @@ def test_frames_split_byte_by_byte_and_batched(h: Harness) -> None:
         c.proto.dataReceived(data[i : i + 1])
     msgs = c.received()
     assert [next(iter(x)) for x in msgs] == ["ConnectionAck", "HeartBeatResponse"]
-
-
-def test_bad_json_gets_400_and_connection_stays(h: Harness) -> None:
-    c = h.client()
-    for bad in (b"", b"{", b"\xff\xfe", b"[1,2]", b'{"A":1,"B":2}', b'{"Nope":{}}', b"42"):
-        c.send(bad)
-        assert_error(c.received(), 400)
-    assert not c.closed
-    c.connect(1)
-    assert h.metric("gamed_messages_received_total", type="invalid") == 7
 
 
 def test_client_that_does_not_read_is_dropped_not_buffered() -> None:
@@ -327,278 +259,6 @@ def test_close_aborts_a_peer_that_never_reads_the_final_error(h: Harness) -> Non
     assert aborted
 
 
-# -- ids and rooms ----------------------------------------------------------------------------
-
-
-def test_user_id_must_match_connection(h: Harness) -> None:
-    c = h.client()
-    c.connect(1)
-    c.send({"RoomJoin": {"user_id": 2, "room_id": 1, "nickname": "x"}})
-    assert_error(c.received(), 403, "not this connection's user")
-    c.join(1, 1)
-    c.send({"ChatMessage": {"user_id": 2, "room_id": 1, "message": "x"}})
-    assert_error(c.received(), 403)
-    c.send({"RoomLeave": {"user_id": 2, "room_id": 1}})
-    assert_error(c.received(), 403)
-
-
-def test_join_notices_counts_and_order(h: Harness) -> None:
-    a, b = h.client(), h.client()
-    a.connect(1)
-    b.connect(2)
-    assert a.join(1, 5, "alice") == [{"RoomJoinSuccess": {"room_id": 5, "user_count": 1}}]
-    assert b.join(2, 5, "bob") == [{"RoomJoinSuccess": {"room_id": 5, "user_count": 2}}]
-    assert a.received() == [
-        {"UserJoinedRoom": {"room_id": 5, "user_id": 2, "nickname": "bob", "user_count": 2}}
-    ]
-    assert [x.user_id for x in h.rooms.members(5)] == [1, 2]
-
-
-def test_rejoin_same_room_resends_success_only(h: Harness) -> None:
-    a, b = h.client(), h.client()
-    a.connect(1)
-    b.connect(2)
-    a.join(1, 5)
-    b.join(2, 5)
-    a.received()
-    assert a.join(1, 5) == [{"RoomJoinSuccess": {"room_id": 5, "user_count": 2}}]
-    assert b.received() == []
-
-
-def test_joining_another_room_leaves_first_with_notices(h: Harness) -> None:
-    a, b = h.client(), h.client()
-    a.connect(1)
-    b.connect(2)
-    a.join(1, 5)
-    b.join(2, 5)
-    a.received()
-    assert b.join(2, 6) == [
-        {"RoomLeaveSuccess": {"room_id": 5, "user_count": 1}},
-        {"RoomJoinSuccess": {"room_id": 6, "user_count": 1}},
-    ]
-    assert a.received() == [
-        {"UserLeftRoom": {"room_id": 5, "user_id": 2, "nickname": "n2", "user_count": 1}}
-    ]
-    assert h.rooms.room_of(2).room_id == 6
-
-
-@pytest.mark.parametrize("room", [0, 1_000_001, 4_294_967_295])
-def test_room_id_range_is_422(h: Harness, room: int) -> None:
-    c = h.client()
-    c.connect(1)
-    assert_error(c.join(1, room), 422, "1..1000000")
-    c.send({"ChatMessage": {"user_id": 1, "room_id": room, "message": "x"}})
-    assert_error(c.received(), 422)
-
-
-def test_full_room_is_409_and_you_stay_where_you_were() -> None:
-    h = Harness(max_room_users=2)
-    cs = [h.client() for _ in range(3)]
-    for i, c in enumerate(cs, 1):
-        c.connect(i)
-    cs[0].join(1, 1)
-    cs[1].join(2, 1)
-    cs[2].join(3, 2)
-    assert_error(cs[2].join(3, 1), 409, "full")
-    assert h.rooms.room_of(3).room_id == 2
-
-
-def test_leave_rules(h: Harness) -> None:
-    a, b = h.client(), h.client()
-    a.connect(1)
-    b.connect(2)
-    a.send({"RoomLeave": {"user_id": 1, "room_id": 5}})
-    assert_error(a.received(), 404, "not in room 5")
-    a.join(1, 5)
-    b.join(2, 5)
-    a.received()
-    a.send({"RoomLeave": {"user_id": 1, "room_id": 5}})
-    assert a.received() == [{"RoomLeaveSuccess": {"room_id": 5, "user_count": 1}}]
-    assert b.received() == [
-        {"UserLeftRoom": {"room_id": 5, "user_id": 1, "nickname": "n1", "user_count": 1}}
-    ]
-    b.send({"RoomLeave": {"user_id": 2, "room_id": 5}})
-    assert b.received() == [{"RoomLeaveSuccess": {"room_id": 5, "user_count": 0}}]
-    assert h.rooms.get(5) is None and len(h.rooms) == 0
-
-
-def test_disconnect_leaves_room_with_notice(h: Harness) -> None:
-    a, b = h.client(), h.client()
-    a.connect(1)
-    b.connect(2)
-    a.join(1, 5)
-    b.join(2, 5)
-    a.received()
-    b.lose()
-    assert a.received() == [
-        {"UserLeftRoom": {"room_id": 5, "user_id": 2, "nickname": "n2", "user_count": 1}}
-    ]
-    assert 2 not in h.router.sessions
-
-
-# -- chat -----------------------------------------------------------------------------
-
-
-def test_chat_goes_to_every_member_sender_included_in_order(h: Harness) -> None:
-    cs = [h.client() for _ in range(3)]
-    for i, c in enumerate(cs, 1):
-        c.connect(i)
-        c.join(i, 4)
-    for c in cs:
-        c.received()
-    for n in range(3):
-        cs[n % 2].send({"ChatMessage": {"user_id": n % 2 + 1, "room_id": 4, "message": f"m{n}"}})
-    for c in cs:
-        assert [x["ChatMessage"]["message"] for x in c.received()] == ["m0", "m1", "m2"]
-    assert h.rooms.get(4).message_count == 3
-    assert h.metric("gamed_chat_deliveries_total") == 9
-
-
-def test_chat_extra_fields_are_dropped_on_rebroadcast(h: Harness) -> None:
-    c = h.client()
-    c.connect(1)
-    c.join(1, 4)
-    c.send({"ChatMessage": {"user_id": 1, "room_id": 4, "message": "hi", "evil": "x"}})
-    assert c.received() == [{"ChatMessage": {"user_id": 1, "room_id": 4, "message": "hi"}}]
-
-
-def test_chat_needs_membership(h: Harness) -> None:
-    c = h.client()
-    c.connect(1)
-    c.send({"ChatMessage": {"user_id": 1, "room_id": 4, "message": "x"}})
-    assert_error(c.received(), 404, "not in room 4")
-    c.join(1, 3)
-    c.send({"ChatMessage": {"user_id": 1, "room_id": 4, "message": "x"}})
-    assert_error(c.received(), 404)
-
-
-def test_chat_length_in_utf8_bytes(h: Harness) -> None:
-    c = h.client()
-    c.connect(1)
-    c.join(1, 4)
-    c.send({"ChatMessage": {"user_id": 1, "room_id": 4, "message": ""}})
-    assert_error(c.received(), 422, "empty")
-    c.send({"ChatMessage": {"user_id": 1, "room_id": 4, "message": "é" * 500}})  # 1000 bytes
-    assert len(c.received()) == 1 and not c.closed
-    c.send({"ChatMessage": {"user_id": 1, "room_id": 4, "message": "é" * 500 + "x"}})
-    assert_error(c.received(), 413, "1001 bytes")
-    c.send({"ChatMessage": {"user_id": 1, "room_id": 4, "message": "x" * 1001}})
-    assert_error(c.received(), 413)
-
-
-def test_game_messages_are_refused_cleanly_without_a_game_service(h: Harness) -> None:
-    c = h.client()
-    c.connect(1)
-    c.send({"StartGame": {"room_id": 1}})
-    assert_error(c.received(), 404, "games")
-
-
-# -- middleware hooks ------------------------------------------------------------------
-
-
-@implementer(IMiddleware, IConnectionObserver)
-class Recorder:
-    name = "recorder"
-
-    def __init__(self, veto_tag: str | None = None, refuse_host: str | None = None) -> None:
-        self.veto_tag = veto_tag
-        self.refuse_host = refuse_host
-        self.calls: list[tuple] = []
-
-    def before_process(self, ctx, message):
-        self.calls.append(("before", ctx.user_id, message.TAG))
-        if message.TAG == self.veto_tag:
-            return Veto(429, "slow down")
-        return None
-
-    def after_process(self, ctx, message, result):
-        self.calls.append(("after", message.TAG, None if result is None else result.code))
-
-    def connection_opened(self, ctx):
-        self.calls.append(("opened", ctx.peer_host))
-        if ctx.peer_host == self.refuse_host:
-            return Veto(403, "blocked address")
-        return None
-
-    def connection_closed(self, ctx, reason):
-        self.calls.append(("closed", reason))
-
-
-def test_middleware_veto_sends_error_and_after_sees_refusal() -> None:
-    rec = Recorder(veto_tag="ChatMessage")
-    h = Harness(middleware=(rec,))
-    c = h.client()
-    c.connect(1)
-    c.join(1, 1)
-    c.send({"ChatMessage": {"user_id": 1, "room_id": 1, "message": "x"}})
-    assert_error(c.received(), 429, "slow down")
-    assert ("after", "ChatMessage", 429) in rec.calls
-    assert ("after", "RoomJoin", None) in rec.calls
-    c.lose()
-    assert rec.calls[-1] == ("closed", "closed")
-
-
-def test_connection_veto_refuses_before_any_parsing() -> None:
-    rec = Recorder(refuse_host="127.0.0.1")
-    h = Harness(middleware=(rec,))
-    c = h.client()
-    assert_error(c.received(), 403, "blocked address")
-    assert c.closed
-    c.send({"Connect": {"room_id": 0, "user_id": 1}})
-    assert c.received() == []
-    assert h.metric("gamed_connections_refused_total", reason="vetoed") == 1
-
-
-def test_a_raising_plugin_is_counted_and_the_message_still_handled() -> None:
-    @implementer(IMiddleware)
-    class Broken:
-        name = "broken"
-
-        def before_process(self, ctx, message):
-            raise RuntimeError("boom")
-
-        def after_process(self, ctx, message, result):
-            raise RuntimeError("boom")
-
-    h = Harness(middleware=(Broken(),))
-    c = h.client()
-    c.connect(1)  # still acked
-    assert h.metric("gamed_middleware_failures_total", plugin="broken", phase="before") == 1
-    assert h.metric("gamed_middleware_failures_total", plugin="broken", phase="after") == 1
-
-
-def test_handler_crash_is_500_and_connection_survives(h: Harness) -> None:
-    c = h.client()
-    c.connect(1)
-
-    def explode(conn, msg):
-        raise ZeroDivisionError
-
-    h.router._handlers[m.HeartBeat] = explode
-    c.send("HeartBeat")
-    assert_error(c.received(), 500, "internal error")
-    assert not c.closed
-    c.join(1, 1)
-
-
-def test_events_for_connect_join_leave_disconnect(h: Harness) -> None:
-    c = h.client()
-    c.connect(1)
-    c.join(1, 3)
-    h.clock.advance(12)
-    c.lose()
-    kinds = [type(e).__name__ for e in h.seen]
-    assert kinds == [
-        "UserConnected",
-        "RoomCreated",
-        "RoomJoined",
-        "RoomLeft",
-        "RoomDeleted",
-        "UserDisconnected",
-    ]
-    assert h.seen[-1].session_seconds == 12
-
-
 def test_input_after_an_oversize_prefix_is_not_read(h: Harness) -> None:
     c = h.client()
     c.proto.dataReceived(struct.pack(">I", 10**6))
@@ -607,18 +267,22 @@ def test_input_after_an_oversize_prefix_is_not_read(h: Harness) -> None:
     assert h.router.frames_refused["oversize"] == 1
 
 
-def test_takeover_ends_the_old_session_in_the_event_stream(h: Harness) -> None:
-    old = h.client()
-    old.connect(1)
-    h.clock.advance(7)
-    new = h.client()
-    new.connect(1)
-    kinds = [(type(e).__name__, getattr(e, "reason", None)) for e in h.seen]
-    assert kinds == [
-        ("UserConnected", None),
-        ("UserDisconnected", "replaced"),
-        ("UserConnected", None),
-    ]
-    assert h.seen[1].session_seconds == 7
-    old.lose()  # the old socket closing later emits nothing more
-    assert len(h.seen) == 3
+def test_game_protocol_provides_iconnection(h: Harness) -> None:
+    c = h.client()
+    verifyObject(IConnection, c.proto)
+    verifyObject(IMessageContext, c.proto.ctx)
+    verifyObject(IConnectionHandler, h.router)
+
+
+def test_abort_drops_at_once_and_writes_nothing_more(h: Harness) -> None:
+    c = h.client()
+    c.connect(1)
+    aborted = []
+    c.transport.abortConnection = lambda: aborted.append(True)
+    c.proto.abort()
+    assert aborted == [True] and c.proto.closing
+    c.proto.send_frame(frame("HeartBeat"))
+    c.proto.send(m.SystemMessage("late"))
+    assert c.transport.value() == b""
+    c.lose()
+    assert h.metric("gamed_connections") == 0
