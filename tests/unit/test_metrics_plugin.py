@@ -24,12 +24,13 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from gamed import messages as m
 from gamed.config import ConfigError, Settings
 from gamed.errors import Refusal
 from gamed.events import EventBus
-from gamed.interfaces import IMiddleware
+from gamed.interfaces import IMiddleware, IServerControl
 from gamed.middleware.metrics import middleware as metrics
 from gamed.middleware.metrics.middleware import MetricsConfig, MetricsMiddleware, make_plugin
 from gamed.middleware.metrics.prom import MIDDLEWARE_BUCKETS, PipelineTimer
@@ -44,6 +45,7 @@ from gamed.pipeline import Pipeline, Veto
 from gamed.protocol import GameFactory
 from gamed.rooms import RoomService
 from gamed.telemetry import ServerMetrics
+from tests.unit.fakes import FakeServerControl
 from tests.unit.memory_service import build
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -73,20 +75,6 @@ class Member:
         pass
 
 
-class FakeControl:
-    def __init__(self) -> None:
-        self.connections: set[object] = set()
-        self.sessions: list[int] = []
-        self.games: Any = None
-        self.timer: Any = "unset"
-
-    def connected_user_ids(self) -> list[int]:
-        return list(self.sessions)
-
-    def set_pipeline_timer(self, observer: Any) -> None:
-        self.timer = observer
-
-
 class FakeProcess:
     """psutil.Process stand-in with fixed readings."""
 
@@ -112,7 +100,7 @@ class Plugin:
         self.clock = Clock()
         self.clock.advance(1000)
         self.rooms = RoomService(self.clock, 100, EventBus())
-        self.control = FakeControl()
+        self.control = FakeServerControl()
         self.registry = registry or ServerMetrics().registry
         self.config = dict(config or {})
         settings = Settings(plugin_config=MappingProxyType({"metrics": self.config}))
@@ -382,7 +370,7 @@ def test_per_room_stats_count_messages_per_minute() -> None:
     assert top[0]["messages_per_minute"] == pytest.approx(180)
     assert top[0]["user_count"] == 3
     assert top[0]["last_activity"] == p.rooms.get(7).last_activity
-    assert "game_state" not in top[0]  # router.games is None
+    assert "game_state" not in top[0]  # no game service
     assert p.parts.room_stats(8)["messages_per_minute"] == pytest.approx(6)
     assert p.parts.room_stats(99) is None
     # A minute later room 7's burst has left the window.
@@ -393,10 +381,8 @@ def test_per_room_stats_count_messages_per_minute() -> None:
 
 def test_game_state_comes_from_the_games_service_when_there_is_one() -> None:
     class Games:
-        def game_state(self, room_id: int) -> dict[str, Any] | None:
-            if room_id == 7:
-                return {"room_id": 7, "status": "InProgress", "players": []}
-            return None
+        def game_state(self, room_id: int) -> str | None:
+            return "InProgress" if room_id == 7 else None
 
     p = Plugin().start()
     p.fill_room(7, 2, first_uid=1)
@@ -404,6 +390,10 @@ def test_game_state_comes_from_the_games_service_when_there_is_one() -> None:
     p.control.games = Games()
     assert p.parts.room_stats(7)["game_state"] == "InProgress"
     assert "game_state" not in p.parts.room_stats(8)
+
+
+def test_the_fake_control_is_a_whole_server_control() -> None:
+    verifyObject(IServerControl, Plugin().control)
 
 
 def test_game_state_lookup_failure_is_omitted() -> None:

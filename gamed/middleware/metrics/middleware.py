@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gamed.config import ConfigError, Settings
-from gamed.interfaces import IFrameObserver, IMessageContext, IMiddleware
+from gamed.interfaces import IFrameObserver, IMessageContext, IMiddleware, IServerControl
 from gamed.middleware.metrics.prom import PipelineTimer, RoomSeries
 from gamed.middleware.metrics.window import (
     LatencyRing,
@@ -146,33 +146,20 @@ class MetricsMiddleware:
         self.latency.record(seconds)
 
 
-def _game_state(control: Any, room_id: int) -> Any:
+def _game_state(control: IServerControl | None, room_id: int) -> str | None:
     """The status of the room's game ("Waiting", "InProgress"), or None.
 
-    Read from ``router.games`` (gamed.games.Games): ``game_state(room_id)`` if it
-    offers one, else ``game(room_id).status``. No games service, or no game in
-    the room: None, and the caller omits the field.
+    Asked of the server (``IServerControl.game_status``). No game in the room,
+    games off, or no server: None, and the caller omits the field. A failing
+    lookup is logged and omitted: it must not break a stats request.
     """
-    games = getattr(control, "games", None)
-    if games is None:
-        return None
-    for attr in ("game_state", "game"):
-        getter = getattr(games, attr, None)
-        if callable(getter):
-            break
-    else:
+    if control is None:
         return None
     try:
-        state = getter(room_id)
+        return control.game_status(room_id)
     except Exception:
-        _log.failure("games.{attr}({room_id}) failed", attr=attr, room_id=room_id)
+        _log.failure("game_status({room_id}) failed", room_id=room_id)
         return None
-    if state is None:
-        return None
-    if isinstance(state, Mapping):
-        return state.get("status", dict(state))
-    status = getattr(state, "status", state)
-    return status if isinstance(status, str | int | float) else str(status)
 
 
 class MetricsCollector:
@@ -184,7 +171,7 @@ class MetricsCollector:
         config: MetricsConfig,
         clock: IReactorTime,
         rooms: Any,
-        control: Any,
+        control: IServerControl | None,
         registry: CollectorRegistry,
         settings: Settings,
         process: psutil.Process | None = None,
@@ -285,10 +272,7 @@ class MetricsCollector:
         return snapshot
 
     def _connections(self) -> int:
-        conns = getattr(self.control, "connections", None)
-        if conns is not None:
-            return len(conns)
-        return len(self.control.connected_user_ids()) if self.control else 0
+        return self.control.connection_count() if self.control is not None else 0
 
     def _top_rooms(self, live: list[Any]) -> list[Any]:
         """The K busiest rooms: most messages in the last minute, then most members."""
