@@ -23,11 +23,12 @@ class IConnection(IRoomClient):
     The router, the room service and the game service hold connections only
     through this interface, so a second transport (WebSocket) is routed by the
     same Router: it implements these methods and reports to an
-    IConnectionHandler. ``user_id`` is None until Connect succeeds; the router
-    sets it (and ``nickname``). Every method is safe to call on a connection
-    that is already closing: output is then dropped and closes are no-ops.
+    IConnectionHandler. Every method is safe to call on a connection that is
+    already closing: output is then dropped and a second close is a no-op.
     """
 
+    user_id = Attribute("int | None: None until Connect succeeds; the router sets it")
+    nickname = Attribute("str: the nickname given at Connect or RoomJoin; the router sets it")
     ctx = Attribute("IMessageContext: what middleware may know of this connection")
     bytes_in = Attribute("int: bytes received from the peer so far")
     bytes_out = Attribute(
