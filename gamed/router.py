@@ -29,7 +29,13 @@ from gamed.config import Settings
 from gamed.errors import Refusal
 from gamed.events import EventBus
 from gamed.games import NullGames
-from gamed.interfaces import IConnection, IConnectionHandler, IGameService, IServerControl
+from gamed.interfaces import (
+    IConnection,
+    IConnectionHandler,
+    IGameService,
+    IRoomClient,
+    IServerControl,
+)
 from gamed.pipeline import Pipeline, Veto
 from gamed.rooms import Room, RoomFull, RoomService
 from gamed.telemetry import ServerMetrics
@@ -354,7 +360,7 @@ class Router:
             return  # another connection of this user holds the seat
         self._remove_member(room, conn, conn if notify_leaver else None)
 
-    def _remove_member(self, room: Room, member: Any, notify: IConnection | None) -> None:
+    def _remove_member(self, room: Room, member: IRoomClient, notify: IConnection | None) -> None:
         """Take ``member`` out of ``room`` with the usual notices, and out of its game."""
         self.rooms.leave(member, room.room_id)
         count = len(room)
