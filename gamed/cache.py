@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pylru
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
@@ -320,7 +320,7 @@ class CacheCollector(Collector):
         self._cache = cache
         self._prefix = prefix
 
-    def collect(self) -> Iterator[Any]:  # type: ignore[override]
+    def collect(self) -> Iterator[Metric]:
         c, p = self._cache, self._prefix
         hits = CounterMetricFamily(f"{p}_hits", "Cache hits by tier", labels=["tier"])
         hits.add_metric(["l1"], c.l1_hits)
@@ -347,7 +347,7 @@ class CacheCollector(Collector):
             value=c.compression_saved_bytes,
         )
 
-    def describe(self) -> Iterator[Any]:  # type: ignore[override]
+    def describe(self) -> Iterator[Metric]:
         p = self._prefix
         yield CounterMetricFamily(f"{p}_hits", "", labels=["tier"])
         yield CounterMetricFamily(f"{p}_misses", "")

@@ -498,8 +498,9 @@ class Session:
             return
         self.exit_code = code
         self._cancel_timers()
-        if self.proto is not None and self.proto.connected:
-            self.proto.transport.loseConnection()  # connection_lost finishes
+        proto = self.proto
+        if proto is not None and proto.connected and proto.transport is not None:
+            proto.transport.loseConnection()  # connection_lost finishes
             self._later(2.0, self.on_stop, code)  # in case the close never completes
         else:
             self.on_stop(code)
@@ -542,6 +543,7 @@ class ClientProtocol(Int32StringReceiver):
 
     def lengthLimitExceeded(self, length: int) -> None:
         self.session.note(f"! server sent an oversized frame ({length} bytes); disconnecting")
+        assert self.transport is not None  # a frame arrived, so the connection is made
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:

@@ -167,7 +167,7 @@ def _build(where: str, spec: _Spec, body: Any) -> Any:
     cls, fields = spec
     if type(body) is not dict:
         raise DecodeError(f"{where}: expected an object of fields, got {_show(body)}")
-    args = []
+    args: list[Any] = []
     for name, check, required in fields:
         v = body.get(name)
         if v is None and name not in body:

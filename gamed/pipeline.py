@@ -7,7 +7,7 @@ connection, or the reactor, down with it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 
@@ -51,7 +51,7 @@ class Pipeline:
         self._timing = False
         self.failures: dict[tuple[str, str], int] = {}
         #: Called as on_failure(plugin_name, phase) -- the metrics hook.
-        self.on_failure = None
+        self.on_failure: Callable[[str, str], None] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -76,7 +76,7 @@ class Pipeline:
             self._tick += 1
             self._timing = not self._tick % TIMER_SAMPLE
             if self._timing:
-                return self._timed_before(ctx, message)
+                return self._timed_before(timer, ctx, message)
         for mw in self.middleware:
             try:
                 outcome = mw.before_process(ctx, message)
@@ -103,8 +103,9 @@ class Pipeline:
             if timer is not None:
                 timer.middleware_timed(mw.name, "after", perf_counter() - started)
 
-    def _timed_before(self, ctx: IMessageContext, message: object) -> object:
-        timer = self.timer
+    def _timed_before(
+        self, timer: IPipelineObserver, ctx: IMessageContext, message: object
+    ) -> object:
         for mw in self.middleware:
             started = perf_counter()
             try:

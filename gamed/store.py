@@ -26,9 +26,12 @@ T = TypeVar("T")
 Migration = str | Callable[[sqlite3.Connection], None]
 
 
-def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
-    kwargs["daemon"] = True
-    return threading.Thread(*args, **kwargs)
+class _DaemonThread(threading.Thread):
+    """A Thread that is always a daemon: a class, because ThreadPool.threadFactory is typed as one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["daemon"] = True
+        super().__init__(*args, **kwargs)
 
 
 def split_sql(script: str) -> list[str]:
@@ -58,7 +61,7 @@ class SqliteStore:
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"sqlite:{os.path.basename(path)}")
         # A daemon thread: a store someone forgot to close must not keep the
         # process alive at exit. Durability comes from close()/flush on stop.
-        self._pool.threadFactory = _daemon_thread
+        self._pool.threadFactory = _DaemonThread
         self._pool.start()
         self._closed = False
 

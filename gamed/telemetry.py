@@ -9,6 +9,8 @@ protocol's fixed lists, never from client data.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,7 +18,7 @@ from prometheus_client import (
     Gauge,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -151,7 +153,7 @@ class MessageCollector(Collector):
     def __init__(self, metrics: ServerMetrics) -> None:
         self._m = metrics
 
-    def collect(self):  # type: ignore[override]
+    def collect(self) -> Iterator[Metric]:
         m = self._m
         received = CounterMetricFamily(
             "gamed_messages_received",
@@ -181,8 +183,20 @@ class MessageCollector(Collector):
             processing.add_metric([tag], h.cumulative(), sum_value=h.sum)
         yield processing
 
-    def describe(self):  # type: ignore[override]
+    def describe(self) -> list[Metric]:
         return []
+
+
+class TrafficSource(Protocol):
+    """What TrafficCollector reads from the router.
+
+    Structural, so that telemetry (which the router imports) need not import the router.
+    """
+
+    @property
+    def frames_refused(self) -> Mapping[str, int]: ...
+
+    def bytes_totals(self) -> tuple[int, int]: ...
 
 
 class TrafficCollector(Collector):
@@ -193,10 +207,10 @@ class TrafficCollector(Collector):
     rendered on the reactor thread, so the reads are consistent.
     """
 
-    def __init__(self, router: object) -> None:
+    def __init__(self, router: TrafficSource) -> None:
         self._router = router
 
-    def collect(self):  # type: ignore[override]
+    def collect(self) -> Iterator[Metric]:
         received, sent = self._router.bytes_totals()
         yield CounterMetricFamily(
             "gamed_received_bytes", "Bytes received from clients", value=received
@@ -211,5 +225,5 @@ class TrafficCollector(Collector):
             refused.add_metric([reason], n)
         yield refused
 
-    def describe(self):  # type: ignore[override]
+    def describe(self) -> list[Metric]:
         return []

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -62,9 +63,11 @@ class RoomStatsPage(Resource):
         self._sections = sections
 
     def render_GET(self, request: Request) -> bytes:
-        if len(request.postpath) != 1 or not request.postpath[0].isdigit():
+        postpath = request.postpath
+        assert postpath is not None  # Site.getResourceFor sets it before any render
+        if len(postpath) != 1 or not postpath[0].isdigit():
             return json_response(request, 400, {"error": "expected /stats/rooms/{room_id}"})
-        room_id = int(request.postpath[0])
+        room_id = int(postpath[0])
         room = self._router.rooms.get(room_id)
         if room is None:
             return json_response(request, 404, {"error": f"no room {room_id}"})
@@ -148,7 +151,7 @@ class Root(Resource):
 class QuietSite(Site):
     """A Site that logs only failed requests: scrapes every 15 s are not news."""
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         if request.code >= 400:
             super().log(request)
 
