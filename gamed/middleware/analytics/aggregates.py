@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 from gamed import events as ev
 from gamed.errors import Refusal
@@ -44,7 +44,7 @@ EVENT_TYPES: tuple[str, ...] = (
 )
 
 #: The core's event classes analytics consumes (everything else on the bus is ignored).
-BUS_EVENTS: tuple[type, ...] = (
+BUS_EVENTS = (
     ev.UserConnected,
     ev.UserDisconnected,
     ev.RoomCreated,
@@ -207,6 +207,10 @@ class RoomDelta:
         }
 
 
+#: Either delta kind: a flush hands back tables of one kind at a time.
+_Delta = TypeVar("_Delta", UserDelta, RoomDelta)
+
+
 @dataclass(slots=True)
 class Caps:
     """Hard limits on every in-memory table (see docs/analytics.md)."""
@@ -260,18 +264,19 @@ class Aggregates:
 
     def merge_back(self, users: dict[int, UserDelta], rooms: dict[int, RoomDelta]) -> None:
         """A flush failed: put its deltas back (as far as the caps allow)."""
-        for table, returned, cap in (
-            (self.users, users, self.caps.users),
-            (self.rooms, rooms, self.caps.rooms),
-        ):
-            for key, delta in returned.items():
-                mine = table.get(key)
-                if mine is not None:
-                    mine.absorb(delta)
-                elif len(table) < cap:
-                    table[key] = delta
-                else:
-                    self.dropped += 1
+        self._merge_back(self.users, users, self.caps.users)
+        self._merge_back(self.rooms, rooms, self.caps.rooms)
+
+    def _merge_back(self, table: dict[int, _Delta], returned: dict[int, _Delta], cap: int) -> None:
+        # Generic over the delta type so that mypy sees absorb() get its own kind.
+        for key, delta in returned.items():
+            mine = table.get(key)
+            if mine is not None:
+                mine.absorb(delta)
+            elif len(table) < cap:
+                table[key] = delta
+            else:
+                self.dropped += 1
 
     def user(self, user_id: int, at: float) -> UserDelta | None:
         d = self.users.get(user_id)

@@ -19,7 +19,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gamed.interfaces import IMessageContext, IMiddleware
+from gamed.messages import ClientMessage
 from gamed.middleware.analytics.aggregates import (
     BUS_EVENTS,
     EVENT_TYPES,
@@ -260,12 +261,12 @@ class Analytics:
         if self.store is None or not days:
             return defer.succeed(None)
         d = self.store.run(prune, self.now() - days * 86400)
-        d.addCallback(
-            lambda n: (
-                n != (0, 0)
-                and _log.info("analytics retention: forgot {u} users, {r} rooms", u=n[0], r=n[1])
-            )
-        )
+
+        def report(n: tuple[int, int]) -> None:
+            if n != (0, 0):
+                _log.info("analytics retention: forgot {u} users, {r} rooms", u=n[0], r=n[1])
+
+        d.addCallback(report)
         d.addErrback(lambda f: _log.failure("analytics retention failed", f))
         return d
 
@@ -319,7 +320,7 @@ class Analytics:
         agg = self.aggregates
         handlers = agg._handlers
         counts = self._counts
-        chats = []
+        chats: list[tuple[Any, ...]] = []
         keep = chats.append
         for item in items:
             if type(item) is tuple and item[1] == "ChatMessage" and item[3] is None:
@@ -414,10 +415,12 @@ class Analytics:
         if any(w is None for w in sets):
             self._wanted = None
         else:
-            self._wanted = frozenset().union(*sets)
+            self._wanted = frozenset().union(*(w for w in sets if w is not None))
 
     def _fan_out(self, kind: str, item: Any) -> None:
         body = public(item)
+        # Only items with an aggregation handler get here, and public() knows each of them.
+        assert body is not None
         for callback, types in self._subscribers:
             if types is None or kind in types:
                 try:
@@ -582,7 +585,13 @@ class AnalyticsMiddleware:
         if len(q) < self._cap:
             # Plain values, not the message: the queue keeps no chat text alive.
             q.append(
-                (ctx.user_id, message.TAG, getattr(message, "room_id", None), result, self._now())
+                (
+                    ctx.user_id,
+                    cast("ClientMessage", message).TAG,
+                    getattr(message, "room_id", None),
+                    result,
+                    self._now(),
+                )
             )
         else:
             self.hub.dropped_queue += 1
@@ -608,7 +617,8 @@ class AnalyticsService(Service):
             loop = task.LoopingCall(fn)
             loop.clock = hub.clock
             loop.start(interval, now=now).addErrback(
-                lambda f, name=fn.__name__: _log.failure("analytics loop {name} died", f, name=name)
+                lambda f, name: _log.failure("analytics loop {name} died", f, name=name),
+                fn.__name__,
             )
             self._loops.append(loop)
 

@@ -231,13 +231,17 @@ def prune(conn: sqlite3.Connection, older_than: float) -> tuple[int, int]:
 def merge_user(row: dict[str, Any] | None, delta: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None and delta is None:
         return None
-    base = row or {
-        **{c: 0 for c in USER_COLUMNS},
-        "first_seen": delta["first_seen"],  # type: ignore[index]
-        "last_active": delta["last_active"],  # type: ignore[index]
-        "hours": [0] * HOURS,
-        "rooms": {},
-    }
+    if row:
+        base = row
+    else:
+        assert delta is not None  # both None returned above
+        base = {
+            **{c: 0 for c in USER_COLUMNS},
+            "first_seen": delta["first_seen"],
+            "last_active": delta["last_active"],
+            "hours": [0] * HOURS,
+            "rooms": {},
+        }
     if delta is not None:
         for c in USER_COLUMNS:
             base[c] += delta[c]
@@ -254,14 +258,18 @@ def merge_user(row: dict[str, Any] | None, delta: dict[str, Any] | None) -> dict
 def merge_room(row: dict[str, Any] | None, delta: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None and delta is None:
         return None
-    base = row or {
-        **{c: 0 for c in ROOM_COLUMNS},
-        "peak_users": 0,
-        "last_creator": None,
-        "first_seen": delta["first_seen"],  # type: ignore[index]
-        "last_active": delta["last_active"],  # type: ignore[index]
-        "hours": [0] * HOURS,
-    }
+    if row:
+        base = row
+    else:
+        assert delta is not None  # both None returned above
+        base = {
+            **{c: 0 for c in ROOM_COLUMNS},
+            "peak_users": 0,
+            "last_creator": None,
+            "first_seen": delta["first_seen"],
+            "last_active": delta["last_active"],
+            "hours": [0] * HOURS,
+        }
     if delta is not None:
         for c in ROOM_COLUMNS:
             base[c] += delta[c]

@@ -84,6 +84,7 @@ class _Leaf(Resource):
 
 class UserPage(_Leaf):
     def render_GET(self, request: Request) -> Any:
+        assert request.postpath is not None  # Site.getResourceFor sets it before any render
         if len(request.postpath) != 1:
             return _json(request, 400, {"error": "expected /analytics/users/{user_id}"})
         user_id = _id(request.postpath[0], 0, USER_ID_MAX)
@@ -94,6 +95,7 @@ class UserPage(_Leaf):
 
 class RoomPage(_Leaf):
     def render_GET(self, request: Request) -> Any:
+        assert request.postpath is not None  # Site.getResourceFor sets it before any render
         if len(request.postpath) != 1:
             return _json(request, 400, {"error": "expected /analytics/rooms/{room_id}"})
         room_id = _id(request.postpath[0], ROOM_ID_MIN, ROOM_ID_MAX)

@@ -13,7 +13,12 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from zope.interface import implementer
 
@@ -82,7 +87,7 @@ class PipelineTimer(Collector):
                     out.setdefault(name, {})[phase] = round(t.total / n * 1e6, 3)
         return out
 
-    def collect(self) -> Iterator[object]:  # type: ignore[override]
+    def collect(self) -> Iterator[Metric]:
         hist = HistogramMetricFamily(
             "gamed_middleware_duration_seconds",
             "Time spent in one middleware call, by plugin and phase (before/after)",
@@ -105,7 +110,7 @@ class PipelineTimer(Collector):
             vetoes.add_metric([name, "before"], n)
         yield vetoes
 
-    def describe(self) -> list[object]:  # type: ignore[override]
+    def describe(self) -> list[Metric]:
         return []
 
 
@@ -123,7 +128,7 @@ class RoomSeries(Collector):
     def __init__(self) -> None:
         self.rows: list[tuple[str, int, float]] = []
 
-    def collect(self) -> Iterator[object]:  # type: ignore[override]
+    def collect(self) -> Iterator[Metric]:
         members = GaugeMetricFamily(
             "gamed_room_members",
             "Members of the busiest rooms (top-K by messages in the last minute); "
@@ -141,5 +146,5 @@ class RoomSeries(Collector):
         yield members
         yield rate
 
-    def describe(self) -> list[object]:  # type: ignore[override]
+    def describe(self) -> list[Metric]:
         return []

@@ -235,6 +235,7 @@ class SecurityMiddleware:
                         return veto
                 user.last_msg = now
         elif cls is Connect:
+            assert isinstance(message, Connect)  # for mypy, which cannot narrow through `cls`
             veto = self._check_connect(cs, message, now)
             if veto is not None:
                 return veto
@@ -253,6 +254,7 @@ class SecurityMiddleware:
             if veto is not None:
                 return veto
         if cls is ChatMessage:
+            assert isinstance(message, ChatMessage)  # for mypy, which cannot narrow through `cls`
             text = message.message
             if len(text) * 4 > self._chat_max and len(text.encode()) > self._chat_max:
                 veto = self._content(cs, "chat_length", 413, f"chat over {self._chat_max} bytes")
@@ -262,6 +264,7 @@ class SecurityMiddleware:
             if rx is not None and rx.search(text.lower()) is not None:
                 return self._content(cs, "content_pattern", 403, "content refused")
         elif cls is RoomJoin and self._room_check:
+            assert isinstance(message, RoomJoin)  # for mypy, which cannot narrow through `cls`
             if not self._room_lo <= message.room_id <= self._room_hi:
                 return self._content(
                     cs,
@@ -711,9 +714,9 @@ class SecurityMiddleware:
         for uid, st in self.users.items():
             b = self.user_blocks.get(uid)
             st.blocked_until = b.until if b else st.blocked_until
-        for key, st in self.ips.items():
+        for key, ip_st in self.ips.items():
             b = self.ip_blocks.get(key)
-            st.blocked_until = b.until if b else st.blocked_until
+            ip_st.blocked_until = b.until if b else ip_st.blocked_until
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -733,11 +736,18 @@ class SecurityMiddleware:
         """Forget idle users and addresses and expired blocks (runs every sweep interval)."""
         now = self._seconds()
         cutoff = now - self.policy.idle_expiry_seconds
-        for table in (self.users, self.ips):
+        # Any keys: one loop for int (user) and str (address) keys, which mypy would
+        # otherwise pair up crosswise.
+        tables: tuple[dict[Any, UserState] | dict[Any, IPState], ...] = (self.users, self.ips)
+        for table in tables:
             idle = [k for k, st in table.items() if st.conns <= 0 and st.last_seen < cutoff]
             for k in idle:
                 del table[k]
-        for kind, blocks in (("user", self.user_blocks), ("ip", self.ip_blocks)):
+        kinds: tuple[tuple[str, dict[Any, Block]], ...] = (
+            ("user", self.user_blocks),
+            ("ip", self.ip_blocks),
+        )
+        for kind, blocks in kinds:
             expired = [k for k, b in blocks.items() if b.until <= now]
             for k in expired:
                 del blocks[k]

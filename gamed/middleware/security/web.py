@@ -116,6 +116,7 @@ class AdminResource(Resource):
             raise _HTTPError(401, "wrong admin token")
 
     def _route(self, request: Request, method: str) -> tuple[int, Any]:
+        assert request.postpath is not None  # Site.getResourceFor sets it before any render
         path = [seg for seg in request.postpath if seg != b""]
         mw = self.mw
 
@@ -174,12 +175,12 @@ class AdminResource(Resource):
                     )
                 else:
                     seconds = float(duration)
-                kicked = mw.block_ip(ip, seconds, _reason(body, "admin_block"))
+                n_kicked = mw.block_ip(ip, seconds, _reason(body, "admin_block"))
                 return 200, {
                     "ip": ip,
                     "blocked": True,
                     "duration": None if math.isinf(seconds) else seconds,
-                    "kicked": kicked,
+                    "kicked": n_kicked,
                 }
             if action == b"unblock":
                 lifted = mw.unblock_ip(ip)
