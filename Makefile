@@ -32,9 +32,11 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
 
+# mypy reads its settings (files, plugins) from setup.cfg.
 lint: $(STAMP)
 	$(BIN)/ruff check gamed tests twisted bench
 	$(BIN)/ruff format --check gamed tests twisted bench
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m gamed.bench.suite
@@ -50,7 +52,7 @@ release-test:
 	cd / && $(CURDIR)/build/release-venv/bin/twistd --help | grep gamed > /dev/null && echo "release-test: twistd lists gamed"
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis _trial_temp*
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .import_linter_cache .hypothesis _trial_temp*
 	find . -name __pycache__ -prune -exec rm -rf {} + -o -name dropin.cache -exec rm -f {} +
 
 distclean: clean
