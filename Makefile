@@ -32,11 +32,12 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
 
-# mypy reads its settings (files, plugins) from setup.cfg.
+# mypy and import-linter read their settings (files, plugins, contracts) from setup.cfg.
 lint: $(STAMP)
 	$(BIN)/ruff check gamed tests twisted bench
 	$(BIN)/ruff format --check gamed tests twisted bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 bench: $(STAMP)
 	$(BIN)/python -m gamed.bench.suite
