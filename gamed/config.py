@@ -34,6 +34,23 @@ class ConfigError(ValueError):
     def __init__(self, option: str, message: str) -> None:
         super().__init__(f"--{option}: {message}")
         self.option = option
+        self.message = message
+
+
+class PluginConfigError(ConfigError):
+    """A bad ``[middleware.NAME]`` table or key: the one error every plugin's validation raises.
+
+    Its text is ``[middleware.NAME] key: message`` (no key: ``[middleware.NAME]: message``),
+    so start (a usage error) and reload (a log line, the reload API) name the same place.
+    """
+
+    def __init__(self, table: str, key: str | None, message: str) -> None:
+        where = f"[middleware.{table}] {key}" if key else f"[middleware.{table}]"
+        ValueError.__init__(self, f"{where}: {message}")
+        self.option = "config"
+        self.message = message
+        self.table = table
+        self.key = key
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,8 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from gamed.config import ConfigError
+from gamed.reconfig import describe
 from gamed.router import Router
 
 _log = Logger()
@@ -60,7 +62,7 @@ class ServerRoot(MultiService):
             and threading.current_thread() is threading.main_thread()
         ):
             self._old_hup = signal.signal(
-                signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.reload)
+                signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._sighup)
             )
 
     def stopService(self) -> Any:
@@ -70,13 +72,30 @@ class ServerRoot(MultiService):
         return super().stopService()
 
     def reload(self) -> Any:
+        """Reload the config, all or nothing; one log line either way.
+
+        Returns what the reloader reports (changed / applied / restart_required
+        keys); raises ConfigError, naming the table and key, when the new config
+        is refused (then nothing was applied). SIGHUP and the admin API both
+        come through here.
+        """
+        if self._reload is None:
+            raise RuntimeError("this server has no config reloader")
         try:
             result = self._reload()
-        except Exception as e:
-            _log.error("config reload failed, keeping the old settings: {error}", error=e)
-            return None
-        _log.info("config reloaded: {result}", result=result)
+        except ConfigError as e:
+            _log.error("config reload refused, old config kept: {error}", error=str(e))
+            raise
+        _log.info("config reloaded: {summary}", summary=describe(result), result=result)
         return result
+
+    def _sighup(self) -> None:
+        try:
+            self.reload()
+        except ConfigError:
+            pass  # logged in reload(); the old config stays
+        except Exception:
+            _log.failure("config reload failed")
 
     def privilegedStartService(self) -> None:
         try:

@@ -17,6 +17,7 @@ from gamed.games import Games
 from gamed.middleware import registry
 from gamed.pipeline import Pipeline
 from gamed.protocol import GameFactory
+from gamed.reconfig import Reloader, validate_config
 from gamed.rooms import RoomService
 from gamed.router import Router
 from gamed.service import GameService, ServerRoot
@@ -132,28 +133,16 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        """Build the settings and validate every plugin table: any bad value is a usage error.
+
+        The same ``validate_config`` runs on every reload, so what starts also reloads.
+        """
         cli = {option: self[option] for option in COERCERS}
         try:
             settings = build_settings(cli, self["config"])
+            self.validated = validate_config(settings)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        enabled = registry.available() if settings.middleware is None else settings.middleware
-        for option, value in (
-            ("auth-secret-file", settings.auth_secret_file),
-            ("admin-token-file", settings.admin_token_file),
-        ):
-            if value and "security" not in enabled:
-                # Both are served by the security plugin: running without it
-                # would silently accept any user id or ignore the admin token.
-                raise usage.UsageError(f"--{option} needs the security middleware enabled")
-        if settings.middleware is not None:
-            known = registry.available()
-            for name in settings.middleware:
-                if name not in known:
-                    raise usage.UsageError(
-                        f"--middleware: unknown plugin {name!r} (available: "
-                        f"{', '.join(known) or 'none'})"
-                    )
         self.settings = settings
         self.cli = cli
 
@@ -173,34 +162,38 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     router = Router(settings, reactor, rooms, Pipeline(), metrics, events, games)
     metrics.registry.register(TrafficCollector(router))
 
-    names = settings.middleware if settings.middleware is not None else registry.available()
+    validated = getattr(options, "validated", None) or validate_config(settings)
+    names = validated.enabled
     parts: list[tuple[str, registry.PluginParts]] = []
     for name in names:
         env = registry.PluginEnvironment(
             settings=settings,
-            config=settings.for_plugin(name),
+            config=validated.configs[name],
             clock=reactor,
             events=events,
             registry=metrics.registry,
             rooms=rooms,
             control=router,
         )
-        parts.append((name, registry.load(name)(env)))
+        parts.append((name, validated.factories[name].make(env)))
     router.set_pipeline(Pipeline([p.middleware for _, p in parts]))
 
     cli = getattr(options, "cli", None) or {}
 
-    def reload() -> dict[str, Any]:
-        new = build_settings(cli, settings.config_file)
-        reloaded = []
-        for name, p in parts:
-            if p.reload is not None:
-                p.reload(new)
-                reloaded.append(name)
-        return {"reloaded": reloaded, "config_file": settings.config_file}
+    def apply_server(new: Settings) -> None:
+        """The live [server] keys (reconfig.RESTART_KEYS are kept at their running values):
+        connections opened from now on read router.settings (frame and backlog caps,
+        idle timeout, max connections, drain grace); games started or turns begun
+        from now on use the new round limit, turn timeout and reconnect grace."""
+        router.settings = new
+        rooms.max_room_users = new.max_room_users
+        games.round_limit = new.round_limit
+        games.turn_timeout = new.turn_timeout
+        games.reconnect_grace = new.reconnect_grace
 
-    router.reloader = reload
-    top = ServerRoot(reactor, reload)
+    reloader = Reloader(cli, validated, parts, apply_server)
+    top = ServerRoot(reactor, reloader)
+    router.reloader = top.reload  # the admin API's reload: logged like a SIGHUP
     games.service.setServiceParent(top)
     for name, p in parts:
         if p.service is not None:

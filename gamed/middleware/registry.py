@@ -1,8 +1,20 @@
-"""Find middleware plugins by name.
+"""Find middleware plugins by name, and the contract each one keeps with the server.
 
-Built-in plugins are listed here (module path and factory, imported only when
-enabled); third-party ones register an entry point in the ``gamed.middleware``
-group. A factory takes a ``PluginEnvironment`` and returns ``PluginParts``.
+Built-in plugins are listed here (module path and ``PluginFactory``, imported
+only when enabled); third-party ones register an entry point in the
+``gamed.middleware`` group. A ``PluginFactory`` has two steps:
+
+* ``validate(table, settings) -> config``: checks the plugin's
+  ``[middleware.NAME]`` table (unknown keys are errors) and raises
+  ``gamed.config.PluginConfigError`` naming the key. Start (``Options.postOptions``)
+  and every reload run it on every table before anything is built or applied.
+* ``make(env) -> PluginParts``: builds the plugin from ``env.config``, the
+  validated config; it never re-parses the table. ``PluginParts.reload(settings,
+  config)`` applies a new validated config and must not fail.
+
+An entry point that loads a bare callable (a factory without a validate step)
+keeps working: its table is passed through as-is in ``env.config`` and its
+reload hook, if any, is called with the new ``Settings`` only.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
-from gamed.config import Settings
+from gamed.config import ConfigError, PluginConfigError, Settings
 from gamed.events import EventBus
 from gamed.interfaces import IMiddleware
 
@@ -28,9 +40,9 @@ ENTRY_POINT_GROUP = "gamed.middleware"
 #: name -> "module:factory", in default pipeline order: security first so a
 #: refused message costs the other plugins nothing.
 BUILTIN: dict[str, str] = {
-    "security": "gamed.middleware.security:make_plugin",
-    "metrics": "gamed.middleware.metrics:make_plugin",
-    "analytics": "gamed.middleware.analytics:make_plugin",
+    "security": "gamed.middleware.security:plugin",
+    "metrics": "gamed.middleware.metrics:plugin",
+    "analytics": "gamed.middleware.analytics:plugin",
 }
 
 
@@ -39,7 +51,9 @@ class PluginEnvironment:
     """Everything a plugin may use; it sees the server only through these."""
 
     settings: Settings
-    config: Mapping[str, Any]  # the plugin's [middleware.NAME] table
+    #: What the factory's validate step returned for the plugin's [middleware.NAME]
+    #: table; the raw table (a Mapping) for a factory without a validate step.
+    config: Any
     clock: IReactorTime
     events: EventBus
     registry: CollectorRegistry
@@ -57,11 +71,57 @@ class PluginParts:
     stats: Callable[[], Any] | None = None
     #: Extra fields for /stats/rooms/{id}; None for an unknown room.
     room_stats: Callable[[int], Any] | None = None
-    #: Called with the new Settings on SIGHUP or an admin reload.
-    reload: Callable[[Settings], None] | None = None
+    #: Called with the new Settings and the plugin's newly validated config on
+    #: SIGHUP or an admin reload, after every table validated; must not raise.
+    reload: Callable[[Settings, Any], None] | None = None
 
 
 Factory = Callable[[PluginEnvironment], PluginParts]
+#: ``validate(table, settings) -> config``; raises PluginConfigError (or ConfigError
+#: naming a command-line option) and has no side effects.
+Validator = Callable[[Mapping[str, Any], Settings], Any]
+
+
+@dataclass(frozen=True)
+class PluginFactory:
+    """A plugin's contract: how its table is checked and how it is built."""
+
+    make: Factory
+    validate: Validator | None = None
+    #: Keys of the table a reload cannot apply live: reported as needing a restart.
+    restart_keys: frozenset[str] = frozenset()
+
+    def check(self, name: str, table: Mapping[str, Any], settings: Settings) -> Any:
+        """The validated config for ``table``; every failure is a ConfigError.
+
+        A validate step that raises ValueError/TypeError (a third-party plugin
+        not using PluginConfigError) is reported as a PluginConfigError for its table.
+        """
+        if self.validate is None:
+            return table
+        try:
+            return self.validate(table, settings)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError, KeyError) as e:
+            raise PluginConfigError(name, None, str(e)) from None
+
+
+def _legacy(make: Factory) -> PluginFactory:
+    """A bare factory callable: no validate step, a reload hook taking only Settings."""
+
+    def adapted(env: PluginEnvironment) -> PluginParts:
+        parts = make(env)
+        hook: Any = parts.reload  # the older signature: hook(settings)
+        if hook is not None:
+
+            def reload(settings: Settings, _config: Any) -> None:
+                hook(settings)
+
+            parts.reload = reload
+        return parts
+
+    return PluginFactory(make=adapted)
 
 
 def _third_party() -> dict[str, Any]:
@@ -77,11 +137,18 @@ def available() -> list[str]:
     return [*(n for n, spec in BUILTIN.items() if _importable(spec)), *sorted(_third_party())]
 
 
-def load(name: str) -> Factory:
+def load(name: str) -> PluginFactory:
+    """The plugin's factory; a bare callable (older third-party plugins) is wrapped."""
     if name in BUILTIN:
         module, _, attr = BUILTIN[name].partition(":")
-        return getattr(importlib.import_module(module), attr)
-    ep = _third_party().get(name)
-    if ep is None:
-        raise KeyError(name)
-    return ep.load()
+        obj = getattr(importlib.import_module(module), attr)
+    else:
+        ep = _third_party().get(name)
+        if ep is None:
+            raise KeyError(name)
+        obj = ep.load()
+    if isinstance(obj, PluginFactory):
+        return obj
+    if callable(obj):
+        return _legacy(obj)
+    raise TypeError(f"plugin {name!r}: {obj!r} is neither a PluginFactory nor a factory callable")

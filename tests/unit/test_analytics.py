@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 
 from gamed import events as ev
 from gamed import messages as m
-from gamed.config import Settings
+from gamed.config import PluginConfigError, Settings
 from gamed.errors import Refusal
 from gamed.events import EventBus
 from gamed.middleware.analytics import middleware as analytics
@@ -51,9 +51,10 @@ class Rig:
         self.registry = CollectorRegistry()
         self.control = Control()
         self.data_dir = tmp_path / "data"
+        settings = Settings(data_dir=str(self.data_dir), shutdown_grace=1.0)
         env = PluginEnvironment(
-            settings=Settings(data_dir=str(self.data_dir), shutdown_grace=1.0),
-            config=config or {},
+            settings=settings,
+            config=analytics.validate(config or {}, settings),
             clock=self.clock,
             events=self.events,
             registry=self.registry,
@@ -530,9 +531,9 @@ def test_100k_users_pass_through_within_the_caps(tmp_path: Path) -> None:
 def test_config_is_checked() -> None:
     assert options_from({})["flush_interval"] == 5.0
     assert options_from({"flush_interval": 1})["flush_interval"] == 1
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(PluginConfigError, match="flush_intervall: unknown key"):
         options_from({"flush_intervall": 1})
-    with pytest.raises(ValueError, match="flush_interval: must be"):
+    with pytest.raises(PluginConfigError, match="flush_interval: must be"):
         options_from({"flush_interval": 0})
     with pytest.raises(ValueError, match="expected a number"):
         options_from({"queue_size": "big"})

@@ -106,7 +106,7 @@ class Plugin:
         settings = Settings(plugin_config=MappingProxyType({"metrics": self.config}))
         env = PluginEnvironment(
             settings=settings,
-            config=settings.for_plugin("metrics"),
+            config=metrics.validate(settings.for_plugin("metrics"), settings),
             clock=self.clock,
             events=EventBus(),
             registry=self.registry,
@@ -485,7 +485,7 @@ def test_reload_changes_the_interval_and_top_k() -> None:
         max_connections=77,
         plugin_config=MappingProxyType({"metrics": {"collection_interval": 1, "top_rooms": 1}}),
     )
-    p.parts.reload(settings)
+    p.parts.reload(settings, metrics.validate(settings.for_plugin("metrics"), settings))
     p.fill_room(1, 1, first_uid=1)
     p.fill_room(2, 1, first_uid=2)
     p.clock.advance(1)

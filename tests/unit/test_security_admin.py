@@ -14,11 +14,11 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from gamed import messages as m
 from gamed import token as tokens
-from gamed.config import Settings
+from gamed.config import ConfigError, PluginConfigError, Settings
 from gamed.errors import Refusal
 from gamed.events import EventBus
 from gamed.middleware.registry import PluginEnvironment
-from gamed.middleware.security.middleware import make_plugin
+from gamed.middleware.security.middleware import make_plugin, validate
 from tests.unit.test_security import Control, Ctx
 
 TOKEN = b"admin-token-0123456789"
@@ -44,7 +44,7 @@ class Plugin:
         )
         env = PluginEnvironment(
             settings=self.settings,
-            config=table,
+            config=validate(table, self.settings),
             clock=self.clock,
             events=EventBus(),
             registry=CollectorRegistry(),
@@ -169,8 +169,20 @@ def test_clear_4xx_errors(plugin: Plugin, method: str, path: str, body: Any, sta
 
 
 def test_reload_goes_through_the_server(plugin: Plugin) -> None:
-    assert plugin.call("POST", "reload") == (200, {"reloaded": {"reloaded": ["security"]}})
+    assert plugin.call("POST", "reload") == (200, {"reloaded": ["security"]})
     assert plugin.reloads == [1]
+
+
+def test_a_refused_reload_is_a_409_naming_the_key(plugin: Plugin) -> None:
+    def refuse() -> None:
+        raise PluginConfigError("metrics", "top_rooms", "expected a number, got 'x'")
+
+    plugin.control.reload_config = refuse
+    status, body = plugin.call("POST", "reload")
+    assert status == 409
+    assert body["error"] == (
+        "reload refused, old config kept: [middleware.metrics] top_rooms: expected a number, got 'x'"
+    )
 
 
 def test_plugin_reload_swaps_policy_and_keeps_state(plugin: Plugin, tmp_path: Path) -> None:
@@ -183,7 +195,7 @@ def test_plugin_reload_swaps_policy_and_keeps_state(plugin: Plugin, tmp_path: Pa
         admin_token_file=plugin.settings.admin_token_file,
         plugin_config={"security": {"rate_limit_per_minute": 2}},
     )
-    plugin.parts.reload(new)
+    plugin.parts.reload(new, validate(new.for_plugin("security"), new))
     assert plugin.mw.policy.rate_limit_per_minute == 2
     assert 1 in plugin.mw.users
     plugin.clock.advance(1)
@@ -192,11 +204,11 @@ def test_plugin_reload_swaps_policy_and_keeps_state(plugin: Plugin, tmp_path: Pa
     assert plugin.mw.before_process(ctx, m.ChatMessage(1, 1, "a")).code == 429
 
 
-def test_a_bad_reload_changes_nothing(plugin: Plugin) -> None:
-    bad = Settings(plugin_config={"security": {"rules": {"flood": "sideways"}}})
-    with pytest.raises(ValueError):
-        plugin.parts.reload(bad)
-    assert plugin.mw.policy.modes["flood"] == "on"
+def test_a_bad_table_fails_validation_naming_the_key() -> None:
+    with pytest.raises(PluginConfigError) as e:
+        validate({"rules": {"flood": "sideways"}}, Settings())
+    assert str(e.value).startswith("[middleware.security] rules.flood: expected on, off or shadow")
+    assert (e.value.table, e.value.key) == ("security", "rules.flood")
 
 
 def test_auth_is_installed_when_a_secret_is_configured(tmp_path: Path) -> None:
@@ -205,9 +217,10 @@ def test_auth_is_installed_when_a_secret_is_configured(tmp_path: Path) -> None:
     control = Control()
     clock = Clock()
     clock.advance(5000)
+    settings = Settings(auth_secret_file=str(secret))
     env = PluginEnvironment(
-        settings=Settings(auth_secret_file=str(secret)),
-        config={},
+        settings=settings,
+        config=validate({}, settings),
         clock=clock,
         events=EventBus(),
         registry=CollectorRegistry(),
@@ -221,23 +234,14 @@ def test_auth_is_installed_when_a_secret_is_configured(tmp_path: Path) -> None:
         auth(3, tokens.mint(SECRET, 3, 4000))
     assert e.value.code == 401 and e.value.close and "expired" in e.value.message
     assert parts.middleware.decisions[("auth", "refuse")] == 1
-    parts.reload(Settings())  # the secret is gone from the config: auth off
+    parts.reload(Settings(), validate({}, Settings()))  # the secret is gone: auth off
     assert control.authenticator is None
 
 
-def test_bad_config_or_secret_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
-    def env(settings: Settings, table: dict) -> PluginEnvironment:
-        return PluginEnvironment(
-            settings=settings,
-            config=table,
-            clock=Clock(),
-            events=EventBus(),
-            registry=CollectorRegistry(),
-            rooms=None,
-            control=Control(),
-        )
-
-    with pytest.raises(SystemExit, match=r"\[middleware.security\] bogus"):
-        make_plugin(env(Settings(), {"bogus": 1}))
-    with pytest.raises(SystemExit, match=r"cannot|No such file"):
-        make_plugin(env(Settings(auth_secret_file=str(tmp_path / "missing")), {}))
+def test_unreadable_or_short_secrets_are_config_errors_naming_the_option(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^--auth-secret-file: cannot read .*missing"):
+        validate({}, Settings(auth_secret_file=str(tmp_path / "missing")))
+    short = tmp_path / "short"
+    short.write_bytes(b"abc")
+    with pytest.raises(ConfigError, match=r"^--admin-token-file: .* 3 bytes; use at least 16"):
+        validate({}, Settings(admin_token_file=str(short)))

@@ -19,6 +19,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
+from types import MappingProxyType
 from typing import Any, cast
 
 import orjson
@@ -30,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gamed.config import PluginConfigError, Settings
 from gamed.interfaces import IMessageContext, IMiddleware
 from gamed.messages import ClientMessage
 from gamed.middleware.analytics.aggregates import (
@@ -53,9 +55,11 @@ from gamed.middleware.analytics.store import (
     write_deltas,
 )
 from gamed.middleware.analytics.web import AnalyticsResource, SseClient
-from gamed.middleware.registry import PluginEnvironment, PluginParts
+from gamed.middleware.registry import PluginEnvironment, PluginFactory, PluginParts
 
 _log = Logger()
+
+NAME = "analytics"
 
 #: [middleware.analytics] keys, their defaults and allowed ranges.
 DEFAULTS: dict[str, tuple[float, float, float]] = {
@@ -77,24 +81,30 @@ RETENTION_EVERY = 6 * 3600.0
 STOP_EXTRA_WAIT = 2.0
 
 
-class ConfigError(ValueError):
-    pass
-
-
 def options_from(config: Mapping[str, Any]) -> dict[str, float]:
-    """The plugin's options: config file values checked against DEFAULTS."""
+    """The plugin's options: config file values checked against DEFAULTS.
+
+    Errors are PluginConfigErrors naming ``[middleware.analytics] key``.
+    """
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
-        raise ConfigError(f"[middleware.analytics]: unknown keys {unknown}")
+        raise PluginConfigError(
+            NAME, ", ".join(unknown), f"unknown key; known: {', '.join(DEFAULTS)}"
+        )
     out: dict[str, float] = {}
     for key, (default, lo, hi) in DEFAULTS.items():
         value = config.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"[middleware.analytics] {key}: expected a number, got {value!r}")
+            raise PluginConfigError(NAME, key, f"expected a number, got {value!r}")
         if not lo <= value <= hi:
-            raise ConfigError(f"[middleware.analytics] {key}: must be {lo:g}..{hi:g}, got {value}")
+            raise PluginConfigError(NAME, key, f"must be {lo:g}..{hi:g}, got {value}")
         out[key] = value
     return out
+
+
+def validate(table: Mapping[str, Any], settings: Settings) -> Mapping[str, float]:
+    """The plugin's validate step (see gamed.middleware.registry): the checked options."""
+    return MappingProxyType(options_from(table))
 
 
 class _Metrics:
@@ -189,6 +199,30 @@ class Analytics:
         self.flush_failures = 0
         self.last_flush_at: float | None = None
         self.store_bytes = 0
+        #: Called after ``reconfigure`` (the middleware's cached cap, the service's loops).
+        self._reconfigured: list[Callable[[], None]] = []
+
+    def reconfigure(self, options: Mapping[str, float], shutdown_grace: float) -> None:
+        """Apply reloaded options: sizes and caps at once, intervals via AnalyticsService.
+
+        Lowering a size never drops what is already held beyond the new cap:
+        the queue drains, and full tables refuse new entries until the next flush.
+        """
+        opts = {k: v[0] for k, v in DEFAULTS.items()} | dict(options)
+        self.opts = opts
+        self.shutdown_grace = shutdown_grace
+        self.queue_size = int(opts["queue_size"])
+        if self.recent_items.maxlen != int(opts["recent_size"]):
+            self.recent_items = deque(self.recent_items, maxlen=int(opts["recent_size"]))
+        self.sse_max_backlog = int(opts["sse_max_backlog"])  # streams opened from now on
+        caps = self.aggregates.caps
+        self.aggregates.caps = Caps(
+            users=int(opts["max_users"]),
+            rooms=int(opts["max_rooms"]),
+            open_sessions=caps.open_sessions,
+        )
+        for listener in self._reconfigured:
+            listener()
 
     # -- hot path ----------------------------------------------------------------------
 
@@ -576,6 +610,10 @@ class AnalyticsMiddleware:
         self._queue = hub.queue
         self._cap = hub.queue_size
         self._now = hub.now
+        hub._reconfigured.append(self._recap)
+
+    def _recap(self) -> None:
+        self._cap = self.hub.queue_size
 
     def before_process(self, ctx: IMessageContext, message: object) -> None:
         return None
@@ -603,17 +641,40 @@ class AnalyticsService(Service):
     def __init__(self, hub: Analytics) -> None:
         self.hub = hub
         self._loops: list[task.LoopingCall] = []
+        hub._reconfigured.append(self._reschedule)
 
     def startService(self) -> None:
         hub = self.hub
         hub.open()
         super().startService()
-        for fn, interval, now in (
-            (hub.tick, hub.opts["tick_interval"], False),
-            (hub.flush, hub.opts["flush_interval"], False),
-            (hub.heartbeat, hub.opts["sse_heartbeat"], False),
-            (hub.prune, RETENTION_EVERY, True),
-        ):
+        self._start_loops(prune_now=True)
+
+    def _reschedule(self) -> None:
+        """A reload changed the options: restart the loops whose interval changed."""
+        if not self.running:
+            return
+        wanted = self._intervals()
+        if [loop.interval for loop in self._loops] == [i for _, i in wanted]:
+            return
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        self._start_loops(prune_now=False)
+
+    def _intervals(self) -> list[tuple[Callable[[], Any], float]]:
+        hub = self.hub
+        return [
+            (hub.tick, hub.opts["tick_interval"]),
+            (hub.flush, hub.opts["flush_interval"]),
+            (hub.heartbeat, hub.opts["sse_heartbeat"]),
+            (hub.prune, RETENTION_EVERY),
+        ]
+
+    def _start_loops(self, prune_now: bool) -> None:
+        hub = self.hub
+        for fn, interval in self._intervals():
+            now = prune_now and fn == hub.prune
             loop = task.LoopingCall(fn)
             loop.clock = hub.clock
             loop.start(interval, now=now).addErrback(
@@ -653,10 +714,7 @@ class AnalyticsService(Service):
 
 
 def make_plugin(env: PluginEnvironment) -> PluginParts:
-    try:
-        opts = options_from(env.config)
-    except ConfigError as e:
-        raise ValueError(str(e)) from None
+    opts: Mapping[str, float] = env.config
     hub = Analytics(
         env.clock,
         env.registry,
@@ -666,9 +724,20 @@ def make_plugin(env: PluginEnvironment) -> PluginParts:
         shutdown_grace=env.settings.shutdown_grace,
     )
     env.events.subscribe(hub.on_event)
+
+    def reload(settings: Settings, new: Mapping[str, float]) -> None:
+        hub.reconfigure(new, settings.shutdown_grace)
+        _log.info("analytics: reloaded ({opts})", opts=dict(new))
+
     return PluginParts(
         middleware=AnalyticsMiddleware(hub),
         service=AnalyticsService(hub),
         resources={b"analytics": AnalyticsResource(hub)},
         stats=hub.realtime,
+        reload=reload,
     )
+
+
+#: The registry's entry (gamed.middleware.registry.BUILTIN): every key is applied live
+#: (sizes and caps at once, intervals by restarting the loops; see docs/analytics.md).
+plugin = PluginFactory(make=make_plugin, validate=validate)

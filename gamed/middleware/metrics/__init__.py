@@ -1,5 +1,5 @@
 """The metrics plugin: see docs/metrics.md."""
 
-from gamed.middleware.metrics.middleware import make_plugin
+from gamed.middleware.metrics.middleware import make_plugin, plugin, validate
 
-__all__ = ["make_plugin"]
+__all__ = ["make_plugin", "plugin", "validate"]

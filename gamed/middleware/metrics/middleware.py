@@ -29,7 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gamed.config import ConfigError, Settings
+from gamed.config import PluginConfigError, Settings
 from gamed.interfaces import IFrameObserver, IMessageContext, IMiddleware, IServerControl
 from gamed.middleware.metrics.prom import PipelineTimer, RoomSeries
 from gamed.middleware.metrics.window import (
@@ -38,7 +38,7 @@ from gamed.middleware.metrics.window import (
     error_rate_percent,
     per_second,
 )
-from gamed.middleware.registry import PluginEnvironment, PluginParts
+from gamed.middleware.registry import PluginEnvironment, PluginFactory, PluginParts
 
 _log = Logger(namespace="gamed.metrics")
 
@@ -56,27 +56,27 @@ class MetricsConfig:
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> MetricsConfig:
-        """Validate ``[middleware.metrics]``; errors name the key."""
+        """Validate ``[middleware.metrics]``; errors are PluginConfigErrors naming the key."""
         defaults = {f.name: f.default for f in fields(cls)}
-        unknown = set(table) - set(defaults)
+        unknown = sorted(set(table) - set(defaults))
         if unknown:
-            raise ConfigError("config", f"unknown key(s) {sorted(unknown)} in [middleware.metrics]")
+            raise PluginConfigError(
+                NAME, ", ".join(unknown), f"unknown key; known: {', '.join(defaults)}"
+            )
 
         def number(key: str, lo: float, hi: float, kind: type) -> Any:
             value = table.get(key, defaults[key])
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError("config", f"[middleware.metrics] {key}: expected a number")
+                raise PluginConfigError(NAME, key, f"expected a number, got {value!r}")
             if kind is int and value != int(value):
-                raise ConfigError("config", f"[middleware.metrics] {key}: expected an integer")
+                raise PluginConfigError(NAME, key, f"expected an integer, got {value!r}")
             if not lo <= value <= hi:
-                raise ConfigError(
-                    "config", f"[middleware.metrics] {key}: must be {lo:g}..{hi:g}, got {value}"
-                )
+                raise PluginConfigError(NAME, key, f"must be {lo:g}..{hi:g}, got {value}")
             return kind(value)
 
         log = table.get("log", True)
         if not isinstance(log, bool):
-            raise ConfigError("config", "[middleware.metrics] log: expected true or false")
+            raise PluginConfigError(NAME, "log", f"expected true or false, got {log!r}")
         interval = number("collection_interval", 0.05, 3600, float)
         return cls(
             collection_interval=interval,
@@ -85,6 +85,11 @@ class MetricsConfig:
             room_window=max(number("room_window", 1, 86400, float), interval),
             log=log,
         )
+
+
+def validate(table: Mapping[str, Any], settings: Settings) -> MetricsConfig:
+    """The plugin's validate step (see gamed.middleware.registry)."""
+    return MetricsConfig.from_table(table)
 
 
 @implementer(IMiddleware, IFrameObserver)
@@ -379,15 +384,15 @@ class MetricsService(Service):
 
 
 def make_plugin(env: PluginEnvironment) -> PluginParts:
-    config = MetricsConfig.from_table(env.config)
+    config: MetricsConfig = env.config
     middleware = MetricsMiddleware(config.latency_samples)
     collector = MetricsCollector(
         middleware, config, env.clock, env.rooms, env.control, env.registry, env.settings
     )
     service = MetricsService(collector, env.clock, env.control)
 
-    def reload(settings: Settings) -> None:
-        service.reconfigure(MetricsConfig.from_table(settings.for_plugin(NAME)))
+    def reload(settings: Settings, new: MetricsConfig) -> None:
+        service.reconfigure(new)
         collector.max_connections.set(settings.max_connections)
 
     return PluginParts(
@@ -397,3 +402,7 @@ def make_plugin(env: PluginEnvironment) -> PluginParts:
         room_stats=collector.room_stats,
         reload=reload,
     )
+
+
+#: The registry's entry (gamed.middleware.registry.BUILTIN): every key is applied live.
+plugin = PluginFactory(make=make_plugin, validate=validate)

@@ -18,6 +18,8 @@ import heapq
 import math
 import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -32,7 +34,7 @@ from gamed.config import ConfigError, Settings
 from gamed.errors import Refusal
 from gamed.interfaces import IConnectionObserver, IFrameObserver, IMessageContext, IMiddleware
 from gamed.messages import ChatMessage, Connect, HeartBeat, RoomJoin
-from gamed.middleware.registry import PluginEnvironment, PluginParts
+from gamed.middleware.registry import PluginEnvironment, PluginFactory, PluginParts
 from gamed.middleware.security.policy import OFF, ON, SHADOW, Policy, build_policy, normalize_ip
 from gamed.middleware.security.store import FILENAME, BlockStore
 from gamed.middleware.security.web import AdminResource
@@ -857,12 +859,24 @@ class SecurityService(Service):
                     i=len(rows["ip"]),
                     path=path,
                 )
-        self._sweeper = LoopingCall(self.mw.sweep)
-        self._sweeper.clock = self.clock
-        self._sweeper.start(self.mw.policy.sweep_interval_seconds, now=False)
+        self._start_sweeper()
         self._flusher = LoopingCall(self._flush)
         self._flusher.clock = self.clock
         self._flusher.start(FLUSH_INTERVAL, now=False)
+
+    def _start_sweeper(self) -> None:
+        self._sweeper = LoopingCall(self.mw.sweep)
+        self._sweeper.clock = self.clock
+        self._sweeper.start(self.mw.policy.sweep_interval_seconds, now=False)
+
+    def reschedule(self) -> None:
+        """A reload changed ``sweep_interval_seconds``: restart the sweeper at the new pace."""
+        loop = self._sweeper
+        if loop is None or not loop.running:
+            return
+        if loop.interval != self.mw.policy.sweep_interval_seconds:
+            loop.stop()
+            self._start_sweeper()
 
     def _flush(self) -> None:
         try:
@@ -879,26 +893,52 @@ class SecurityService(Service):
         super().stopService()
 
 
-class _Secrets:
-    """The auth secret and admin token, re-read on reload."""
+@dataclass(frozen=True)
+class SecurityConfig:
+    """The validated ``[middleware.security]`` table, the CLI knobs and the secret files' bytes.
 
-    def __init__(self) -> None:
-        self.auth: bytes | None = None
-        self.admin: bytes | None = None
+    The files are read while validating, so a missing or short secret fails
+    start (a usage error) or refuses a reload before anything is applied.
+    """
 
-    def load(self, settings: Settings) -> None:
-        """Read both files; raises ValueError/OSError naming the file (nothing changes then)."""
-        auth = admin = None
-        if settings.auth_secret_file:
+    policy: Policy
+    auth_secret: bytes | None = None
+    admin_token: bytes | None = None
+
+
+def _read_secrets(settings: Settings) -> tuple[bytes | None, bytes | None]:
+    """Both files' bytes; errors are ConfigErrors naming the option."""
+    auth = admin = None
+    if settings.auth_secret_file:
+        try:
             auth = tokens.read_secret(settings.auth_secret_file)
-        if settings.admin_token_file:
+        except OSError as e:
+            raise ConfigError(
+                "auth-secret-file", f"cannot read {settings.auth_secret_file}: {e.strerror}"
+            ) from None
+        except ValueError as e:
+            raise ConfigError("auth-secret-file", str(e)) from None
+    if settings.admin_token_file:
+        try:
             with open(settings.admin_token_file, "rb") as f:
                 admin = f.read().strip()
-            if len(admin) < 16:
-                raise ValueError(
-                    f"admin token file {settings.admin_token_file}: use at least 16 bytes"
-                )
-        self.auth, self.admin = auth, admin
+        except OSError as e:
+            raise ConfigError(
+                "admin-token-file", f"cannot read {settings.admin_token_file}: {e.strerror}"
+            ) from None
+        if len(admin) < 16:
+            raise ConfigError(
+                "admin-token-file",
+                f"{settings.admin_token_file} holds {len(admin)} bytes; use at least 16",
+            )
+    return auth, admin
+
+
+def validate(table: Mapping[str, Any], settings: Settings) -> SecurityConfig:
+    """The plugin's validate step (see gamed.middleware.registry)."""
+    policy = build_policy(table, settings)
+    auth, admin = _read_secrets(settings)
+    return SecurityConfig(policy, auth, admin)
 
 
 def _refuse_token(text: str) -> Exception:
@@ -906,17 +946,12 @@ def _refuse_token(text: str) -> Exception:
 
 
 def make_plugin(env: PluginEnvironment) -> PluginParts:
-    try:
-        policy = build_policy(env.config, env.settings)
-    except ConfigError as e:
-        raise SystemExit(f"gamed: {e}") from None
-    secrets = _Secrets()
-    try:
-        secrets.load(env.settings)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"gamed: security: {e}") from None
-    mw = SecurityMiddleware(policy, env.clock, env.control, env.registry)
-    verify = tokens.authenticator(lambda: secrets.auth or b"", env.clock.seconds, _refuse_token)
+    config: SecurityConfig = env.config
+    current = [config]  # the config in force, for the admin token and the secret
+    mw = SecurityMiddleware(config.policy, env.clock, env.control, env.registry)
+    verify = tokens.authenticator(
+        lambda: current[0].auth_secret or b"", env.clock.seconds, _refuse_token
+    )
 
     def authenticate(user_id: int, token: object) -> None:
         try:
@@ -927,24 +962,28 @@ def make_plugin(env: PluginEnvironment) -> PluginParts:
 
     def install_auth() -> None:
         if env.control is not None:
-            env.control.set_authenticator(authenticate if secrets.auth is not None else None)
+            env.control.set_authenticator(
+                authenticate if current[0].auth_secret is not None else None
+            )
 
     install_auth()
+    service = SecurityService(mw, env.clock, env.settings.data_dir)
 
-    def reload(settings: Settings) -> None:
-        new_policy = build_policy(settings.for_plugin("security"), settings)
-        secrets.load(settings)
-        mw.set_policy(new_policy)
+    def reload(settings: Settings, new: SecurityConfig) -> None:
+        old = current[0]
+        current[0] = new
+        mw.set_policy(new.policy)
+        service.reschedule()
         install_auth()
         _log.info(
-            "security: reloaded (rate {rate}/min, modes {modes}, auth {auth})",
-            rate=new_policy.rate_limit_per_minute,
-            modes=dict(new_policy.modes),
-            auth="on" if secrets.auth is not None else "off",
+            "security: reloaded (rate {rate}/min, modes {modes}, auth {auth}{rotated})",
+            rate=new.policy.rate_limit_per_minute,
+            modes=dict(new.policy.modes),
+            auth="on" if new.auth_secret is not None else "off",
+            rotated=", secret changed" if new.auth_secret != old.auth_secret else "",
         )
 
-    service = SecurityService(mw, env.clock, env.settings.data_dir)
-    admin = AdminResource(mw, lambda: secrets.admin, env.control)
+    admin = AdminResource(mw, lambda: current[0].admin_token, env.control)
     return PluginParts(
         middleware=mw,
         service=service,
@@ -954,10 +993,17 @@ def make_plugin(env: PluginEnvironment) -> PluginParts:
     )
 
 
+#: The registry's entry (gamed.middleware.registry.BUILTIN): every key is applied live.
+plugin = PluginFactory(make=make_plugin, validate=validate)
+
+
 __all__ = [
     "Block",
+    "SecurityConfig",
     "SecurityMiddleware",
     "SecurityService",
     "make_plugin",
     "normalize_ip",
+    "plugin",
+    "validate",
 ]

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from gamed.config import ConfigError, Settings
+from gamed.config import PluginConfigError, Settings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -56,11 +56,9 @@ DEFAULT_PATTERNS = (
 #: never limited; set ``allowlist = []`` behind a proxy on the same host.
 DEFAULT_ALLOWLIST = ("127.0.0.0/8", "::1")
 
-_OPTION = "config"  # ConfigError's option: errors are about the config file
 
-
-def _err(key: str, message: str) -> ConfigError:
-    return ConfigError(_OPTION, f"[middleware.security] {key}: {message}")
+def _err(key: str, message: str) -> PluginConfigError:
+    return PluginConfigError("security", key, message)
 
 
 @dataclass(frozen=True, slots=True)

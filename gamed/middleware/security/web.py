@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from gamed.config import ConfigError
 from gamed.httputil import json_response
 from gamed.middleware.security.policy import normalize_ip
 
@@ -133,9 +134,11 @@ class AdminResource(Resource):
                 raise _HTTPError(503, "no server control to reload through")
             try:
                 result = self.control.reload_config()
-            except Exception as e:
-                return 400, {"error": f"reload failed, old settings kept: {e}"}
-            return 200, {"reloaded": result}
+            except ConfigError as e:
+                # All-or-nothing: a bad table refuses the whole reload (409: the
+                # config on disk conflicts with what the server accepts).
+                return 409, {"error": f"reload refused, old config kept: {e}"}
+            return 200, result
         if len(path) in (2, 3) and path[0] == b"users":
             uid = _user_id(path[1])
             if len(path) == 2:
