@@ -21,7 +21,14 @@ from typing import Any
 from twisted.logger import Logger
 
 from gamed.cache import CacheConfig
-from gamed.config import ConfigError, PluginConfigError, Settings, build_settings
+from gamed.config import (
+    COERCERS,
+    ConfigError,
+    PluginConfigError,
+    Settings,
+    build_settings,
+    read_config_file,
+)
 from gamed.middleware import registry
 
 _log = Logger()
@@ -191,6 +198,19 @@ class Reloader:
             if effective:
                 effective_tables[table] = MappingProxyType(effective)
 
+        # [server] keys the file sets but the command line overrides (it always wins).
+        overridden: list[str] = []
+        if settings.config_file and any(v is not None for v in self.cli.values()):
+            in_file = read_config_file(settings.config_file).get("server", {})
+            from_file = build_settings({}, settings.config_file)
+            overridden = [
+                f"server.{field}"
+                for option, (field, _) in COERCERS.items()
+                if field in in_file
+                and self.cli.get(option) is not None
+                and getattr(from_file, field) != getattr(settings, field)
+            ]
+
         running = dataclasses.replace(
             settings, **kept, plugin_config=MappingProxyType(effective_tables)
         )
@@ -212,6 +232,7 @@ class Reloader:
             "changed": changed,
             "applied": applied,
             "restart_required": restart,
+            "overridden_by_command_line": overridden,
             "reloaded": reloaded,
         }
         if failed:
@@ -229,6 +250,8 @@ def describe(result: Mapping[str, Any]) -> str:
         f"changed: {names('changed')}; applied: {names('applied')}; "
         f"needs a restart: {names('restart_required')}; plugins reloaded: {names('reloaded')}"
     )
+    if result.get("overridden_by_command_line"):
+        text += f"; set in the file but overridden by the command line: {names('overridden_by_command_line')}"
     if result.get("failed"):
         text += f"; FAILED to apply: {dict(result['failed'])}"
     return text

@@ -488,3 +488,132 @@ def test_auth_and_admin_need_the_security_plugin(tmp_path: Path, option: str) ->
     secret.write_text("x" * 32)
     with pytest.raises(usage.UsageError, match=f"{option}: needs the security|{option} needs"):
         Options().parseOptions([option, str(secret), "--middleware", "none"])
+
+
+# -- plugin tables at start: one contract, one error naming [middleware.NAME] key --------------
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        (
+            '[middleware.security]\nrate_limit_per_minute = "x"\n',
+            "[middleware.security] rate_limit_per_minute: expected an integer, got 'x'",
+        ),
+        (
+            "[middleware.security]\nrate_limit = 5\n",
+            "[middleware.security] rate_limit: unknown key (see docs/security.md)",
+        ),
+        (
+            '[middleware.metrics]\ncollection_interval = "x"\n',
+            "[middleware.metrics] collection_interval: expected a number, got 'x'",
+        ),
+        (
+            "[middleware.metrics]\ninterval = 5\n",
+            "[middleware.metrics] interval: unknown key; known: collection_interval, top_rooms, "
+            "latency_samples, room_window, log",
+        ),
+        (
+            "[middleware.analytics]\nflush_interval = 0\n",
+            "[middleware.analytics] flush_interval: must be 0.1..3600, got 0",
+        ),
+        (
+            "[middleware.analytics]\nflush_every = 1\n",
+            "[middleware.analytics] flush_every: unknown key; known: queue_size, tick_interval, "
+            "flush_interval, max_users, max_rooms, recent_size, sse_max_backlog, sse_heartbeat, "
+            "max_stream_clients, retention_days, favourite_rooms",
+        ),
+        (
+            '[middleware.cache]\nl1_size = "big"\n',
+            "[middleware.cache] l1_size: expected a number, got 'big'",
+        ),
+    ],
+)
+def test_a_bad_plugin_table_is_a_usage_error_naming_table_and_key(
+    tmp_path: Path, table: str, expected: str
+) -> None:
+    path = write(tmp_path, table)
+    with pytest.raises(usage.UsageError) as info:
+        parse("--config", path)
+    assert str(info.value) == expected
+
+
+def test_an_unknown_plugin_table_is_a_usage_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[middleware.securty]\nallowlist = []\n")
+    with pytest.raises(usage.UsageError) as info:
+        parse("--config", path)
+    text = str(info.value)
+    assert text.startswith("[middleware.securty]: unknown table: no plugin 'securty' is installed")
+    assert "security" in text  # the list of what is installed, to spot the typo
+
+
+def test_the_table_of_a_disabled_plugin_is_checked_too(tmp_path: Path) -> None:
+    path = write(tmp_path, "[middleware.metrics]\ntop_rooms = -1\n")
+    with pytest.raises(usage.UsageError, match=r"^\[middleware\.metrics\] top_rooms: must be"):
+        parse("--config", path, "--middleware", "security")
+
+
+def test_plugins_get_their_validated_config(tmp_path: Path) -> None:
+    from gamed.middleware.metrics.middleware import MetricsConfig
+    from gamed.middleware.security.middleware import SecurityConfig
+
+    path = write(
+        tmp_path,
+        "[middleware.security]\nrate_limit_per_minute = 7\n"
+        "[middleware.metrics]\ntop_rooms = 3\n"
+        "[middleware.analytics]\nqueue_size = 500\n",
+    )
+    configs = parse("--config", path).validated.configs
+    assert isinstance(configs["security"], SecurityConfig)
+    assert configs["security"].policy.rate_limit_per_minute == 7
+    assert configs["metrics"] == MetricsConfig(top_rooms=3)
+    assert configs["analytics"]["queue_size"] == 500
+
+
+@pytest.mark.parametrize("option", ["auth-secret-file", "admin-token-file"])
+def test_an_unreadable_secret_file_is_a_usage_error_naming_the_option(
+    tmp_path: Path, option: str
+) -> None:
+    with pytest.raises(usage.UsageError, match=rf"^--{option}: cannot read .*missing"):
+        parse(f"--{option}", str(tmp_path / "missing"))
+
+
+def test_a_factory_without_a_validate_step_gets_its_table_as_is(monkeypatch) -> None:
+    """Third-party plugins written before the contract (a bare factory callable)."""
+    from prometheus_client import CollectorRegistry
+    from twisted.internet.task import Clock
+
+    from gamed.config import PluginConfigError
+    from gamed.events import EventBus
+    from gamed.middleware.registry import PluginEnvironment, PluginParts
+
+    seen: dict[str, object] = {}
+
+    def old_style(env: PluginEnvironment) -> PluginParts:
+        seen["config"] = env.config
+        return PluginParts(middleware=object(), reload=lambda s: seen.setdefault("reload", s))
+
+    class EntryPoint:
+        name = "oldstyle"
+
+        def load(self) -> object:
+            return old_style
+
+    monkeypatch.setattr(registry, "_third_party", lambda: {"oldstyle": EntryPoint()})
+    factory = registry.load("oldstyle")
+    assert factory.validate is None
+    table = {"anything": [1, 2]}
+    assert factory.check("oldstyle", table, Settings()) is table
+    env = PluginEnvironment(Settings(), table, Clock(), EventBus(), CollectorRegistry(), None)
+    parts = factory.make(env)
+    assert seen["config"] is table
+    assert parts.reload is not None
+    parts.reload(Settings(round_limit=3), table)  # called the old way: with Settings only
+    assert seen["reload"] == Settings(round_limit=3)
+
+    def strict(table: object, settings: Settings) -> object:
+        raise ValueError("bad thing")
+
+    failing = registry.PluginFactory(make=old_style, validate=strict)
+    with pytest.raises(PluginConfigError, match=r"^\[middleware\.oldstyle\]: bad thing$"):
+        failing.check("oldstyle", {}, Settings())
