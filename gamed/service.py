@@ -64,6 +64,7 @@ class ServerRoot(MultiService):
             self._old_hup = signal.signal(
                 signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._sighup)
             )
+            _log.info("SIGHUP reloads the config (all or nothing)")
 
     def stopService(self) -> Any:
         if self._old_hup is not None:

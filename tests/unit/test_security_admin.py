@@ -181,7 +181,7 @@ def test_a_refused_reload_is_a_409_naming_the_key(plugin: Plugin) -> None:
     status, body = plugin.call("POST", "reload")
     assert status == 409
     assert body["error"] == (
-        "reload refused, old config kept: [middleware.metrics] top_rooms: expected a number, got 'x'"
+        "config reload refused, old config kept: [middleware.metrics] top_rooms: expected a number, got 'x'"
     )
 
 

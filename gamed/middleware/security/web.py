@@ -137,7 +137,7 @@ class AdminResource(Resource):
             except ConfigError as e:
                 # All-or-nothing: a bad table refuses the whole reload (409: the
                 # config on disk conflicts with what the server accepts).
-                return 409, {"error": f"reload refused, old config kept: {e}"}
+                return 409, {"error": f"config reload refused, old config kept: {e}"}
             return 200, result
         if len(path) in (2, 3) and path[0] == b"users":
             uid = _user_id(path[1])
