@@ -223,3 +223,43 @@ def test_analytics_loops_follow_a_new_interval(tmp_path: Path) -> None:
         assert all(loop.running for loop in service._loops)
     finally:
         tree.service.stopService()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "rate_limit_per_minute = 60",
+            "rate_limit_per_minute = -1",
+            "[middleware.security] rate_limit_per_minute: must be between 0 and 10000000, got -1",
+        ),
+        (
+            "collection_interval = 5",
+            "collection_interval = 5\ntop_room = 3",
+            "[middleware.metrics] top_room: unknown key; known: collection_interval, top_rooms, "
+            "latency_samples, room_window, log",
+        ),
+        (
+            "queue_size = 1000",
+            'queue_size = "big"',
+            "[middleware.analytics] queue_size: expected a number, got 'big'",
+        ),
+        (
+            "round_limit = 10",
+            "round_limit = 0",
+            "--round-limit: must be between 1 and 10000, got 0",
+        ),
+    ],
+)
+def test_each_plugin_refuses_a_bad_key_at_reload(
+    tmp_path: Path, logged: list[str], old: str, new: str, expected: str
+) -> None:
+    tree = Tree(tmp_path)
+    before = (tree.security, tree.metrics, dict(tree.analytics.opts), tree.router.games.round_limit)
+    tree.write(GOOD.replace(old, new))
+    with pytest.raises(ConfigError) as info:
+        tree.service.reload()
+    assert str(info.value) == expected
+    after = (tree.security, tree.metrics, dict(tree.analytics.opts), tree.router.games.round_limit)
+    assert after == before
+    assert f"config reload refused, old config kept: {expected}" in logged
