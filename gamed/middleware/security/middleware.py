@@ -19,7 +19,7 @@ import math
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -902,8 +902,9 @@ class SecurityConfig:
     """
 
     policy: Policy
-    auth_secret: bytes | None = None
-    admin_token: bytes | None = None
+    # repr=False: a config may end up in a log line or a test report, secrets must not.
+    auth_secret: bytes | None = field(default=None, repr=False)
+    admin_token: bytes | None = field(default=None, repr=False)
 
 
 def _read_secrets(settings: Settings) -> tuple[bytes | None, bytes | None]:
@@ -946,11 +947,10 @@ def _refuse_token(text: str) -> Exception:
 
 
 def make_plugin(env: PluginEnvironment) -> PluginParts:
-    config: SecurityConfig = env.config
-    current = [config]  # the config in force, for the admin token and the secret
-    mw = SecurityMiddleware(config.policy, env.clock, env.control, env.registry)
+    current: SecurityConfig = env.config  # the config in force (a reload swaps it)
+    mw = SecurityMiddleware(current.policy, env.clock, env.control, env.registry)
     verify = tokens.authenticator(
-        lambda: current[0].auth_secret or b"", env.clock.seconds, _refuse_token
+        lambda: current.auth_secret or b"", env.clock.seconds, _refuse_token
     )
 
     def authenticate(user_id: int, token: object) -> None:
@@ -962,16 +962,14 @@ def make_plugin(env: PluginEnvironment) -> PluginParts:
 
     def install_auth() -> None:
         if env.control is not None:
-            env.control.set_authenticator(
-                authenticate if current[0].auth_secret is not None else None
-            )
+            env.control.set_authenticator(authenticate if current.auth_secret is not None else None)
 
     install_auth()
     service = SecurityService(mw, env.clock, env.settings.data_dir)
 
     def reload(settings: Settings, new: SecurityConfig) -> None:
-        old = current[0]
-        current[0] = new
+        nonlocal current
+        old, current = current, new
         mw.set_policy(new.policy)
         service.reschedule()
         install_auth()
@@ -983,7 +981,7 @@ def make_plugin(env: PluginEnvironment) -> PluginParts:
             rotated=", secret changed" if new.auth_secret != old.auth_secret else "",
         )
 
-    admin = AdminResource(mw, lambda: current[0].admin_token, env.control)
+    admin = AdminResource(mw, lambda: current.admin_token, env.control)
     return PluginParts(
         middleware=mw,
         service=service,
