@@ -118,16 +118,18 @@ def _seconds(lo: float, hi: float) -> Callable[[str, Any], float]:
     return coerce
 
 
-def _endpoint(default_interface: str | None, allow_none: bool = False):
+def _endpoint(
+    default_interface: str | None, allow_none: bool = False
+) -> Callable[[str, Any], str | None]:
     def coerce(option: str, value: Any) -> str | None:
         text = str(value).strip()
         if allow_none and text.lower() in ("none", "off", ""):
             return None
         if text.isdigit():
-            port = int(text)
-            if port > 65535:
-                raise ConfigError(option, f"port {port} is out of range 0..65535")
-            text = f"tcp:{port}"
+            number = int(text)
+            if number > 65535:
+                raise ConfigError(option, f"port {number} is out of range 0..65535")
+            text = f"tcp:{number}"
             if default_interface:
                 text += f":interface={default_interface}"
         try:
