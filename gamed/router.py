@@ -45,6 +45,8 @@ _log = Logger()
 ROOM_ID_MIN, ROOM_ID_MAX = 1, 1_000_000
 CHAT_MAX_BYTES = 1000
 NICKNAME_MAX_CHARS = 64
+#: After the drain's grace, how long the clients we close get to flush before an abort.
+DRAIN_FLUSH_SECONDS = 1.0
 
 
 #: ``authenticate(user_id, token) -> None``; raises Refusal(401) to refuse.
@@ -85,6 +87,7 @@ class Router:
         self.sessions: dict[int, IConnection] = {}
         self.draining = False
         self._drained: defer.Deferred[None] | None = None
+        self._drain_over = False  # a drain ran to its end: later calls fire at once
         self.started_at = clock.seconds()
         self.set_pipeline(pipeline)
         self._handlers: dict[type, Callable[[IConnection, Any], None]] = {
@@ -157,31 +160,75 @@ class Router:
             d.callback(None)
 
     def drain(self, text: str = "server is shutting down") -> defer.Deferred[None]:
-        """Tell every client, close them all; fires when none is left (or after the grace)."""
-        self.draining = True
+        """Start the drain (or join the one under way); fires when no client is left.
+
+        Every client gets ``text`` and every room with a game a notice; clients
+        may finish what they are doing and leave (new ones get Error 503
+        meanwhile, see ``connection_made``). After ``shutdown_grace`` the rest
+        are closed, and aborted if still there ``DRAIN_FLUSH_SECONDS`` later:
+        the Deferred fires then at the latest, so a stop is always bounded.
+        """
         d: defer.Deferred[None] = defer.Deferred()
-        if not self.connections:
+        if self._drained is not None:  # under way: end with it
+            self._drained.addBoth(lambda r: (d.callback(None), r)[1])
+            return d
+        self.draining = True
+        if self._drain_over or not self.connections:
+            self._drain_over = True
             d.callback(None)
             return d
         self._drained = d
         notice = codec.frame(m.SystemMessage(text))
         for conn in list(self.connections):
             conn.send_frame(notice)
-            conn.close("shutdown")
+        if self.games is not None:
+            for room in self.rooms.rooms():
+                state = self.games.game_state(room.room_id)
+                if state is not None:
+                    game_notice = m.SystemMessage(
+                        f"{text}: the game in room {room.room_id} ({state}) cannot finish"
+                    )
+                    self.rooms.broadcast(room.room_id, codec.frame(game_notice))
         grace = self.settings.shutdown_grace
+        calls: list[Any] = []
+
+        def finish() -> None:
+            if self._drained is d:
+                self._drained = None
+                d.callback(None)
+
+        def close_the_rest() -> None:
+            if self._drained is not d:
+                return
+            _log.info(
+                "{n} clients still connected after {grace}s; closing them",
+                n=len(self.connections),
+                grace=grace,
+            )
+            for conn in list(self.connections):
+                conn.close("shutdown")
+            calls.append(self.clock.callLater(DRAIN_FLUSH_SECONDS, give_up))
 
         def give_up() -> None:
             if self._drained is d:
                 _log.warn(
-                    "{n} clients did not close in {grace}s; aborting them",
+                    "{n} clients did not close in {flush}s; aborting them",
                     n=len(self.connections),
-                    grace=grace,
+                    flush=DRAIN_FLUSH_SECONDS,
                 )
                 for conn in list(self.connections):
                     conn.abort()
+                finish()
 
-        call = self.clock.callLater(grace, give_up)
-        d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
+        def ended(result: object) -> object:
+            self._drain_over = True
+            for call in calls:
+                if call.active():
+                    call.cancel()
+            return result
+
+        calls.append(self.clock.callLater(grace, close_the_rest))
+        d.addBoth(ended)
         return d
 
     # -- frames -----------------------------------------------------------------------

@@ -20,22 +20,42 @@ _log = Logger()
 
 
 class GameService(MultiService):
-    """Parent of the game listener; on stop: refuse new clients, stop listening, drain.
+    """Parent of the game listener; drains the clients before the listener closes.
 
-    twistd stops services on SIGTERM before the reactor stops, and waits for
-    the Deferred returned here, so every client gets its SystemMessage and a
-    clean close (or is aborted after ``shutdown_grace``).
+    The listener stays open through the drain, so a client that connects
+    meanwhile is told ``Error{503}`` instead of finding the port closed, and a
+    load balancer sees /healthz answer 503 (ServerRoot keeps the HTTP port up
+    until ``drain`` has fired).
     """
 
     def __init__(self, router: Router) -> None:
         super().__init__()
         self.router = router
 
+    def drain(self) -> defer.Deferred[None]:
+        """Tell every client and game; fires once they left, or after ``shutdown_grace``."""
+        router = self.router
+        first = not router.draining
+        router.draining = True  # before anything else: no new client from here on
+        if not first:
+            return router.drain()  # under way or over: fires with it
+        started = router.clock.seconds()
+        _log.info(
+            "draining: {n} clients told to leave, {grace}s grace; new ones get Error 503",
+            n=len(router.connections),
+            grace=router.settings.shutdown_grace,
+        )
+
+        def drained(result: object) -> object:
+            _log.info("drained in {s:.2f}s", s=router.clock.seconds() - started)
+            return result
+
+        return router.drain().addBoth(drained)
+
     def stopService(self) -> defer.Deferred[object]:
-        self.router.draining = True
-        stopped = super().stopService()  # closes the listening socket
-        drained = self.router.drain()
-        return defer.gatherResults([stopped, drained], consumeErrors=True)
+        d = self.drain()
+        d.addCallback(lambda _: MultiService.stopService(self))  # closes the listener
+        return d
 
 
 class ServerRoot(MultiService):
@@ -70,7 +90,14 @@ class ServerRoot(MultiService):
         if self._old_hup is not None:
             signal.signal(signal.SIGHUP, self._old_hup)
             self._old_hup = None
-        return super().stopService()
+        # Drain first, with every other service still up (the HTTP port answers
+        # /healthz 503, plugins keep counting); then stop them all, as twistd does.
+        game = self.namedServices.get("game")
+        if not isinstance(game, GameService) or not game.running:
+            return super().stopService()
+        d = game.drain()
+        d.addCallback(lambda _: MultiService.stopService(self))
+        return d
 
     def reload(self) -> Any:
         """Reload the config, all or nothing; one log line either way.

@@ -21,7 +21,7 @@ from gamed.interfaces import IConnection, IConnectionHandler, IMessageContext
 from gamed.pipeline import Pipeline
 from gamed.protocol import CLOSE_FLUSH_SECONDS, GameFactory, GameProtocol
 from gamed.rooms import RoomService
-from gamed.router import Router
+from gamed.router import DRAIN_FLUSH_SECONDS, Router
 from gamed.telemetry import ServerMetrics
 
 
@@ -230,24 +230,78 @@ def test_drain_notifies_everyone_and_fires_when_all_gone(h: Harness) -> None:
     d.addCallback(fired.append)
     for c in (a, b):
         assert c.received() == [{"SystemMessage": {"message": "bye now"}}]
-        assert c.closed
+        assert not c.closed, "clients leave on their own during the grace"
+    a.send("HeartBeat")  # still served while draining
+    assert "HeartBeatResponse" in a.received()[0]
+    late = h.client()
+    assert_error(late.received(), 503, "shutting down")
+    assert late.closed
     a.lose()
     assert not fired
     assert b.received() == []  # no leave notices while draining
     b.lose()
     assert fired == [None]
-    late = h.client()
-    assert_error(late.received(), 503, "shutting down")
 
 
-def test_drain_aborts_stragglers_after_grace() -> None:
+def test_drain_closes_the_rest_after_grace_then_aborts() -> None:
     h = Harness(shutdown_grace=2)
-    a = h.client()
+    a, gone = h.client(), h.client()
+    gone.lose()  # one leaves at once, one stays
     aborted = []
     a.transport.abortConnection = lambda: aborted.append(True)
+    fired: list[object] = []
+    h.router.drain().addCallback(fired.append)
+    h.clock.advance(1.9)
+    assert not a.closed and not fired
+    h.clock.advance(0.1)
+    assert a.closed, "after the grace the rest are closed cleanly"
+    assert not aborted and not fired
+    h.clock.advance(DRAIN_FLUSH_SECONDS)
+    assert aborted, "...and aborted if they do not go"
+    assert fired == [None], "the drain is bounded even if the abort is slow"
+
+
+def test_drain_fires_at_once_without_clients_and_after_it_ended(h: Harness) -> None:
+    fired: list[object] = []
+    h.router.drain().addCallback(fired.append)
+    assert fired == [None]
+    assert h.router.draining
+    h.router.drain().addCallback(fired.append)
+    assert fired == [None, None]
+
+
+def test_a_second_drain_ends_with_the_first(h: Harness) -> None:
+    a = h.client()
+    first: list[object] = []
+    second: list[object] = []
+    h.router.drain().addCallback(first.append)
+    h.router.drain().addCallback(second.append)
+    assert a.received() == [{"SystemMessage": {"message": "server is shutting down"}}]
+    a.lose()
+    assert first == second == [None]
+
+
+def test_drain_tells_rooms_with_a_game(h: Harness) -> None:
+    class Games:
+        def game_state(self, room_id: int) -> str | None:
+            return "InProgress" if room_id == 5 else None
+
+    a, b = h.client(), h.client()
+    a.connect(1)
+    a.join(1, 5)
+    b.connect(2)
+    b.join(2, 6)
+    h.router.games = Games()  # type: ignore[assignment]
     h.router.drain()
-    h.clock.advance(2.1)
-    assert aborted
+    assert a.received() == [
+        {"SystemMessage": {"message": "server is shutting down"}},
+        {
+            "SystemMessage": {
+                "message": "server is shutting down: the game in room 5 (InProgress) cannot finish"
+            }
+        },
+    ]
+    assert b.received() == [{"SystemMessage": {"message": "server is shutting down"}}]
 
 
 def test_close_aborts_a_peer_that_never_reads_the_final_error(h: Harness) -> None:

@@ -29,7 +29,7 @@ from gamed.interfaces import (
 )
 from gamed.pipeline import Pipeline, Veto
 from gamed.rooms import RoomService
-from gamed.router import Router
+from gamed.router import DRAIN_FLUSH_SECONDS, Router
 from gamed.telemetry import ServerMetrics
 from tests.unit.fakes import FakeConnection, FakeServerControl
 
@@ -147,8 +147,10 @@ def test_drain_aborts_stragglers_through_the_interface() -> None:
     h = Harness(shutdown_grace=2)
     a = h.client()
     h.router.drain()
+    assert not a.closed, "clients get the grace to leave on their own"
+    h.clock.advance(2)
     assert a.closed and a.conn.close_reason == "shutdown" and not a.conn.aborted
-    h.clock.advance(2.1)
+    h.clock.advance(DRAIN_FLUSH_SECONDS)
     assert a.conn.aborted
 
 
