@@ -4,6 +4,11 @@ Each store owns one database file and one dedicated thread that holds the only
 connection: writes are serialised without locks, and the reactor never waits
 on disk. ``run`` returns a Deferred; ``run_sync`` blocks and is meant for
 start-up (loading state before the first client is accepted) and tests.
+
+The thread (and so the connection) starts on first use, not in the
+constructor: twistd forks after ``makeService``, and a thread started before
+the fork does not exist in the daemon. A store first used in one process and
+then in a forked child refuses the call instead of hanging.
 """
 
 from __future__ import annotations
@@ -62,8 +67,25 @@ class SqliteStore:
         # A daemon thread: a store someone forgot to close must not keep the
         # process alive at exit. Durability comes from close()/flush on stop.
         self._pool.threadFactory = _DaemonThread
-        self._pool.start()
+        self._pid: int | None = None  # the process whose thread we started
         self._closed = False
+
+    @property
+    def started(self) -> bool:
+        """True once the store's thread runs (first ``run``/``run_sync``/``migrate``)."""
+        return self._pid is not None
+
+    def _ready_pool(self) -> ThreadPool:
+        """The started thread pool; starts it on first use, in this process."""
+        if self._pid is None:
+            self._pool.start()
+            self._pid = os.getpid()
+        elif self._pid != os.getpid():
+            raise RuntimeError(
+                f"sqlite store {self.path} was started in process {self._pid} and used in "
+                f"{os.getpid()} (after a fork): open stores in startService"
+            )
+        return self._pool
 
     # -- in the store's thread ------------------------------------------------------
 
@@ -94,7 +116,11 @@ class SqliteStore:
         """Run ``fn(connection, *args)`` in one transaction in the store's thread."""
         if self._closed:
             return defer.fail(RuntimeError(f"store {self.path} is closed"))
-        return threads.deferToThreadPool(self._reactor, self._pool, self._transaction, fn, *args)
+        try:
+            pool = self._ready_pool()
+        except RuntimeError:
+            return defer.fail()
+        return threads.deferToThreadPool(self._reactor, pool, self._transaction, fn, *args)
 
     def run_sync(self, fn: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:
         """Like ``run`` but blocks the caller; for start-up and tests only."""
@@ -107,7 +133,7 @@ class SqliteStore:
             box.append((ok, result))
             done.set()
 
-        self._pool.callInThreadWithCallback(finished, self._transaction, fn, *args)
+        self._ready_pool().callInThreadWithCallback(finished, self._transaction, fn, *args)
         if not done.wait(timeout):
             raise TimeoutError(f"sqlite store {self.path} did not answer in {timeout}s")
         ok, result = box[0]
@@ -145,6 +171,11 @@ class SqliteStore:
     def close(self) -> None:
         """Finish queued work, close the connection and stop the thread."""
         if self._closed:
+            return
+        if self._pid != os.getpid():
+            # Never used (no thread, no connection), or a forked copy whose
+            # thread lives only in the parent: nothing of ours to stop.
+            self._closed = True
             return
 
         def shut(_: Any) -> None:

@@ -88,6 +88,8 @@ def test_no_writer_thread_is_kept_while_nothing_changes(tmp_path: Path) -> None:
     mw, service = server(tmp_path, clock)
     assert len(sqlite_threads()) == before  # loaded, then released
     mw.ban_user(1)
+    assert len(sqlite_threads()) == before  # queued; the store's thread starts on first use
+    clock.advance(1.0)  # the flusher writes the ban
     assert len(sqlite_threads()) == before + 1
     service.stopService()
     assert len(sqlite_threads()) == before

@@ -186,7 +186,13 @@ class MetricsCollector:
         self.clock = clock
         self.rooms = rooms
         self.control = control
-        self.process = process or psutil.Process()
+        # The handle is opened in ``open_process`` (MetricsService.startService):
+        # twistd forks after makeService, and a psutil.Process made before the
+        # fork watches the parent, which is gone (NoSuchProcess every interval).
+        self._new_process: Callable[[], Any] = (
+            psutil.Process if process is None else (lambda: process)
+        )
+        self.process: Any = None
         self.activity = RoomActivity(config.room_window)
         self.timer = PipelineTimer()
         self.room_series = RoomSeries()
@@ -194,7 +200,6 @@ class MetricsCollector:
         self._window_start = clock.seconds()
         self._messages_mark = middleware.messages
         self._errors_mark = middleware.errors
-        self.process.cpu_percent(None)  # primes psutil: the first call always says 0.0
         registry.register(self.timer)
         registry.register(self.room_series)
         self.memory = Gauge(
@@ -214,6 +219,16 @@ class MetricsCollector:
         )
         self.max_connections.set(settings.max_connections)
 
+    # -- the process handle --------------------------------------------------------------
+
+    def open_process(self) -> None:
+        """Watch the process we run in now (after twistd's fork); primes the CPU reading."""
+        self.process = self._new_process()
+        self.process.cpu_percent(None)  # the first call always says 0.0
+
+    def close_process(self) -> None:
+        self.process = None
+
     # -- collection -------------------------------------------------------------------
 
     def collect(self) -> dict[str, Any]:
@@ -229,6 +244,8 @@ class MetricsCollector:
         self._window_start = now
         latency = mw.latency.take_window()
 
+        if self.process is None:  # collected before start (tests): open it now
+            self.open_process()
         rss = self.process.memory_info().rss
         cpu = self.process.cpu_percent(None)
         self.memory.set(rss)
@@ -344,6 +361,7 @@ class MetricsService(Service):
 
     def startService(self) -> None:
         super().startService()
+        self.collector.open_process()
         if self.control is not None:
             # Installed at start, not in make_plugin: the server builds its final
             # pipeline after loading every plugin. Timing costs two perf_counter
@@ -357,6 +375,7 @@ class MetricsService(Service):
         self._loop = None
         if self.control is not None:
             self.control.set_pipeline_timer(None)
+        self.collector.close_process()
         return super().stopService()
 
     def _start_loop(self) -> None:
