@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
@@ -58,13 +60,71 @@ class GameService(MultiService):
         return d
 
 
+def daemon_launcher(options: object) -> MutableMapping[str, Any] | None:
+    """twistd's own options when it is going to fork (daemon mode), else None.
+
+    twistd parses ``twistd [its options] gamed [ours]``, so our Options'
+    ``parent`` is its ServerOptions: ``nodaemon`` (``-n``, or implied by
+    ``--debug``), and after the fork ``statusPipe`` and ``pidfile``.
+    """
+    parent = getattr(options, "parent", None)
+    if not isinstance(parent, MutableMapping) or "nodaemon" not in parent:
+        return None
+    if parent.get("nodaemon") or parent.get("debug"):
+        return None
+    return parent
+
+
+def cannot_listen(interface: str, port: object, error: object) -> str:
+    """The one line a failed bind prints (README, Operations)."""
+    return f"gamed: cannot listen on {interface or '0.0.0.0'}:{port}: {error}"
+
+
+def probe_listen(descriptions: Iterable[str], reactor: Any) -> str | None:
+    """Bind each TCP endpoint's address once and let go; the first failure's line, or None.
+
+    twistd forks (daemon mode) *before* it calls ``privilegedStartService``, so
+    a bind failing there is reported by a process whose terminal is gone. This
+    check runs in makeService, in the process that owns the terminal, with the
+    same privileges and SO_REUSEADDR as Twisted's listenTCP. Port 0 and
+    non-TCP endpoints are not probed; a port taken in between is still caught
+    by ServerRoot, through twistd's status pipe.
+    """
+    for description in descriptions:
+        try:
+            endpoint = endpoints.serverFromString(reactor, description)
+        except Exception:
+            continue  # validated by the options; the real listen reports it
+        if not isinstance(endpoint, endpoints.TCP4ServerEndpoint | endpoints.TCP6ServerEndpoint):
+            continue
+        port, interface = endpoint._port, endpoint._interface
+        if not port:
+            continue
+        v6 = isinstance(endpoint, endpoints.TCP6ServerEndpoint) or ":" in interface
+        probe = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((interface or ("::" if v6 else "0.0.0.0"), port))
+        except OSError as e:
+            return cannot_listen(interface, port, e)
+        finally:
+            probe.close()
+    return None
+
+
 class ServerRoot(MultiService):
     """The top of gamed's service tree; turns a failed bind into one clear line.
 
-    twistd binds in ``privilegedStartService`` (before daemonizing), so raising
+    twistd binds in ``privilegedStartService``. In the foreground, raising
     SystemExit here makes it exit non-zero with the message on stderr instead
-    of a traceback.
+    of a traceback. In daemon mode twistd has already forked: its first
+    process waits for the child's word on a status pipe (and holds the pipe's
+    write end itself, so a child that just dies leaves it waiting forever), so
+    the line goes through that pipe and the pidfile is removed first.
     """
+
+    #: twistd's options when it daemonized us (set by gamed.tap), else None.
+    launcher: MutableMapping[str, Any] | None = None
 
     def __init__(self, reactor: Any = None, reload: Callable[[], Any] | None = None) -> None:
         super().__init__()
@@ -129,5 +189,32 @@ class ServerRoot(MultiService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            where = f"{e.interface or '0.0.0.0'}:{e.port}"
-            raise SystemExit(f"gamed: cannot listen on {where}: {e.socketError}") from None
+            line = cannot_listen(e.interface, e.port, e.socketError)
+            self.report_start_failure(line)
+            raise SystemExit(line) from None
+        except SystemExit as e:
+            self.report_start_failure(str(e.code))
+            raise
+
+    def report_start_failure(self, line: str) -> None:
+        """Daemon mode: hand ``line`` to twistd's waiting first process, drop the pidfile.
+
+        twistd's parent prints what the pipe carries and exits 1; twistd's own
+        error path (for an Exception) would also write a traceback to the log.
+        """
+        launcher = self.launcher
+        pipe = launcher.get("statusPipe") if launcher is not None else None
+        if launcher is None or pipe is None:
+            return
+        launcher["statusPipe"] = None  # said once; twistd must not write "0" after it
+        try:
+            os.write(pipe, b"1 " + line.encode("ascii", "backslashreplace")[:98])
+            os.close(pipe)
+        except OSError:
+            pass
+        pidfile = launcher.get("pidfile")
+        if pidfile:
+            try:
+                os.unlink(pidfile)
+            except OSError:
+                pass

@@ -20,7 +20,7 @@ from gamed.protocol import GameFactory
 from gamed.reconfig import Reloader, validate_config
 from gamed.rooms import RoomService
 from gamed.router import Router
-from gamed.service import GameService, ServerRoot
+from gamed.service import GameService, ServerRoot, daemon_launcher, probe_listen
 from gamed.telemetry import ServerMetrics, TrafficCollector
 from gamed.web import make_site
 
@@ -153,6 +153,14 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
 
         reactor = _reactor
     settings: Settings = options.settings if isinstance(options, Options) else options["settings"]
+    launcher = daemon_launcher(options)
+    if launcher is not None:
+        # Daemon mode: twistd forks before it binds; say "port in use" while
+        # the terminal is still ours (gamed.service.probe_listen).
+        ports = [settings.port, settings.metrics_port]
+        problem = probe_listen([with_backlog(p) for p in ports if p is not None], reactor)
+        if problem is not None:
+            raise SystemExit(problem)
     os.makedirs(settings.data_dir, exist_ok=True)
 
     metrics = ServerMetrics()
@@ -193,6 +201,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
 
     reloader = Reloader(cli, validated, parts, apply_server)
     top = ServerRoot(reactor, reloader)
+    top.launcher = launcher
     router.reloader = top.reload  # the admin API's reload: logged like a SIGHUP
     games.service.setServiceParent(top)
     for name, p in parts:
