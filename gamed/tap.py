@@ -132,6 +132,23 @@ class Options(usage.Options):
         ],
     ]
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Under twistd, a usage error is one line (and a hint), not the option list.
+
+        twistd prints its whole usage (our 40-odd options) and only then the
+        error; exiting here puts the line that matters first, on stderr, with
+        twistd's exit status 1. Called directly (tests, tools), the
+        UsageError propagates as usual.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            parent = self.parent
+            if parent is None:
+                raise
+            prog = f"twistd {parent.subCommand or 'gamed'}"
+            raise SystemExit(f"{prog}: {e}\n{prog}: '{prog} --help' lists the options") from None
+
     def postOptions(self) -> None:
         """Build the settings and validate every plugin table: any bad value is a usage error.
 
