@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -13,3 +15,53 @@ def json_response(request: Request, status: int, body: Any) -> bytes:
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
     return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def bearer_refusal(request: Request, expected: bytes) -> str | None:
+    """Why ``request`` does not carry ``Authorization: Bearer <expected>``, or None.
+
+    Compared in constant time.
+    """
+    header = request.getHeader(b"authorization") or b""
+    scheme, _, given = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not given.strip():
+        return "missing 'Authorization: Bearer <token>'"
+    if not hmac.compare_digest(given.strip(), expected):
+        return "wrong admin token"
+    return None
+
+
+class AdminGate:
+    """The admin token as a check any plugin can make, without importing the one that reads it.
+
+    The security plugin reads ``--admin-token-file`` (and re-reads it on
+    reload) and hands the gate a function returning the token; gamed.tap gives
+    every plugin the same gate in its PluginEnvironment. Plugins must not
+    import each other, so this is the only way private data on the HTTP port
+    learns whether, and which, token is required.
+    """
+
+    def __init__(self) -> None:
+        self._token: Callable[[], bytes | None] = lambda: None
+
+    def set_source(self, token: Callable[[], bytes | None]) -> None:
+        self._token = token
+
+    def token(self) -> bytes | None:
+        return self._token()
+
+    def refusal(self, request: Request) -> str | None:
+        """Why ``request`` may not read admin-only data, or None.
+
+        No token configured: None (the data is as open as the HTTP port,
+        127.0.0.1 by default). A token configured: the request needs it.
+        """
+        expected = self._token()
+        if expected is None:
+            return None
+        return bearer_refusal(request, expected)
+
+    def refuse(self, request: Request, message: str) -> bytes:
+        """A 401 with the Bearer challenge, as /admin/ answers."""
+        request.setHeader(b"www-authenticate", b'Bearer realm="gamed-admin"')
+        return json_response(request, 401, {"error": message})

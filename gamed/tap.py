@@ -14,6 +14,7 @@ from gamed import __version__
 from gamed.config import COERCERS, ConfigError, Settings, build_settings, with_backlog
 from gamed.events import EventBus
 from gamed.games import Games
+from gamed.httputil import AdminGate
 from gamed.middleware import registry
 from gamed.pipeline import Pipeline
 from gamed.protocol import GameFactory
@@ -190,6 +191,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     validated = getattr(options, "validated", None) or validate_config(settings)
     names = validated.enabled
     parts: list[tuple[str, registry.PluginParts]] = []
+    admin = AdminGate()  # one for all: security sets the token, analytics checks it
     for name in names:
         env = registry.PluginEnvironment(
             settings=settings,
@@ -199,6 +201,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
             registry=metrics.registry,
             rooms=rooms,
             control=router,
+            admin=admin,
         )
         parts.append((name, validated.factories[name].make(env)))
     router.set_pipeline(Pipeline([p.middleware for _, p in parts]))

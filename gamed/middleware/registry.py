@@ -33,6 +33,7 @@ from twisted.web.resource import Resource
 
 from gamed.config import ConfigError, PluginConfigError, Settings
 from gamed.events import EventBus
+from gamed.httputil import AdminGate
 from gamed.interfaces import IMiddleware
 
 ENTRY_POINT_GROUP = "gamed.middleware"
@@ -59,6 +60,8 @@ class PluginEnvironment:
     registry: CollectorRegistry
     rooms: Any  # read-only use: IRoomService
     control: Any = None  # IServerControl: kick, auth hook, reload; None in some unit tests
+    #: The admin token check, shared: the security plugin sets its source, others use it.
+    admin: AdminGate = field(default_factory=AdminGate)
 
 
 @dataclass

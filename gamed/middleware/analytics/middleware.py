@@ -732,7 +732,7 @@ def make_plugin(env: PluginEnvironment) -> PluginParts:
     return PluginParts(
         middleware=AnalyticsMiddleware(hub),
         service=AnalyticsService(hub),
-        resources={b"analytics": AnalyticsResource(hub)},
+        resources={b"analytics": AnalyticsResource(hub, env.admin)},
         stats=hub.realtime,
         reload=reload,
     )

@@ -1,7 +1,10 @@
 """HTTP for analytics: JSON reads and a Server-Sent Events stream, under /analytics/.
 
 Reads that need SQLite return NOT_DONE_YET and finish when the store's
-Deferred fires. The stream writes each event as it is aggregated; a client
+Deferred fires. Pages that name users (users, rooms, recent, top, the stream)
+need the admin token when one is configured (``AdminGate``, shared through the
+plugin environment); the index and /analytics/realtime are aggregate counters
+and stay open (docs/security.md). The stream writes each event as it is aggregated; a client
 whose socket buffer stays full gets its backlog counted and, past a bound, is
 disconnected (its missed events counted as dropped), never buffered forever.
 """
@@ -19,6 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from gamed.httputil import AdminGate
 from gamed.middleware.analytics.aggregates import EVENT_TYPES
 
 if TYPE_CHECKING:
@@ -76,10 +80,20 @@ def _id(text: bytes, lo: int, hi: int) -> int | None:
 
 class _Leaf(Resource):
     isLeaf = True
+    #: Names users (ids, their activity): needs the admin token when one is set.
+    private = True
 
-    def __init__(self, hub: Analytics) -> None:
+    def __init__(self, hub: Analytics, admin: AdminGate | None = None) -> None:
         super().__init__()
         self.hub = hub
+        self.admin = admin or AdminGate()
+
+    def render(self, request: Request) -> Any:
+        if self.private:
+            refused = self.admin.refusal(request)
+            if refused is not None:
+                return self.admin.refuse(request, refused)
+        return super().render(request)
 
 
 class UserPage(_Leaf):
@@ -105,6 +119,8 @@ class RoomPage(_Leaf):
 
 
 class RealtimePage(_Leaf):
+    private = False  # counters and queue sizes, no user in them
+
     def render_GET(self, request: Request) -> bytes:
         return _json(request, 200, self.hub.realtime())
 
@@ -216,14 +232,17 @@ class StreamPage(_Leaf):
 class AnalyticsResource(Resource):
     """/analytics/: the index, and one child per endpoint."""
 
-    def __init__(self, hub: Analytics) -> None:
+    def __init__(self, hub: Analytics, admin: AdminGate | None = None) -> None:
         super().__init__()
-        self.putChild(b"users", UserPage(hub))
-        self.putChild(b"rooms", RoomPage(hub))
-        self.putChild(b"realtime", RealtimePage(hub))
-        self.putChild(b"recent", RecentPage(hub))
-        self.putChild(b"top", TopPage(hub))
-        self.putChild(b"stream", StreamPage(hub))
+        for name, page in (
+            (b"users", UserPage),
+            (b"rooms", RoomPage),
+            (b"realtime", RealtimePage),
+            (b"recent", RecentPage),
+            (b"top", TopPage),
+            (b"stream", StreamPage),
+        ):
+            self.putChild(name, page(hub, admin))
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if path == b"":

@@ -981,6 +981,7 @@ def make_plugin(env: PluginEnvironment) -> PluginParts:
             rotated=", secret changed" if new.auth_secret != old.auth_secret else "",
         )
 
+    env.admin.set_source(lambda: current.admin_token)  # other plugins' private pages use it too
     admin = AdminResource(mw, lambda: current.admin_token, env.control)
     return PluginParts(
         middleware=mw,

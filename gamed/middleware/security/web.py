@@ -8,7 +8,6 @@ unknown paths 404, wrong methods 405.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import math
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from gamed.config import ConfigError
-from gamed.httputil import json_response
+from gamed.httputil import bearer_refusal, json_response
 from gamed.middleware.security.policy import normalize_ip
 
 if TYPE_CHECKING:
@@ -109,12 +108,9 @@ class AdminResource(Resource):
         expected = self._token()
         if expected is None:
             raise _HTTPError(403, "the admin API is off: start gamed with --admin-token-file")
-        header = request.getHeader(b"authorization") or b""
-        scheme, _, given = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not given:
-            raise _HTTPError(401, "missing 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(given.strip(), expected):
-            raise _HTTPError(401, "wrong admin token")
+        refused = bearer_refusal(request, expected)
+        if refused is not None:
+            raise _HTTPError(401, refused)
 
     def _route(self, request: Request, method: str) -> tuple[int, Any]:
         assert request.postpath is not None  # Site.getResourceFor sets it before any render
