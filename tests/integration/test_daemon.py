@@ -1,0 +1,336 @@
+"""gamed the way operators run it: `twistd` *without* -n (README, Operations).
+
+Each test starts a real daemon: `twistd --pidfile --logfile --umask 027 [--uid --gid] gamed`,
+on 127.0.0.1 with ports picked by the kernel and read back from the log. Run as root, the
+daemon drops to the `nobody` user (its run and data directories are made writable for it).
+Every wait is a poll with a deadline; every daemon is stopped (and killed if it must be)
+at teardown, and its log checked for tracebacks.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import TWISTD, WireClient, heartbeat_ok
+
+pytestmark = pytest.mark.slow
+
+AS_ROOT = os.geteuid() == 0
+START_TIMEOUT = 20.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns something true; its value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie the init process has not reaped yet counts as gone)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class Daemon:
+    """One `twistd gamed` daemon in its own directory tree under /tmp."""
+
+    def __init__(self, base: Path, *args: str, config: str = "") -> None:
+        self.run_dir, self.data_dir = base / "run", base / "data"
+        self.pidfile, self.logfile = self.run_dir / "gamed.pid", self.run_dir / "gamed.log"
+        self.run_dir.mkdir()
+        self.data_dir.mkdir()
+        ids: list[str] = []
+        if AS_ROOT:
+            nobody = pwd.getpwnam("nobody")
+            for d in (self.run_dir, self.data_dir):  # the daemon writes here after dropping root
+                os.chown(d, nobody.pw_uid, nobody.pw_gid)
+            ids = ["--uid", str(nobody.pw_uid), "--gid", str(nobody.pw_gid)]
+        extra: list[str] = []
+        if config:
+            (base / "gamed.toml").write_text(config)
+            extra = ["--config", str(base / "gamed.toml")]
+        self.command = [
+            TWISTD,
+            "--pidfile",
+            str(self.pidfile),
+            "--logfile",
+            str(self.logfile),
+            "--umask",
+            "027",
+            *ids,
+            "gamed",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--metrics-port",
+            "tcp:0:interface=127.0.0.1",
+            "--data-dir",
+            str(self.data_dir),
+            *extra,
+            *args,
+        ]
+        self.pid: int | None = None
+        self.port = self.http_port = 0
+        #: twistd's own process: forks the daemon, waits for its word, exits.
+        self.launch = subprocess.run(
+            self.command, cwd=self.run_dir, capture_output=True, text=True, timeout=START_TIMEOUT
+        )
+
+    # -- start and stop ------------------------------------------------------------------
+
+    def started(self) -> Daemon:
+        assert self.launch.returncode == 0, self.launch
+        assert self.launch.stdout + self.launch.stderr == "", "a daemon starts silently"
+        self.pid = int(wait_for(self._pid, 10, "the pidfile"))
+        game = wait_for(lambda: re.search(r"GameFactory starting on (\d+)", self.log()), 10, "port")
+        http = wait_for(lambda: re.search(r"QuietSite starting on (\d+)", self.log()), 10, "http")
+        self.port, self.http_port = int(game.group(1)), int(http.group(1))
+        return self
+
+    def _pid(self) -> str | None:
+        try:
+            text = self.pidfile.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return text or None
+
+    def log(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        assert self.pid is not None
+        os.kill(self.pid, sig)
+
+    def wait_gone(self, timeout: float) -> float:
+        """Seconds until the daemon has exited."""
+        assert self.pid is not None
+        pid, started = self.pid, time.monotonic()
+        wait_for(lambda: not alive(pid), timeout, "the daemon to exit")
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.pid is not None and alive(self.pid):
+            os.kill(self.pid, signal.SIGKILL)
+            wait_for(lambda: not alive(self.pid), 10, "the killed daemon")
+
+    # -- talking to it -----------------------------------------------------------------
+
+    def client(self, user_id: int | None = None) -> WireClient:
+        c = WireClient(self.port)
+        if user_id is not None:
+            c.connect(user_id)
+        return c
+
+    def http(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
+        try:
+            conn.request("GET", path, headers={"Connection": "close"})
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def stats(self) -> dict[str, Any]:
+        status, body = self.http("/stats")
+        assert status == 200
+        return orjson.loads(body)
+
+
+@pytest.fixture
+def daemon() -> Iterator[Callable[..., Daemon]]:
+    """A factory: ``daemon("--shutdown-grace", "3")`` launches one; all are gone at teardown."""
+    made: list[tuple[Path, Daemon]] = []
+
+    def launch(*args: str, config: str = "") -> Daemon:
+        # Not under pytest's tmp_path: its parents are 0700 root, out of reach for `nobody`.
+        base = Path(tempfile.mkdtemp(prefix="gamed-daemon-"))
+        base.chmod(0o755)
+        d = Daemon(base, *args, config=config)
+        made.append((base, d))
+        return d
+
+    yield launch
+    for base, d in made:
+        try:
+            d.kill()
+            assert "Traceback" not in d.log(), d.log()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def stop(d: Daemon, timeout: float = 15.0) -> float:
+    """SIGTERM; the seconds it took to exit. The pidfile is gone, the log clean."""
+    d.signal(signal.SIGTERM)
+    took = d.wait_gone(timeout)
+    wait_for(lambda: not d.pidfile.exists(), 5, "the pidfile to be removed")
+    log = d.log()
+    assert "Server Shut Down." in log
+    assert "Traceback" not in log, log
+    return took
+
+
+def metric_samples(body: bytes) -> dict[str, float]:
+    return {
+        s.name: s.value
+        for f in text_string_to_metric_families(body.decode())
+        for s in f.samples
+        if not s.labels
+    }
+
+
+# -- the tests ------------------------------------------------------------------------------
+
+
+def test_daemon_serves_as_configured(daemon: Callable[..., Daemon]) -> None:
+    d = daemon().started()
+    assert d.pid != os.getpid() and alive(d.pid)
+    if AS_ROOT:
+        uids = psutil.Process(d.pid).uids()
+        assert (uids.real, uids.effective) == (pwd.getpwnam("nobody").pw_uid,) * 2
+    c = d.client()
+    c.send({"Connect": {"room_id": 0, "user_id": 7}})
+    assert c.recv() == {"ConnectionAck": {"user_id": 7}}
+    assert heartbeat_ok(c)
+    c.close()
+    stores = wait_for(lambda: list(d.data_dir.glob("*.sqlite3")), 10, "the SQLite files")
+    for path in stores:
+        assert path.stat().st_mode & 0o027 == 0, f"--umask 027: {path} is {path.stat().st_mode:o}"
+    assert d.http("/healthz") == (200, b'{\n  "status": "serving"\n}\n')
+    stop(d)
+
+
+def test_metrics_collect_the_daemons_own_rss_and_cpu(daemon: Callable[..., Daemon]) -> None:
+    d = daemon(config="[middleware.metrics]\ncollection_interval = 0.2\n").started()
+    section = wait_for(
+        lambda: (s := d.stats()["metrics"])["collected"] and s, 10, "a metrics collection"
+    )
+    assert section["memory_mb"] > 0
+    assert section["cpu_percent"] >= 0
+    status, body = d.http("/metrics")
+    assert status == 200
+    samples = metric_samples(body)
+    rss = samples["gamed_memory_rss_bytes"]
+    assert rss > 0
+    assert "gamed_cpu_usage_ratio" in samples
+    real = psutil.Process(d.pid).memory_info().rss
+    assert 0.5 * real < rss < 2 * real, "the RSS of the daemon itself, not of twistd's parent"
+    log = d.log()
+    assert "metrics collection failed" not in log and "NoSuchProcess" not in log
+    stop(d)
+
+
+def test_sighup_is_logged_and_the_daemon_lives_on(daemon: Callable[..., Daemon]) -> None:
+    d = daemon().started()
+    before = d.log().count("reload")
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: d.log().count("reload") > before, 10, "a reload line in the log")
+    assert alive(d.pid)
+    c = d.client(1)
+    assert heartbeat_ok(c)
+    c.close()
+    stop(d)
+
+
+def test_sigterm_drains_for_the_grace_then_exits(daemon: Callable[..., Daemon]) -> None:
+    grace = 3.0
+    d = daemon("--shutdown-grace", f"{grace:g}").started()
+    stays, leaves = d.client(1), d.client(2)
+    stays.join(4)
+    leaves.join(4)
+    stays.recv()  # UserJoinedRoom
+
+    d.signal(signal.SIGTERM)
+    sent = time.monotonic()
+    notice = {"SystemMessage": {"message": "server is shutting down"}}
+    assert leaves.recv() == notice
+    leaves.close()  # one client leaves at once...
+    assert stays.recv() == notice  # ...one stays connected
+
+    # /healthz answers 503 (not a refused connection) while the drain lasts.
+    assert wait_for(lambda: d.http("/healthz")[0] == 503, 5, "/healthz 503")
+    late = WireClient(d.port)  # the game port still accepts: a new client is told why
+    got = late.expect_closed(timeout=5)
+    assert got and got[0]["Error"]["code"] == 503, got
+
+    answers: list[int] = []
+
+    def healthz_until_gone() -> bool:
+        try:
+            answers.append(d.http("/healthz", timeout=1)[0])
+        except OSError:
+            return True  # the HTTP port closed: the drain is over
+        return False
+
+    wait_for(healthz_until_gone, grace + 10, "the HTTP port to close")
+    served_503_for = time.monotonic() - sent
+    assert set(answers) == {503}, answers
+    assert served_503_for >= grace - 0.5, f"/healthz 503 only {served_503_for:.2f}s"
+
+    assert stays.expect_closed(timeout=10) == []  # closed by the server once the grace ended
+    closed_after = time.monotonic() - sent
+    assert grace - 0.5 <= closed_after <= grace + 3, closed_after
+    took = d.wait_gone(10) + closed_after
+    wait_for(lambda: not d.pidfile.exists(), 5, "the pidfile to be removed")
+    log = d.log()
+    assert "draining: 2 clients told to leave" in log
+    assert re.search(r"drained in \d+\.\d\ds", log)
+    assert "Server Shut Down." in log and "Traceback" not in log
+    assert took < grace + 5
+
+
+def test_sigterm_ends_early_when_every_client_leaves(daemon: Callable[..., Daemon]) -> None:
+    d = daemon("--shutdown-grace", "30").started()
+    c = d.client(1)
+    d.signal(signal.SIGTERM)
+    sent = time.monotonic()
+    assert c.recv() == {"SystemMessage": {"message": "server is shutting down"}}
+    c.close()
+    d.wait_gone(10)
+    assert time.monotonic() - sent < 5, "no waiting for the grace once every client has gone"
+    wait_for(lambda: not d.pidfile.exists(), 5, "the pidfile to be removed")
+    assert "Traceback" not in d.log()
+
+
+@pytest.mark.parametrize("which", ["--port", "--metrics-port"])
+def test_a_taken_port_exits_1_with_one_line_and_no_pidfile(
+    daemon: Callable[..., Daemon], which: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        d = daemon(which, f"tcp:{port}:interface=127.0.0.1")
+    assert d.launch.returncode == 1, d.launch
+    lines = (d.launch.stdout + d.launch.stderr).splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"gamed: cannot listen on 127.0.0.1:{port}: "), lines
+    assert "Address already in use" in lines[0]
+    assert not d.pidfile.exists()
+    assert "Traceback" not in d.log()
