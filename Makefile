@@ -1,5 +1,6 @@
 # gamed — the two commands that matter are `make run` and `make test`.
-# Both bootstrap .venv from nothing (Python 3.11+, no other prerequisites).
+# Both bootstrap .venv from nothing (Python 3.11+); `make test` also installs the
+# Debian packages the suite needs (.ci/debian-packages.txt, via .ci/install-deps.sh).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -9,27 +10,32 @@ PORT   ?= 7000
 # installs new dependencies without a manual step.
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit integration bench clean distclean release-test
+.PHONY: run test deps lint unit integration bench clean distclean release-test
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# compat mode puts the project root on sys.path, so twistd sees
-	# twisted/plugins/gamed_plugin.py (PEP 660 strict mode does not, with a flat layout).
-	$(BIN)/python -m pip install --quiet --config-settings editable_mode=compat -e '.[test,bench]'
+	# setup.cfg's `package_dir = =.` makes setuptools' default editable mode a
+	# plain .pth with the project root, so twistd finds twisted/plugins/gamed_plugin.py
+	# from any directory (its import-hook mode would not; compat mode is deprecated).
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/twistd -n gamed --port $(PORT)
 
-test: $(STAMP) lint
+test: $(STAMP) deps lint
 	$(BIN)/python -m pytest -q
+
+# System packages (Prometheus): installed when missing, with sudo when not root.
+deps:
+	bash .ci/install-deps.sh
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) deps
 	$(BIN)/python -m pytest -q tests/integration
 
 # mypy and import-linter read their settings (files, plugins, contracts) from setup.cfg.
