@@ -103,11 +103,16 @@ class Daemon:
     # -- start and stop ------------------------------------------------------------------
 
     def started(self) -> Daemon:
+        """twistd has returned: the daemon must already be listening, its pidfile written."""
         assert self.launch.returncode == 0, self.launch
         assert self.launch.stdout + self.launch.stderr == "", "a daemon starts silently"
-        self.pid = int(wait_for(self._pid, 10, "the pidfile"))
-        game = wait_for(lambda: re.search(r"GameFactory starting on (\d+)", self.log()), 10, "port")
-        http = wait_for(lambda: re.search(r"QuietSite starting on (\d+)", self.log()), 10, "http")
+        pid = self._pid()
+        assert pid is not None, "the pidfile exists when twistd returns"
+        self.pid = int(pid)
+        log = self.log()
+        game = re.search(r"GameFactory starting on (\d+)", log)
+        http = re.search(r"QuietSite starting on (\d+)", log)
+        assert game and http, f"both ports are bound when twistd returns:\n{log}"
         self.port, self.http_port = int(game.group(1)), int(http.group(1))
         return self
 

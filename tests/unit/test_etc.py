@@ -23,3 +23,19 @@ def test_systemd_unit_runs_twistd_in_the_foreground_and_restarts() -> None:
     assert "twistd --nodaemon" in unit
     assert "Restart=always" in unit
     assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
+
+
+def test_systemd_install_recipe_creates_the_config_dir_and_the_plugin_cache() -> None:
+    lines = [
+        line.removeprefix("#").strip()
+        for line in (ETC / "gamed.service").read_text().splitlines()
+        if line.startswith("#   ")
+    ]
+    mkdir = next(i for i, line in enumerate(lines) if "install -d" in line and "/etc/gamed" in line)
+    copy = next(i for i, line in enumerate(lines) if "gamed.toml /etc/gamed/" in line)
+    assert mkdir <= copy, "the config is copied after its directory exists"
+    pip = next(i for i, line in enumerate(lines) if "pip install" in line)
+    cache = next(i for i, line in enumerate(lines) if "getPlugins(IPlugin)" in line)
+    assert pip < cache, "the plugin cache is written after the install, as root"
+    enable = next(i for i, line in enumerate(lines) if "systemctl" in line and "enable" in line)
+    assert cache < enable

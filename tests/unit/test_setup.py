@@ -44,3 +44,12 @@ def test_the_editable_install_is_a_plain_pth_of_the_project_root() -> None:
     (pth,) = pths
     assert pth.suffix == ".pth", "setuptools chose an import hook (finder), not a path"
     assert Path(pth.read_text().strip()).resolve() == ROOT.resolve()
+
+
+def test_the_readme_documents_what_the_issue_found_missing() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(r"gamed-client [^`]*--token", readme), "gamed-client's --token"
+    assert "these two commands are the whole set-up" in readme
+    assert ".ci/debian-packages.txt" in readme
+    games = (ROOT / "docs" / "games.md").read_text()
+    assert "`started_total` and `ended_total` do not count the same games" in games
