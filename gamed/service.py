@@ -155,9 +155,40 @@ class ServerRoot(MultiService):
         game = self.namedServices.get("game")
         if not isinstance(game, GameService) or not game.running:
             return super().stopService()
+        restore = self._hold_stop_signals()
         d = game.drain()
         d.addCallback(lambda _: MultiService.stopService(self))
-        return d
+        return d.addBoth(lambda result: (restore(), result)[1])
+
+    def _hold_stop_signals(self) -> Callable[[], None]:
+        """Log a second SIGTERM/SIGINT during the drain instead of passing it to twistd.
+
+        twistd's handler calls reactor.stop() again, which raises
+        ReactorNotRunning (a traceback in the log); the drain is bounded
+        (``--shutdown-grace`` + 1 s) anyway. Returns the function restoring
+        the previous handlers. Only on a real reactor in the main thread.
+        """
+        if not (
+            hasattr(self._reactor, "callFromThread")
+            and threading.current_thread() is threading.main_thread()
+        ):
+            return lambda: None
+        reactor = self._reactor
+
+        def again(signum: int, frame: object) -> None:
+            reactor.callFromThread(
+                _log.info,
+                "{signal} while draining: already stopping (at most --shutdown-grace + 1 s)",
+                signal=signal.Signals(signum).name,
+            )
+
+        previous = {sig: signal.signal(sig, again) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
 
     def reload(self) -> Any:
         """Reload the config, all or nothing; one log line either way.

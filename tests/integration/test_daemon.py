@@ -280,6 +280,8 @@ def test_sigterm_drains_for_the_grace_then_exits(daemon: Callable[..., Daemon]) 
 
     # /healthz answers 503 (not a refused connection) while the drain lasts.
     assert wait_for(lambda: d.http("/healthz")[0] == 503, 5, "/healthz 503")
+    d.signal(signal.SIGTERM)  # an impatient operator: logged, no second stop (no traceback)
+    wait_for(lambda: "SIGTERM while draining" in d.log(), 5, "the second SIGTERM logged")
     late = WireClient(d.port)  # the game port still accepts: a new client is told why
     got = late.expect_closed(timeout=5)
     assert got and got[0]["Error"]["code"] == 503, got
