@@ -80,7 +80,7 @@ class Options(usage.Options):
             "shutdown-grace",
             None,
             None,
-            f"Seconds clients get to close on SIGTERM before they are aborted "
+            f"Seconds clients get to leave on SIGTERM before the rest are closed "
             f"[default: {_d.shutdown_grace:g}]",
         ],
         [
