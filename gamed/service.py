@@ -60,17 +60,23 @@ class GameService(MultiService):
         return d
 
 
-def daemon_launcher(options: object) -> MutableMapping[str, Any] | None:
-    """twistd's own options when it is going to fork (daemon mode), else None.
+def twistd_options(options: object) -> MutableMapping[str, Any] | None:
+    """twistd's own options when it runs us, else None (tests, tools).
 
     twistd parses ``twistd [its options] gamed [ours]``, so our Options'
     ``parent`` is its ServerOptions: ``nodaemon`` (``-n``, or implied by
-    ``--debug``), and after the fork ``statusPipe`` and ``pidfile``.
+    ``--debug``), ``pidfile``, and in daemon mode after the fork ``statusPipe``.
     """
     parent = getattr(options, "parent", None)
     if not isinstance(parent, MutableMapping) or "nodaemon" not in parent:
         return None
-    if parent.get("nodaemon") or parent.get("debug"):
+    return parent
+
+
+def daemon_launcher(options: object) -> MutableMapping[str, Any] | None:
+    """twistd's own options when it is going to fork (daemon mode), else None."""
+    parent = twistd_options(options)
+    if parent is None or parent.get("nodaemon") or parent.get("debug"):
         return None
     return parent
 
@@ -120,11 +126,14 @@ class ServerRoot(MultiService):
     of a traceback. In daemon mode twistd has already forked: its first
     process waits for the child's word on a status pipe (and holds the pipe's
     write end itself, so a child that just dies leaves it waiting forever), so
-    the line goes through that pipe and the pidfile is removed first.
+    the line goes through that pipe. Either way the pidfile twistd wrote is
+    removed (twistd removes it only for an Exception, not SystemExit).
     """
 
-    #: twistd's options when it daemonized us (set by gamed.tap), else None.
+    #: twistd's options when twistd runs us (set by gamed.tap), else None.
     launcher: MutableMapping[str, Any] | None = None
+    #: --data-dir, checked after twistd dropped privileges (set by gamed.tap).
+    data_dir: str | None = None
 
     def __init__(self, reactor: Any = None, reload: Callable[[], Any] | None = None) -> None:
         super().__init__()
@@ -133,6 +142,12 @@ class ServerRoot(MultiService):
         self._old_hup: Any = None
 
     def startService(self) -> None:
+        if self.data_dir is not None and not os.access(self.data_dir, os.W_OK | os.X_OK):
+            # After --uid/--gid: say it in one line rather than let each plugin's
+            # SQLite fail with a traceback.
+            line = f"gamed: --data-dir {self.data_dir} is not writable by uid {os.getuid()}"
+            self.report_start_failure(line)
+            raise SystemExit(line)
         super().startService()
         # SIGHUP re-reads the config (hot reload). Only on a real reactor in the
         # main thread: signal handlers cannot be set anywhere else.
@@ -228,21 +243,22 @@ class ServerRoot(MultiService):
             raise
 
     def report_start_failure(self, line: str) -> None:
-        """Daemon mode: hand ``line`` to twistd's waiting first process, drop the pidfile.
+        """Drop twistd's pidfile; in daemon mode, hand ``line`` to twistd's waiting parent.
 
         twistd's parent prints what the pipe carries and exits 1; twistd's own
         error path (for an Exception) would also write a traceback to the log.
         """
         launcher = self.launcher
-        pipe = launcher.get("statusPipe") if launcher is not None else None
-        if launcher is None or pipe is None:
+        if launcher is None:
             return
-        launcher["statusPipe"] = None  # said once; twistd must not write "0" after it
-        try:
-            os.write(pipe, b"1 " + line.encode("ascii", "backslashreplace")[:98])
-            os.close(pipe)
-        except OSError:
-            pass
+        pipe = launcher.get("statusPipe")
+        if pipe is not None:
+            launcher["statusPipe"] = None  # said once; twistd must not write "0" after it
+            try:
+                os.write(pipe, b"1 " + line.encode("ascii", "backslashreplace")[:98])
+                os.close(pipe)
+            except OSError:
+                pass
         pidfile = launcher.get("pidfile")
         if pidfile:
             try:

@@ -21,7 +21,13 @@ from gamed.protocol import GameFactory
 from gamed.reconfig import Reloader, validate_config
 from gamed.rooms import RoomService
 from gamed.router import Router
-from gamed.service import GameService, ServerRoot, daemon_launcher, probe_listen
+from gamed.service import (
+    GameService,
+    ServerRoot,
+    daemon_launcher,
+    probe_listen,
+    twistd_options,
+)
 from gamed.telemetry import ServerMetrics, TrafficCollector
 from gamed.web import make_site
 
@@ -221,7 +227,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
 
     reloader = Reloader(cli, validated, parts, apply_server)
     top = ServerRoot(reactor, reloader)
-    top.launcher = launcher
+    top.launcher = twistd_options(options)
+    top.data_dir = settings.data_dir
     router.reloader = top.reload  # the admin API's reload: logged like a SIGHUP
     games.service.setServiceParent(top)
     for name, p in parts:

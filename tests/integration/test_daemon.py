@@ -341,3 +341,77 @@ def test_a_taken_port_exits_1_with_one_line_and_no_pidfile(
     assert "Address already in use" in lines[0]
     assert not d.pidfile.exists()
     assert "Traceback" not in d.log()
+
+
+def test_in_the_foreground_a_taken_port_leaves_no_pidfile_either(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        pidfile = tmp_path / "gamed.pid"
+        r = subprocess.run(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile",
+                str(pidfile),
+                "gamed",
+                "--port",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--metrics-port",
+                "none",
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+        )
+    assert r.returncode == 1
+    assert f"gamed: cannot listen on 127.0.0.1:{port}: " in r.stdout + r.stderr  # -n logs to stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    assert not pidfile.exists()
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="--uid needs root")
+def test_a_data_dir_the_user_cannot_write_fails_in_one_line() -> None:
+    base = Path(tempfile.mkdtemp(prefix="gamed-daemon-"))
+    try:
+        base.chmod(0o755)
+        (base / "run").mkdir()
+        (base / "data").mkdir()  # root's, 0755: not writable by nobody
+        nobody = pwd.getpwnam("nobody")
+        os.chown(base / "run", nobody.pw_uid, nobody.pw_gid)
+        r = subprocess.run(
+            [
+                TWISTD,
+                "--pidfile",
+                str(base / "run" / "gamed.pid"),
+                "--logfile",
+                str(base / "run" / "gamed.log"),
+                "--uid",
+                str(nobody.pw_uid),
+                "--gid",
+                str(nobody.pw_gid),
+                "gamed",
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--metrics-port",
+                "none",
+                "--data-dir",
+                str(base / "data"),
+            ],
+            cwd=base / "run",
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+        )
+        assert r.returncode == 1, r
+        assert f"gamed: --data-dir {base / 'data'} is not writable by uid {nobody.pw_uid}" in (
+            r.stderr
+        )
+        assert not (base / "run" / "gamed.pid").exists()
+        assert "Traceback" not in (base / "run" / "gamed.log").read_text()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

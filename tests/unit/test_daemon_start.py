@@ -110,8 +110,8 @@ def test_foreground_make_service_does_not_probe(tmp_path: Path, taken: int) -> N
         "--data-dir",
         str(tmp_path / "d"),
     )
-    service = tap.makeService(options, reactor=MemoryReactorClock())
-    assert service.launcher is None
+    service = tap.makeService(options, reactor=MemoryReactorClock())  # no SystemExit
+    assert service.launcher is not None and service.launcher.get("statusPipe") is None
 
 
 class FailingBind(Service):
@@ -144,3 +144,30 @@ def test_foreground_bind_failure_touches_no_pipe() -> None:
     FailingBind().setServiceParent(root)
     with pytest.raises(SystemExit):
         root.privilegedStartService()
+
+
+def test_a_foreground_bind_failure_removes_twistds_pidfile(tmp_path: Path) -> None:
+    """twistd writes the pidfile before binding and removes it only for an Exception."""
+    pidfile = tmp_path / "gamed.pid"
+    pidfile.write_text(str(os.getpid()))
+    root = ServerRoot()
+    root.launcher = Launcher(nodaemon=True, pidfile=str(pidfile))
+    FailingBind().setServiceParent(root)
+    with pytest.raises(SystemExit):
+        root.privilegedStartService()
+    assert not pidfile.exists()
+
+
+def test_a_data_dir_the_dropped_user_cannot_write_is_one_line(tmp_path: Path) -> None:
+    r, w = os.pipe()
+    root = ServerRoot()
+    root.launcher = Launcher(nodaemon=False, statusPipe=w, pidfile="")
+    root.data_dir = str(tmp_path / "missing")  # as root, os.access passes any existing dir
+    try:
+        with pytest.raises(SystemExit, match=r"^gamed: --data-dir .*missing is not writable"):
+            root.startService()
+        said = os.read(r, 200)
+    finally:
+        os.close(r)
+    assert said.startswith(b"1 gamed: --data-dir ")
+    assert not root.running
