@@ -170,7 +170,12 @@ class Router:
         """
         d: defer.Deferred[None] = defer.Deferred()
         if self._drained is not None:  # under way: end with it
-            self._drained.addBoth(lambda r: (d.callback(None), r)[1])
+
+            def join(result: object) -> object:
+                d.callback(None)
+                return result
+
+            self._drained.addBoth(join)
             return d
         self.draining = True
         if self._drain_over or not self.connections:
@@ -181,14 +186,13 @@ class Router:
         notice = codec.frame(m.SystemMessage(text))
         for conn in list(self.connections):
             conn.send_frame(notice)
-        if self.games is not None:
-            for room in self.rooms.rooms():
-                state = self.games.game_state(room.room_id)
-                if state is not None:
-                    game_notice = m.SystemMessage(
-                        f"{text}: the game in room {room.room_id} ({state}) cannot finish"
-                    )
-                    self.rooms.broadcast(room.room_id, codec.frame(game_notice))
+        for room in self.rooms.rooms():
+            state = self.games.game_state(room.room_id)  # NullGames: always None
+            if state is not None:
+                game_notice = m.SystemMessage(
+                    f"{text}: the game in room {room.room_id} ({state}) cannot finish"
+                )
+                self.rooms.broadcast(room.room_id, codec.frame(game_notice))
         grace = self.settings.shutdown_grace
         calls: list[Any] = []
 

@@ -54,7 +54,7 @@ class GameService(MultiService):
 
         return router.drain().addBoth(drained)
 
-    def stopService(self) -> defer.Deferred[object]:
+    def stopService(self) -> defer.Deferred[None]:
         d = self.drain()
         d.addCallback(lambda _: MultiService.stopService(self))  # closes the listener
         return d
@@ -140,6 +140,8 @@ class ServerRoot(MultiService):
         self._reactor = reactor
         self._reload = reload
         self._old_hup: Any = None
+        #: The live state behind the services, for tests and tools (set by makeService).
+        self.router: Router | None = None
 
     def startService(self) -> None:
         if self.data_dir is not None and not os.access(self.data_dir, os.W_OK | os.X_OK):
