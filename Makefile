@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 7000
+# `make bench BENCH_ARGS=--quick`; results land in the working directory (gitignored).
+BENCH_OUT  ?= bench-results.json
+BENCH_ARGS ?=
 # The stamp is rebuilt when the packaging changes, so `make test` after a pull
 # installs new dependencies without a manual step.
 STAMP  := $(VENV)/.installed
@@ -40,15 +43,16 @@ integration: $(STAMP) deps
 
 # mypy and import-linter read their settings (files, plugins, contracts) from setup.cfg.
 lint: $(STAMP)
-	$(BIN)/ruff check gamed tests twisted bench
-	$(BIN)/ruff format --check gamed tests twisted bench
+	$(BIN)/ruff check gamed tests twisted
+	$(BIN)/ruff format --check gamed tests twisted
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-logo
 
 bench: $(STAMP)
-	$(BIN)/python -m gamed.bench.suite
+	$(BIN)/python -m gamed.bench.suite --out $(BENCH_OUT) $(BENCH_ARGS)
 
-# Build a wheel, install it in a throwaway venv and ask twistd for the plugin:
+# Build a wheel, install it in a throwaway venv and ask twistd for the plugin, then
+# run the bench suite (floor server started by module) outside the checkout:
 # catches packaging mistakes an editable install hides.
 release-test:
 	rm -rf build/release-venv dist
@@ -57,6 +61,12 @@ release-test:
 	build/release-venv/bin/python -m build --wheel --outdir dist .
 	build/release-venv/bin/python -m pip install --quiet dist/*.whl
 	cd / && $(CURDIR)/build/release-venv/bin/twistd --help | grep gamed > /dev/null && echo "release-test: twistd lists gamed"
+	cd / && $(CURDIR)/build/release-venv/bin/python -m gamed.bench.suite --help > /dev/null && echo "release-test: gamed.bench.suite --help"
+	cd / && $(CURDIR)/build/release-venv/bin/python -m gamed.bench.suite --quick \
+		--targets floor-orjson --scenarios churn --out $(CURDIR)/build/release-bench.json \
+		> $(CURDIR)/build/release-bench.log 2>&1 \
+		|| { cat $(CURDIR)/build/release-bench.log; exit 1; }
+	@echo "release-test: the suite ran the floor (python -m gamed.bench.floor) from the wheel"
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .import_linter_cache .hypothesis _trial_temp*

@@ -6,16 +6,21 @@
     gamed-bench games --games 200
     gamed-bench churn --workers 20
 
-A readable table goes to stdout (``--json``: exactly one line of JSON instead); a
-progress bar goes to stderr only when it is a terminal. Exit status 0 on success,
-2 when connecting to the server failed, 1 on a bad command line.
+A readable table goes to stdout (``--json``: exactly one line of JSON instead);
+``--out PATH`` also writes the result as JSON to PATH (relative to the working
+directory). A progress bar goes to stderr only when it is a terminal. Exit status 0
+on success, 2 when connecting to the server failed, 1 on a bad command line.
+
+The whole suite (every scenario against the floors and gamed variants) is
+``python -m gamed.bench.suite``; ``python -m gamed.bench.floor`` is the floor server.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import orjson
 
@@ -25,8 +30,10 @@ from gamed.bench.stats import format_result
 EXIT_CONNECT_FAILED = 2
 
 
-def _positive(kind: type) -> object:
-    def parse(text: str) -> object:
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    """An argparse type that refuses negative numbers (named like ``kind`` in errors)."""
+
+    def parse(text: str) -> float:
         value = kind(text)
         if value < 0:
             raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
@@ -64,7 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="client i uses user_id base+i; keep runs sharing a server apart",
     )
     g.add_argument("--room-id-base", type=int, default=d.room_id_base, help="first room id")
+    g.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        help="the server's pid, to report its RSS (idle, games, users) and CPU (fanout)",
+    )
     g.add_argument("--json", action="store_true", help="print one line of JSON, not a table")
+    g.add_argument("--out", metavar="PATH", default=None, help="also write the result JSON to PATH")
     g.add_argument("--no-uvloop", action="store_true", help="use asyncio's own loop")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for jitter and sampling")
 
@@ -94,7 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("idle", parents=[common], help="joined connections that only heartbeat")
     i.add_argument("--connections", type=int, default=d.connections, help="default %(default)s")
     i.add_argument("--rooms", type=int, default=100, help="spread over this many rooms (0: none)")
-    i.add_argument("--server-pid", type=int, default=None, help="report this process's RSS")
     i.add_argument("--heartbeat-interval", type=_positive(float), default=d.heartbeat_interval)
 
     gm = sub.add_parser("games", parents=[common], help="2-player games played to the end")
@@ -103,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("churn", parents=[common], help="connect/join/leave/disconnect cycles")
     c.add_argument("--workers", type=int, default=d.workers, help="concurrent workers")
     c.add_argument("--rooms", type=int, default=10, help="rooms the workers spread over")
+
+    u = sub.add_parser(
+        "users", parents=[common], help="distinct users sign on and leave; server RSS growth"
+    )
+    u.add_argument("--users", type=int, default=d.users, help="default %(default)s")
+    u.add_argument("--workers", type=int, default=d.workers, help="users signing on at once")
+    u.add_argument(
+        "--settle", type=_positive(float), default=d.settle, help="seconds before each RSS reading"
+    )
     assert set(sub.choices) == set(SCENARIO_NAMES)
     return ap
 
@@ -124,6 +146,8 @@ def validate(cfg: BenchConfig) -> str | None:
             return "--rooms and --members must be >= 1"
         if cfg.rate <= 0 and cfg.window < 1:
             return "--window must be >= 1 in closed loop"
+    if cfg.scenario == "users" and cfg.users < 1:
+        return "--users must be >= 1"
     if cfg.connect_concurrency < 1:
         return "--connect-concurrency must be >= 1"
     if not 0 <= cfg.user_id_base <= 0xFFFFFFFF - 1_000_000:
@@ -140,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         ap.error(problem)
     result = run(cfg)
+    if ns.out:
+        out = Path(ns.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     if ns.json:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Sequence
 from typing import Any, cast
 
 from gamed.bench import wire
@@ -172,10 +173,10 @@ async def open_client(
     transport, _ = await asyncio.wait_for(
         loop.create_connection(lambda: client, host, port), timeout
     )
-    return transport  # type: ignore[return-value]
+    return transport
 
 
-async def close_all(clients: list[BenchClient], timeout: float = 5.0) -> None:
+async def close_all(clients: Sequence[BenchClient], timeout: float = 5.0) -> None:
     """Close every connection and wait (bounded) until the loop saw them go."""
     for c in clients:
         c.close()

@@ -1,4 +1,4 @@
-"""The load scenarios (fanout, idle, games, churn) and the library entry point ``run``.
+"""The load scenarios (fanout, idle, games, churn, users) and the library entry point ``run``.
 
 Each scenario is an ``async`` function ``(Run) -> dict`` returning a result in the shape
 of ``stats.make_result``. ``run_async`` wraps it in one hard timeout
@@ -30,7 +30,7 @@ from gamed.bench.stats import (
 
 #: Seconds allowed for closing connections after the measured window, plus margin.
 TEARDOWN_SLACK = 10.0
-SCENARIO_NAMES = ("fanout", "idle", "games", "churn")
+SCENARIO_NAMES = ("fanout", "idle", "games", "churn", "users")
 
 
 @dataclass
@@ -60,8 +60,12 @@ class BenchConfig:
     heartbeat_interval: float = 10.0
     # games
     games: int = 200
-    # churn
+    # churn, users
     workers: int = 20
+    # users: distinct users through the server, after a warm-up pass of users // 5
+    users: int = 100_000
+    #: users: seconds to wait before each RSS reading (covers analytics' 5 s flush).
+    settle: float = 6.0
     # running
     progress: bool = False
     use_uvloop: bool = True
@@ -69,10 +73,28 @@ class BenchConfig:
 
     def hard_timeout(self) -> float:
         """The whole run never takes longer than this (seconds)."""
+        if self.scenario == "users":
+            passes = pass_bound(self.users // 5) + pass_bound(self.users) + 2 * self.settle
+            return passes + self.connect_timeout + TEARDOWN_SLACK
         return self.warmup + self.duration + self.connect_timeout + TEARDOWN_SLACK
 
     def target(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def id_span(self) -> int:
+        """How many user ids from ``user_id_base`` on this run uses (to keep runs apart)."""
+        return {
+            "fanout": self.rooms * self.members,
+            "idle": self.connections,
+            "games": 2 * self.games,
+            "churn": max(1, self.workers) * 16,
+            "users": self.users + self.users // 5,
+        }.get(self.scenario, 0)
+
+
+def pass_bound(users: int) -> float:
+    """Seconds a pass of ``users`` sign-ons may take: far above any server's pace (200/s)."""
+    return 30.0 + users / 200
 
 
 @dataclass
@@ -126,6 +148,21 @@ def read_rss_kib(pid: int) -> int | None:
         return int(psutil.Process(pid).memory_info().rss // 1024)
     except Exception:
         return None
+
+
+def read_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used so far; None if unknown.
+
+    Server CPU per unit of work depends less on how the shared machine scheduled the
+    load generator than throughput does: it is what the plugin cost scripts reported.
+    """
+    try:
+        import psutil
+
+        t = psutil.Process(pid).cpu_times()
+    except Exception:
+        return None
+    return float(t.user + t.system)
 
 
 class Progress:
@@ -374,23 +411,30 @@ async def fanout(run: Run) -> dict[str, Any]:
             for c in live:
                 c.fill()
         await phase(run, cfg.warmup, "warmup")
+        pid = cfg.server_pid
+        cpu0 = read_cpu_s(pid) if pid else None
         before = run.counters.snapshot()
         run.recording = True
         m0 = loop.time()
         await phase(run, cfg.duration, "measure")
         after = run.counters.snapshot()
         measured = loop.time() - m0
+        cpu1 = read_cpu_s(pid) if pid else None
         run.recording = False
         run.sending = False
         for c in live:
             c.stop()
         win = window(before, after)
+        cpu_per_delivery = None
+        if cpu0 is not None and cpu1 is not None and win["deliveries"]:
+            cpu_per_delivery = round((cpu1 - cpu0) / win["deliveries"] * 1e6, 3)
         metrics: dict[str, Any] = {
             "clients": len(live),
             "setup_s": round(setup_s, 2),
             "deliveries_per_s": per_second(win["deliveries"], measured),
             "sends_per_s": per_second(win["sends"], measured),
             "fanout": round(win["deliveries"] / win["sends"], 2) if win["sends"] else None,
+            "server_cpu_us_per_delivery": cpu_per_delivery,
         }
         metrics.update(latency_metrics("echo", run.latency))
         return finish(run, metrics, win, measured, loop.time() - t_start, params)
@@ -552,11 +596,14 @@ async def games(run: Run) -> dict[str, Any]:
     for g, p in enumerate(game_pairs):
         players.append(GamePlayer(cfg.user_id_base + 2 * g, p, run, starter=True))
         players.append(GamePlayer(cfg.user_id_base + 2 * g + 1, p, run, starter=False))
-    params = {"games": cfg.games, "duration": cfg.duration}
+    params = {"games": cfg.games, "duration": cfg.duration, "server_pid": cfg.server_pid}
+    pid = cfg.server_pid
     try:
+        rss_before = read_rss_kib(pid) if pid else None
         ok, setup_s = await connect_all(
             run, [(c, c.pair.room_id) for c in players], sequential_pairs=True
         )
+        rss_connected = read_rss_kib(pid) if pid else None
         ok_ids = {id(c) for c in ok}
         live = [
             p
@@ -599,6 +646,9 @@ async def games(run: Run) -> dict[str, Any]:
             "setup_s": round(setup_s, 2),
             "games_per_s": per_second(len(completed), span),
             "actions_per_s": per_second(win["sends"], span),
+            "rss_before_kib": rss_before,
+            "rss_connected_kib": rss_connected,
+            "rss_end_kib": read_rss_kib(pid) if pid else None,
         }
         metrics.update(latency_metrics("action", run.latency))
         return finish(run, metrics, win, span, loop.time() - t_start, params)
@@ -697,6 +747,96 @@ async def churn(run: Run) -> dict[str, Any]:
         await close_all(leftovers, timeout=2.0)
 
 
+# -- users ------------------------------------------------------------------------------
+
+
+async def _sign_on(run: Run, first_uid: int, count: int, deadline: float) -> int:
+    """``count`` distinct users, ``workers`` at a time: connect, Connect, ack, close.
+
+    Stops at ``deadline`` (loop time); returns how many users got their ack.
+    """
+    cfg = run.cfg
+    loop = asyncio.get_running_loop()
+    step = min(5.0, cfg.connect_timeout)
+    next_uid, end_uid, done = first_uid, first_uid + count, 0
+
+    async def worker() -> None:
+        nonlocal next_uid, done
+        while next_uid < end_uid and loop.time() < deadline:
+            uid = next_uid
+            next_uid += 1
+            c = BenchClient(uid, run.counters)
+            try:
+                await open_client(c, cfg.host, cfg.port, step)
+                await c.handshake(step)
+                done += 1
+            except ServerError:
+                await asyncio.sleep(0.01)  # already counted as an Error frame
+            except (OSError, TimeoutError, Closed) as e:
+                run.counters.connect_failures += 1
+                run.note(f"user failed: {describe(e)}")
+                await asyncio.sleep(0.05)
+            finally:
+                c.close()
+            if c.transport is not None:  # wait until the loop saw it go: fds stay bounded
+                await asyncio.wait({c.closed}, timeout=step)
+            if run.progress is not None and uid % 1000 == 0:
+                run.progress.show("users", (uid - first_uid) / max(1, count), f"{done}")
+
+    await asyncio.gather(*(worker() for _ in range(max(1, cfg.workers))))
+    return done
+
+
+async def users(run: Run) -> dict[str, Any]:
+    """N distinct users sign on and leave; the server's RSS growth across them.
+
+    A warm-up pass of N/5 users first (allocator arenas, caches, first database pages),
+    ``settle`` seconds, RSS; then the N users, ``settle`` seconds, RSS: a server that
+    keeps per-user state it should have dropped grows with N. The passes are counted,
+    not timed (``warmup`` and ``duration`` do not apply); ``pass_bound`` bounds each.
+    """
+    cfg = run.cfg
+    loop = asyncio.get_running_loop()
+    t_start = loop.time()
+    pid = cfg.server_pid
+    params = {
+        "users": cfg.users,
+        "workers": cfg.workers,
+        "settle": cfg.settle,
+        "server_pid": pid,
+    }
+    warm = cfg.users // 5
+    await _sign_on(run, cfg.user_id_base + cfg.users, warm, loop.time() + pass_bound(warm))
+    await phase(run, cfg.settle, "settle")
+    rss_before = read_rss_kib(pid) if pid else None
+    if pid and rss_before is None:
+        run.note(f"cannot read RSS of pid {pid}")
+    before = run.counters.snapshot()
+    m0 = loop.time()
+    bound = pass_bound(cfg.users)
+    done = await _sign_on(run, cfg.user_id_base, cfg.users, m0 + bound)
+    measured = loop.time() - m0
+    after = run.counters.snapshot()
+    if done < cfg.users:
+        run.note(f"{done} of {cfg.users} users signed on (bound {bound:.0f}s)")
+    await phase(run, cfg.settle, "settle")
+    rss_after = read_rss_kib(pid) if pid else None
+    growth = None
+    if rss_before is not None and rss_after is not None:
+        growth = rss_after - rss_before
+    win = window(before, after)
+    win["disconnects"] = 0  # every connection is closed by design
+    metrics: dict[str, Any] = {
+        "users": done,
+        "users_per_s": per_second(done, measured),
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "rss_growth_kib": growth,
+        "rss_growth_mib": round(growth / 1024, 1) if growth is not None else None,
+    }
+    return finish(run, metrics, win, measured, loop.time() - t_start, params)
+
+
 # -- entry points -------------------------------------------------------------------------
 
 SCENARIOS: dict[str, Callable[[Run], Awaitable[dict[str, Any]]]] = {
@@ -704,6 +844,7 @@ SCENARIOS: dict[str, Callable[[Run], Awaitable[dict[str, Any]]]] = {
     "idle": idle,
     "games": games,
     "churn": churn,
+    "users": users,
 }
 
 

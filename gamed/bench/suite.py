@@ -1,14 +1,16 @@
 """``make bench``: every scenario against the floor servers and gamed variants, in one run.
 
-Starts, on free 127.0.0.1 ports: the framework floor (bench/floor_server.py) with stdlib
-json and with orjson, gamed with its default middleware, gamed with each middleware
-plugin switched off in turn, and gamed with ``--middleware none`` (the gamed variants
-only for what ``twistd gamed --help`` says exists). Then, scenario by scenario, it loads
-each target in turn (interleaved, so drift on a shared machine hits every column alike),
-prints one table (rows: scenario/metric, columns: targets, with the ratio to the orjson
-floor) and writes bench/results.json. Every child is killed at the end, whatever happens.
+Starts, on free 127.0.0.1 ports: the framework floor (``python -m gamed.bench.floor``)
+with stdlib json and with orjson, gamed with its default middleware, gamed with each
+middleware plugin switched off in turn, and gamed with ``--middleware none`` (the gamed
+variants only for what ``twistd gamed --help`` says exists). Then, scenario by scenario,
+it loads each target in turn (interleaved, so drift on a shared machine hits every column
+alike), prints one table (rows: scenario/metric, columns: targets, with the ratio to the
+orjson floor), what each plugin costs (gamed against gamed without it), and writes the
+results to ``--out`` (default ``bench-results.json`` in the working directory). Every
+child is killed at the end, whatever happens.
 
-    python -m gamed.bench.suite            # ~4 minutes
+    python -m gamed.bench.suite            # ~5 minutes
     python -m gamed.bench.suite --quick    # ~1 minute smoke run
     python -m gamed.bench.suite --repeat 3 # medians of 3
 """
@@ -21,6 +23,7 @@ import datetime as dt
 import importlib
 import importlib.util
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -39,9 +42,10 @@ import orjson
 from gamed.bench.scenarios import BenchConfig, raise_nofile_limit, run
 from gamed.bench.stats import format_table, human
 
-ROOT = Path(__file__).resolve().parents[2]
-FLOOR = ROOT / "bench" / "floor_server.py"
-RESULTS = ROOT / "bench" / "results.json"
+#: Started by module name, so the suite works the same from a checkout and from a wheel.
+FLOOR_MODULE = "gamed.bench.floor"
+#: Relative: resolved against the working directory, never against the package.
+DEFAULT_OUT = "bench-results.json"
 BASELINE = "floor-orjson"
 START_TIMEOUT = 30.0
 STOP_GRACE = 5.0
@@ -58,13 +62,24 @@ class Scenario:
     cfg: BenchConfig
     #: (metric key in result["metrics"] or "errors", row label, show ratio to floor)
     rows: tuple[tuple[str, str, bool], ...]
+    #: Targets this scenario skips (where it would only repeat another column).
+    skip: frozenset[str] = frozenset()
+    #: (metric, label, kind) compared between gamed and gamed without a plugin; kind is
+    #: "lower" (cost = % less than without), "higher" (% more) or "diff" (absolute);
+    #: the label names the unit.
+    costs: tuple[tuple[str, str, str], ...] = ()
 
 
-def suite_scenarios(quick: bool) -> list[Scenario]:
-    """The issue's scenario list; ``quick`` shrinks sizes and times for a smoke run."""
+def suite_scenarios(quick: bool, users: int | None = None) -> list[Scenario]:
+    """The issue's scenario list; ``quick`` shrinks sizes and times for a smoke run.
+
+    ``users`` overrides the size of the distinct-user memory scenario (100000 is what
+    the analytics plugin was first measured with; the default keeps ``make bench`` short).
+    """
     warm, dur = (0.5, 1.5) if quick else (1.0, 4.0)
     idle_n = 1000 if quick else 5000
-    n_games = 50 if quick else 200
+    n_games = 100 if quick else 1000
+    n_users = users if users is not None else (5000 if quick else 50_000)
     lat = (("echo_p50_ms", "echo p50 ms", True), ("echo_p99_ms", "echo p99 ms", True))
     err = (("errors", "errors", False),)
     return [
@@ -91,8 +106,13 @@ def suite_scenarios(quick: bool) -> list[Scenario]:
             (
                 ("deliveries_per_s", "deliveries/s", True),
                 ("sends_per_s", "sends/s", True),
+                ("server_cpu_us_per_delivery", "server CPU us/delivery", True),
                 *lat,
                 *err,
+            ),
+            costs=(
+                ("deliveries_per_s", "deliveries/s lost %", "lower"),
+                ("server_cpu_us_per_delivery", "server CPU/delivery added %", "higher"),
             ),
         ),
         Scenario(
@@ -120,6 +140,8 @@ def suite_scenarios(quick: bool) -> list[Scenario]:
                 ("action_p99_ms", "action p99 ms", True),
                 *err,
             ),
+            # the floors answer every game with Error 404: nothing to measure there
+            skip=frozenset({"floor-stdlib", BASELINE}),
         ),
         Scenario(
             "churn 20 workers",
@@ -132,7 +154,44 @@ def suite_scenarios(quick: bool) -> list[Scenario]:
                 *err,
             ),
         ),
+        Scenario(
+            # Last: its RSS readings are not disturbed by later load, and it is long.
+            f"users {_count(n_users)}",
+            BenchConfig(
+                scenario="users",
+                users=n_users,
+                workers=20,
+                settle=1.0 if quick else 6.0,
+            ),
+            (
+                ("rss_growth_mib", "RSS growth MiB", False),
+                ("users_per_s", "users/s", True),
+                *err,
+            ),
+            # memory per user does not depend on the JSON library or the reactor
+            skip=frozenset({"floor-stdlib", "gamed-uvloop"}),
+            costs=(("rss_growth_mib", "RSS growth added MiB", "diff"),),
+        ),
     ]
+
+
+def _count(n: int) -> str:
+    """50000 -> '50k' for scenario names (which must not change between runs)."""
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def id_bases(scenarios: Sequence[Scenario], repeat: int) -> list[tuple[int, int]]:
+    """(user_id_base, room_id_base) per run slot (repeat x scenario): no two runs share ids.
+
+    A user id seen before is a returning user to the server (sessions, analytics), so
+    every run gets fresh ones; rooms get a fixed stride (no scenario uses 2000 rooms).
+    """
+    out: list[tuple[int, int]] = []
+    user = 1_000_000
+    for slot in range(repeat * len(scenarios)):
+        out.append((user, 1 + slot * 2000))
+        user += scenarios[slot % len(scenarios)].cfg.id_span()
+    return out
 
 
 # -- child processes ------------------------------------------------------------------------
@@ -419,19 +478,69 @@ def render(
     return format_table(["scenario | metric", *names], rows)
 
 
+def plugin_costs(
+    scenarios: Sequence[Scenario], runs: dict[str, dict[str, list[dict[str, Any]]]]
+) -> dict[str, dict[str, float]]:
+    """What each plugin costs: ``gamed`` against ``gamed-no-X`` (and ``gamed-none``: "all").
+
+    Per scenario and metric, the median over repeats of the paired difference (the two
+    runs of one repeat were back to back, so machine drift cancels better than in a
+    difference of medians): in % for rates and CPU, absolute for "diff" metrics.
+    """
+    others = {"all": "gamed-none"} | {
+        name.removeprefix("gamed-no-"): name
+        for name in runs
+        if name.startswith("gamed-no-") and name != "gamed-none"
+    }
+    out: dict[str, dict[str, float]] = {}
+    for sc in scenarios:
+        for metric, label, kind in sc.costs:
+            with_all = runs.get("gamed", {}).get(sc.key, [])
+            for plugin, name in others.items():
+                without = runs.get(name, {}).get(sc.key, [])
+                diffs: list[float] = []
+                for a, b in zip(with_all, without, strict=False):
+                    on, off = a["metrics"].get(metric), b["metrics"].get(metric)
+                    if not isinstance(on, int | float) or not isinstance(off, int | float):
+                        continue
+                    if kind == "diff":
+                        diffs.append(on - off)
+                    elif off:
+                        sign = -1 if kind == "lower" else 1
+                        diffs.append(sign * (on - off) / off * 100)
+                if diffs:
+                    cell = out.setdefault(f"{sc.key} | {label}", {})
+                    cell[plugin] = round(statistics.median(diffs), 1)
+    return out
+
+
+def render_costs(costs: dict[str, dict[str, float]]) -> str:
+    """The plugin cost table: rows = scenario/metric, columns = plugins ("all" last)."""
+    plugins: list[str] = []
+    for cells in costs.values():
+        plugins += [p for p in cells if p not in plugins and p != "all"]
+    plugins.append("all")
+    rows: list[list[Any]] = [
+        [key, *(f"{cells[p]:+.1f}" if p in cells else "n/a" for p in plugins)]
+        for key, cells in costs.items()
+    ]
+    return format_table(["plugin cost: gamed vs gamed without it", *plugins], rows)
+
+
 def run_suite(args: argparse.Namespace) -> int:
     t_begin = time.monotonic()
     raise_nofile_limit()  # children inherit it: 5000 idle connections need the fds
+    out = Path(args.out).resolve()  # before any chdir of a child: relative to the caller
     workdir = Path(tempfile.mkdtemp(prefix="gamed-bench-"))
     targets: list[Target] = []
     keep_logs = args.keep_logs
     try:
-        if FLOOR.exists():
+        if importlib.util.find_spec(FLOOR_MODULE) is not None:
             for mode in ("stdlib", "orjson"):
-                argv = [sys.executable, str(FLOOR), "--port", "{port}", "--json", mode]
+                argv = [sys.executable, "-m", FLOOR_MODULE, "--port", "{port}", "--json", mode]
                 targets.append(Target(f"floor-{mode}", argv))
         else:
-            print(f"note: {FLOOR} missing: no floor columns", file=sys.stderr)
+            print(f"note: {FLOOR_MODULE} missing: no floor columns", file=sys.stderr)
         twistd = Path(sys.executable).parent / "twistd"
         support = detect_gamed(twistd, workdir)
         if support.ok:
@@ -443,7 +552,7 @@ def run_suite(args: argparse.Namespace) -> int:
         if args.targets:
             wanted = set(args.targets.split(","))
             targets = [t for t in targets if t.name in wanted]
-        scenarios = suite_scenarios(args.quick)
+        scenarios = suite_scenarios(args.quick, args.users)
         if args.scenarios:
             wanted_s = [s.strip() for s in args.scenarios.split(",")]
             scenarios = [s for s in scenarios if any(w in s.key for w in wanted_s)]
@@ -457,12 +566,15 @@ def run_suite(args: argparse.Namespace) -> int:
         live = [t for t in targets if t.problem == ""]
 
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in targets}
-        total = len(scenarios) * len(live) * args.repeat
+        bases = id_bases(scenarios, args.repeat)
+        total = sum(1 for sc in scenarios for t in live if t.name not in sc.skip) * args.repeat
         n = 0
         for rep in range(args.repeat):
             for si, sc in enumerate(scenarios):
-                slot = rep * len(scenarios) + si
+                user_base, room_base = bases[rep * len(scenarios) + si]
                 for t in live:
+                    if t.name in sc.skip:
+                        continue
                     n += 1
                     if not t.alive():
                         if not t.problem:
@@ -474,8 +586,8 @@ def run_suite(args: argparse.Namespace) -> int:
                     cfg = replace(
                         sc.cfg,
                         port=t.port,
-                        user_id_base=1_000_000 + slot * 20_000,
-                        room_id_base=1 + slot * 1000,
+                        user_id_base=user_base,
+                        room_id_base=room_base,
                         server_pid=t.proc.pid if t.proc else None,
                     )
                     res = run(cfg)
@@ -493,11 +605,16 @@ def run_suite(args: argparse.Namespace) -> int:
             name: {k: median_metrics(v) for k, v in per.items()} for name, per in runs.items()
         }
         print(render(scenarios, targets, medians))
+        costs = plugin_costs(scenarios, runs)
+        if costs:
+            print()
+            print(render_costs(costs))
         for t in targets:
             if t.problem:
                 print(f"{t.name}: {t.problem}")
         doc = {
             "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "command": shlex.join([sys.executable, "-m", "gamed.bench.suite", *args.argv]),
             "quick": args.quick,
             "repeat": args.repeat,
             "baseline": BASELINE,
@@ -507,9 +624,9 @@ def run_suite(args: argparse.Namespace) -> int:
             },
             "scenarios": {sc.key: orjson.loads(orjson.dumps(sc.cfg)) for sc in scenarios},
             "medians": medians,
+            "plugin_costs": costs,
             "runs": runs,
         }
-        out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
         print(f"wrote {out} in {time.monotonic() - t_begin:.0f}s")
@@ -532,13 +649,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="~1 minute smoke run")
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell; the table shows medians")
-    ap.add_argument("--out", default=str(RESULTS), help="results JSON (default %(default)s)")
+    ap.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help="results JSON, relative to the working directory (default %(default)s)",
+    )
+    ap.add_argument(
+        "--users",
+        type=int,
+        default=None,
+        help="distinct users in the memory scenario (default 50000, --quick 5000)",
+    )
     ap.add_argument("--targets", default="", help="comma list of target names to keep")
     ap.add_argument("--scenarios", default="", help="comma list of scenario name parts to keep")
     ap.add_argument("--keep-logs", action="store_true", help="keep the children's logs")
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
+    if args.users is not None and args.users < 1:
+        ap.error("--users must be >= 1")
     signal.signal(signal.SIGTERM, _terminate)
     return run_suite(args)
 

@@ -1,10 +1,13 @@
-"""gamed-bench against the real floor server (bench/floor_server.py) over 127.0.0.1.
+"""gamed-bench against the real floor server (``python -m gamed.bench.floor``) over 127.0.0.1.
 
 Only counts are asserted, never speeds: this checks the load generator works end to end.
+Commands run from a temporary directory, as they would from an installed wheel: nothing
+may depend on the checkout's layout.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -16,9 +19,6 @@ import pytest
 
 from gamed.bench.scenarios import BenchConfig, run
 
-ROOT = Path(__file__).resolve().parents[2]
-FLOOR = ROOT / "bench" / "floor_server.py"
-
 pytestmark = pytest.mark.slow
 
 
@@ -28,10 +28,11 @@ def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]
     out = tmp_path_factory.mktemp("floor") / "floor.out"
     with open(out, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(FLOOR), "--port", "0", "--json", "orjson"],
+            [sys.executable, "-m", "gamed.bench.floor", "--port", "0", "--json", "orjson"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            cwd=out.parent,
         )
     try:
         port = 0
@@ -54,8 +55,10 @@ def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]
 
 
 def test_fanout_closed_loop(floor: tuple[int, int]) -> None:
-    port, _ = floor
-    cfg = BenchConfig(scenario="fanout", port=port, rooms=2, members=3, warmup=0.2, duration=1.0)
+    port, pid = floor
+    cfg = BenchConfig(
+        scenario="fanout", port=port, rooms=2, members=3, warmup=0.2, duration=1.0, server_pid=pid
+    )
     res = run(cfg)
     m = res["metrics"]
     assert res["ok"], res
@@ -63,6 +66,7 @@ def test_fanout_closed_loop(floor: tuple[int, int]) -> None:
     assert m["deliveries_per_s"] > 0
     assert m["echo_count"] > 0
     assert m["fanout"] == pytest.approx(3, abs=0.5)  # each chat reaches the 3 members
+    assert m["server_cpu_us_per_delivery"] > 0
     assert res["errors"] == 0
     assert res["connect_failures"] == 0
 
@@ -114,14 +118,44 @@ def test_churn(floor: tuple[int, int]) -> None:
     assert res["errors"] == 0 and res["connect_failures"] == 0
 
 
-def test_connection_refused_gives_exit_status_2() -> None:
+def test_users_sign_on_and_leave(floor: tuple[int, int]) -> None:
+    port, pid = floor
+    cfg = BenchConfig(
+        scenario="users", port=port, users=200, workers=4, settle=0.0, server_pid=pid,
+        user_id_base=6_000_000,
+    )  # fmt: skip
+    res = run(cfg)
+    m = res["metrics"]
+    assert res["ok"], res
+    assert m["users"] == 200
+    assert m["rss_before_kib"] > 0 and m["rss_growth_kib"] is not None
+    assert res["errors"] == 0 and res["connect_failures"] == 0
+
+
+def test_connection_refused_gives_exit_status_2(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.run(
         [sys.executable, "-m", "gamed.bench", "fanout", "--port", str(port), "--rooms", "1",
-         "--members", "2", "--warmup", "0", "--duration", "0.5", "--json"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+         "--members", "2", "--warmup", "0", "--duration", "0.5", "--json", "--out", "r.json"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout.count("\n") == 1 and '"connect_failures":2' in proc.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["connect_failures"] == 2
+
+
+def test_suite_starts_the_floor_by_module_and_writes_out_in_the_working_dir(
+    tmp_path: Path,
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gamed.bench.suite", "--quick", "--targets", "floor-orjson",
+         "--scenarios", "churn", "--out", "res/bench.json"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "churn 20 workers | cycles/s" in proc.stdout
+    doc = json.loads((tmp_path / "res" / "bench.json").read_text())
+    assert doc["targets"]["floor-orjson"]["argv"][1:3] == ["-m", "gamed.bench.floor"]
+    assert doc["medians"]["floor-orjson"]["churn 20 workers"]["errors"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,9 @@ def test_middleware_names_from_help(avail: str, names: list[str]) -> None:
     assert suite.parse_middleware_help(HELP.format(avail=avail)) == names
 
 
-def test_gamed_variants_follow_the_supported_options(tmp_path: Path, monkeypatch) -> None:
+def test_gamed_variants_follow_the_supported_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(suite, "_has_uvloop", lambda: True)
     support = suite.GamedSupport(
         True,
@@ -135,8 +138,78 @@ def test_suite_scenarios_cover_the_issue_list() -> None:
         "fanout 50x20 w2",
         "fanout 500x2 w2",
         "open 1000x5/s f20",
-        "games 200",
+        "games 1000",
         "churn 20 workers",
+        "users 50k",
     ]
     for s in suite.suite_scenarios(quick=True):
-        assert s.cfg.warmup + s.cfg.duration <= 15
+        if s.cfg.scenario == "users":  # counted, not timed
+            assert s.cfg.users <= 5000 and s.cfg.settle <= 1
+        else:
+            assert s.cfg.warmup + s.cfg.duration <= 15
+    assert suite.suite_scenarios(quick=True, users=100_000)[-1].key == "users 100k"
+
+
+def test_every_run_slot_gets_fresh_user_ids() -> None:
+    scenarios = suite.suite_scenarios(quick=False)
+    bases = suite.id_bases(scenarios, repeat=3)
+    spans = [
+        (base, base + scenarios[i % len(scenarios)].cfg.id_span())
+        for i, (base, _) in enumerate(bases)
+    ]
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert end <= start
+    assert spans[-1][1] <= 0xFFFFFFFF
+    rooms = [room for _, room in bases]
+    assert len(set(rooms)) == len(rooms)
+    assert all(s.cfg.rooms < 2000 and s.cfg.games < 2000 for s in scenarios)
+
+
+def test_users_scenario_is_bounded_by_its_size() -> None:
+    cfg = parse("users", "--users", "1000", "--settle", "0.5", "--server-pid", "7")
+    assert (cfg.scenario, cfg.users, cfg.settle, cfg.server_pid) == ("users", 1000, 0.5, 7)
+    assert cfg.id_span() == 1200
+    assert cfg.hard_timeout() < parse("users", "--users", "100000").hard_timeout()
+    assert validate(parse("users", "--users", "0")) is not None
+
+
+def test_results_go_to_the_working_directory_by_default() -> None:
+    assert not Path(suite.DEFAULT_OUT).is_absolute()
+    source = Path(suite.__file__).read_text()
+    assert "parents[" not in source and "__file__" not in source
+    assert build_parser().parse_args(["churn", "--out", "x.json"]).out == "x.json"
+
+
+def run_result(metrics: dict[str, float]) -> dict[str, object]:
+    return {"metrics": metrics, "errors": 0}
+
+
+def test_plugin_costs_pair_runs_of_one_repeat() -> None:
+    sc = suite.Scenario(
+        "fanout x",
+        BenchConfig(),
+        (),
+        costs=(
+            ("deliveries_per_s", "deliveries/s lost %", "lower"),
+            ("cpu", "CPU added %", "higher"),
+            ("rss", "RSS added MiB", "diff"),
+        ),
+    )
+    runs = {
+        "gamed": {"fanout x": [run_result({"deliveries_per_s": 90.0, "cpu": 2.2, "rss": 3.0})]},
+        "gamed-none": {
+            "fanout x": [run_result({"deliveries_per_s": 100.0, "cpu": 2.0, "rss": 1.0})]
+        },
+        "gamed-no-metrics": {
+            "fanout x": [run_result({"deliveries_per_s": 95.0, "cpu": 2.2, "rss": 3.5})]
+        },
+    }
+    costs = suite.plugin_costs([sc], runs)
+    assert costs == {
+        "fanout x | deliveries/s lost %": {"all": 10.0, "metrics": 5.3},
+        "fanout x | CPU added %": {"all": 10.0, "metrics": 0.0},
+        "fanout x | RSS added MiB": {"all": 2.0, "metrics": -0.5},
+    }
+    table = suite.render_costs(costs)
+    assert table.splitlines()[0].split()[-2:] == ["metrics", "all"]
+    assert "+10.0" in table and "-0.5" in table
