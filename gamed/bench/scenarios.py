@@ -13,7 +13,7 @@ import random
 import resource
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -787,54 +787,77 @@ async def _sign_on(run: Run, first_uid: int, count: int, deadline: float) -> int
     return done
 
 
-async def users(run: Run) -> dict[str, Any]:
-    """N distinct users sign on and leave; the server's RSS growth across them.
+async def users_together(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """N distinct users sign on and leave, per server; each server's RSS growth across them.
 
     A warm-up pass of N/5 users first (allocator arenas, caches, first database pages),
     ``settle`` seconds, RSS; then the N users, ``settle`` seconds, RSS: a server that
     keeps per-user state it should have dropped grows with N. The passes are counted,
     not timed (``warmup`` and ``duration`` do not apply); ``pass_bound`` bounds each.
+
+    Several servers (one ``Run`` each, all on one host) share the two settle waits:
+    every warm-up pass, one wait, every RSS; every measured pass, one wait, every RSS.
+    A server idles while the others are loaded, and the suite saves a minute per run.
     """
-    cfg = run.cfg
     loop = asyncio.get_running_loop()
     t_start = loop.time()
-    pid = cfg.server_pid
-    params = {
-        "users": cfg.users,
-        "workers": cfg.workers,
-        "settle": cfg.settle,
-        "server_pid": pid,
-    }
-    warm = cfg.users // 5
-    await _sign_on(run, cfg.user_id_base + cfg.users, warm, loop.time() + pass_bound(warm))
-    await phase(run, cfg.settle, "settle")
-    rss_before = read_rss_kib(pid) if pid else None
-    if pid and rss_before is None:
+    for run in runs:
+        cfg = run.cfg
+        warm = cfg.users // 5
+        await _sign_on(run, cfg.user_id_base + cfg.users, warm, loop.time() + pass_bound(warm))
+    settle = max(run.cfg.settle for run in runs)
+    await phase(runs[0], settle, "settle")
+    rss_before = [_rss(run) for run in runs]
+    passes: list[tuple[int, float, dict[str, Any], dict[str, Any]]] = []
+    for run in runs:
+        cfg = run.cfg
+        before = run.counters.snapshot()
+        m0 = loop.time()
+        bound = pass_bound(cfg.users)
+        done = await _sign_on(run, cfg.user_id_base, cfg.users, m0 + bound)
+        passes.append((done, loop.time() - m0, before, run.counters.snapshot()))
+        if done < cfg.users:
+            run.note(f"{done} of {cfg.users} users signed on (bound {bound:.0f}s)")
+    await phase(runs[0], settle, "settle")
+    results = []
+    for run, rss0, (done, measured, before, after) in zip(runs, rss_before, passes, strict=True):
+        cfg = run.cfg
+        rss1 = _rss(run)
+        growth = rss1 - rss0 if rss0 is not None and rss1 is not None else None
+        win = window(before, after)
+        win["disconnects"] = 0  # every connection is closed by design
+        metrics: dict[str, Any] = {
+            "users": done,
+            "users_per_s": per_second(done, measured),
+            "rss_before_kib": rss0,
+            "rss_after_kib": rss1,
+            "rss_growth_kib": growth,
+            "rss_growth_mib": round(growth / 1024, 1) if growth is not None else None,
+        }
+        params = {
+            "users": cfg.users,
+            "workers": cfg.workers,
+            "settle": settle,
+            "server_pid": cfg.server_pid,
+            "servers_together": len(runs),
+        }
+        results.append(finish(run, metrics, win, measured, loop.time() - t_start, params))
+    return results
+
+
+def _rss(run: Run) -> int | None:
+    pid = run.cfg.server_pid
+    if not pid:
+        return None
+    rss = read_rss_kib(pid)
+    if rss is None:
         run.note(f"cannot read RSS of pid {pid}")
-    before = run.counters.snapshot()
-    m0 = loop.time()
-    bound = pass_bound(cfg.users)
-    done = await _sign_on(run, cfg.user_id_base, cfg.users, m0 + bound)
-    measured = loop.time() - m0
-    after = run.counters.snapshot()
-    if done < cfg.users:
-        run.note(f"{done} of {cfg.users} users signed on (bound {bound:.0f}s)")
-    await phase(run, cfg.settle, "settle")
-    rss_after = read_rss_kib(pid) if pid else None
-    growth = None
-    if rss_before is not None and rss_after is not None:
-        growth = rss_after - rss_before
-    win = window(before, after)
-    win["disconnects"] = 0  # every connection is closed by design
-    metrics: dict[str, Any] = {
-        "users": done,
-        "users_per_s": per_second(done, measured),
-        "rss_before_kib": rss_before,
-        "rss_after_kib": rss_after,
-        "rss_growth_kib": growth,
-        "rss_growth_mib": round(growth / 1024, 1) if growth is not None else None,
-    }
-    return finish(run, metrics, win, measured, loop.time() - t_start, params)
+    return rss
+
+
+async def users(run: Run) -> dict[str, Any]:
+    """``users_together`` for one server."""
+    return (await users_together([run]))[0]
 
 
 # -- entry points -------------------------------------------------------------------------
@@ -889,3 +912,34 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         result = runner.run(run_async(cfg))
     result["params"]["loop"] = "uvloop" if factory is not None else "asyncio"
     return result
+
+
+async def run_users_async(cfgs: Sequence[BenchConfig]) -> list[dict[str, Any]]:
+    """``users_together`` on the current loop, bounded by the sum of the runs' bounds."""
+    runs = [Run(cfg, latency=LatencyRecorder(seed=cfg.seed)) for cfg in cfgs]
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    bound = sum(cfg.hard_timeout() for cfg in cfgs)
+    try:
+        return await asyncio.wait_for(users_together(runs), bound)
+    except TimeoutError:
+        out = []
+        for run in runs:
+            run.note(f"hard timeout after {bound:.0f}s")
+            res = finish(run, {}, run.counters.snapshot(), 0.0, loop.time() - t0, asdict(run.cfg))
+            res["ok"] = False
+            out.append(res)
+        return out
+
+
+def run_users(cfgs: Sequence[BenchConfig]) -> list[dict[str, Any]]:
+    """The ``users`` scenario against several servers at once (shared settle waits)."""
+    if not cfgs or any(cfg.scenario != "users" for cfg in cfgs):
+        raise ValueError("run_users takes one or more users configurations")
+    raise_nofile_limit()
+    factory = new_loop_factory(cfgs[0].use_uvloop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        results = runner.run(run_users_async(cfgs))
+    for result in results:
+        result["params"]["loop"] = "uvloop" if factory is not None else "asyncio"
+    return results

@@ -32,14 +32,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
-from gamed.bench.scenarios import BenchConfig, raise_nofile_limit, run
+from gamed.bench.scenarios import BenchConfig, raise_nofile_limit, run, run_users
 from gamed.bench.stats import format_table, human
 
 #: Started by module name, so the suite works the same from a checkout and from a wheel.
@@ -161,7 +161,7 @@ def suite_scenarios(quick: bool, users: int | None = None) -> list[Scenario]:
                 scenario="users",
                 users=n_users,
                 workers=20,
-                settle=1.0 if quick else 6.0,
+                settle=6.0,  # > analytics' 5 s flush; the waits are shared by all targets
             ),
             (
                 ("rss_growth_mib", "RSS growth MiB", False),
@@ -527,6 +527,47 @@ def render_costs(costs: dict[str, dict[str, float]]) -> str:
     return format_table(["plugin cost: gamed vs gamed without it", *plugins], rows)
 
 
+def still_alive(t: Target) -> bool:
+    """False (and the reason recorded, once) when a target's process has exited."""
+    if t.alive():
+        return True
+    if not t.problem:
+        code = t.proc.returncode if t.proc else None
+        t.problem = f"exited ({code}): {log_tail(t.log_path)}"
+        print(f"{t.name} died: {t.problem}", file=sys.stderr)
+    return False
+
+
+def run_scenario(
+    sc: Scenario, targets: Sequence[Target], user_base: int, room_base: int
+) -> Iterator[tuple[Target, dict[str, Any] | None]]:
+    """Each target's result for one scenario (None: the target is down), in order.
+
+    One target after the other, except ``users``: it loads them one after the other too,
+    but waits for their memory to settle once for all (``scenarios.run_users``).
+    """
+
+    def config(t: Target) -> BenchConfig:
+        pid = t.proc.pid if t.proc else None
+        return replace(
+            sc.cfg, port=t.port, user_id_base=user_base, room_id_base=room_base, server_pid=pid
+        )
+
+    if sc.cfg.scenario == "users":
+        up = [t for t in targets if still_alive(t)]
+        results = run_users([config(t) for t in up]) if up else []
+        done = dict(zip((t.name for t in up), results, strict=True))
+        for t in targets:
+            yield t, done.get(t.name)
+        return
+    for t in targets:
+        if not still_alive(t):
+            yield t, None
+            continue
+        yield t, run(config(t))
+        time.sleep(0.3)  # let the server finish the disconnects
+
+
 def run_suite(args: argparse.Namespace) -> int:
     t_begin = time.monotonic()
     raise_nofile_limit()  # children inherit it: 5000 idle connections need the fds
@@ -572,25 +613,11 @@ def run_suite(args: argparse.Namespace) -> int:
         for rep in range(args.repeat):
             for si, sc in enumerate(scenarios):
                 user_base, room_base = bases[rep * len(scenarios) + si]
-                for t in live:
-                    if t.name in sc.skip:
-                        continue
+                todo = [t for t in live if t.name not in sc.skip]
+                for t, res in run_scenario(sc, todo, user_base, room_base):
                     n += 1
-                    if not t.alive():
-                        if not t.problem:
-                            code = t.proc.returncode if t.proc else None
-                            t.problem = f"exited ({code}): {log_tail(t.log_path)}"
-                            print(f"{t.name} died: {t.problem}", file=sys.stderr)
-                            keep_logs = True
+                    if res is None:
                         continue
-                    cfg = replace(
-                        sc.cfg,
-                        port=t.port,
-                        user_id_base=user_base,
-                        room_id_base=room_base,
-                        server_pid=t.proc.pid if t.proc else None,
-                    )
-                    res = run(cfg)
                     res["target_name"] = t.name
                     runs[t.name].setdefault(sc.key, []).append(res)
                     first = sc.rows[0][0]
@@ -600,7 +627,7 @@ def run_suite(args: argparse.Namespace) -> int:
                         + ("" if res["ok"] else f", FAILED {res['notes'][:1]}"),
                         file=sys.stderr,
                     )
-                    time.sleep(0.3)  # let the server finish the disconnects
+        keep_logs = keep_logs or any(t.problem for t in targets)
         medians = {
             name: {k: median_metrics(v) for k, v in per.items()} for name, per in runs.items()
         }

@@ -1,12 +1,11 @@
 """Client side of the gamed wire format, tuned for a load generator.
 
 A frame is a 4-byte big-endian length then UTF-8 JSON in serde's externally tagged
-form (docs: /work/shared/design/protocol.md). The load generator receives far more
-frames than it sends (a chat in a room of 20 comes back 20 times), so the receive
-path must not decode every ``ChatMessage``: ``FrameReader`` counts chat frames by
-their prefix, pulls the sequence and send time out of the client's *own* echoes
-with a byte search, and only hands the rest (acks, errors, game messages) over
-for a real JSON decode.
+form (docs/protocol.md). The load generator receives far more frames than it sends
+(a chat in a room of 20 comes back 20 times), so the receive path must not decode
+every ``ChatMessage``: ``FrameReader`` counts chat frames by their prefix, pulls the
+sequence and send time out of the client's *own* echoes with a byte search, and only
+hands the rest (acks, errors, game messages) over for a real JSON decode.
 
 Client frames are built from byte templates instead of through ``gamed.codec`` so
 the encoder is not on the load generator's budget either; ``decode`` uses orjson.

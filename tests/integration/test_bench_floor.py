@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gamed.bench.scenarios import BenchConfig, run
+from gamed.bench.scenarios import BenchConfig, run, run_users
 
 pytestmark = pytest.mark.slow
 
@@ -130,6 +130,26 @@ def test_users_sign_on_and_leave(floor: tuple[int, int]) -> None:
     assert m["users"] == 200
     assert m["rss_before_kib"] > 0 and m["rss_growth_kib"] is not None
     assert res["errors"] == 0 and res["connect_failures"] == 0
+
+
+def test_users_against_several_servers_share_the_settle_waits(floor: tuple[int, int]) -> None:
+    port, pid = floor
+    cfgs = [
+        BenchConfig(
+            scenario="users",
+            port=port,
+            users=100,
+            workers=4,
+            settle=0.2,
+            server_pid=pid,
+            user_id_base=base,
+        )
+        for base in (7_000_000, 7_001_000)
+    ]
+    results = run_users(cfgs)
+    assert [r["metrics"]["users"] for r in results] == [100, 100]
+    assert all(r["ok"] and r["errors"] == 0 for r in results)
+    assert results[0]["params"]["servers_together"] == 2
 
 
 def test_connection_refused_gives_exit_status_2(tmp_path: Path) -> None:
