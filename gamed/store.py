@@ -9,6 +9,11 @@ The thread (and so the connection) starts on first use, not in the
 constructor: twistd forks after ``makeService``, and a thread started before
 the fork does not exist in the daemon. A store first used in one process and
 then in a forked child refuses the call instead of hanging.
+
+A database that cannot be used (garbage over the file, a directory in its
+place, no permission, a failed integrity check) raises ``StoreError`` from
+``migrate``: one line naming the file and the cause, which gamed.service turns
+into a refused start (fail closed) rather than a server with its state missing.
 """
 
 from __future__ import annotations
@@ -29,6 +34,39 @@ T = TypeVar("T")
 
 #: One schema step: SQL (may hold several statements) or a function of the connection.
 Migration = str | Callable[[sqlite3.Connection], None]
+
+
+class StoreError(RuntimeError):
+    """A database gamed cannot use; ``str()`` is one line naming the file and the cause."""
+
+    def __init__(self, path: str, cause: str) -> None:
+        cause = " ".join(cause.split())  # one line, whatever SQLite said
+        super().__init__(f"{path}: {cause}")
+        self.path = path
+        self.cause = cause
+
+
+def describe_error(error: BaseException | None) -> str:
+    """The cause of a storage error in a few words ("database or disk is full")."""
+    if error is None:
+        return "unknown error"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
+def precheck(path: str) -> None:
+    """Raise StoreError for what SQLite reports only as "unable to open database file"."""
+    if path == ":memory:" or not os.path.lexists(path):
+        return
+    if os.path.isdir(path):
+        raise StoreError(path, "is a directory, not a database file")
+    if not os.path.isfile(path):
+        raise StoreError(path, "is not a regular file")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise StoreError(
+            path, f"permission denied (not readable and writable by uid {os.getuid()})"
+        )
 
 
 class _DaemonThread(threading.Thread):
@@ -54,13 +92,37 @@ def split_sql(script: str) -> list[str]:
     return statements
 
 
+def transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(conn, *args)`` in one transaction; its own error is the one raised.
+
+    SQLite rolls back by itself on some errors (SQLITE_FULL, SQLITE_IOERR): a
+    ROLLBACK then fails with "cannot rollback - no transaction is active", and
+    that must not replace the cause ("database or disk is full"). A failed
+    COMMIT is rolled back too, so the next transaction starts clean.
+    """
+    conn.execute("BEGIN")
+    try:
+        result = fn(conn, *args)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the error being raised is the one that explains it
+        raise
+    return result
+
+
 class SqliteStore:
-    def __init__(self, path: str, reactor: Any = None) -> None:
+    def __init__(self, path: str, reactor: Any = None, synchronous: str = "NORMAL") -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
         self.path = path
+        #: PRAGMA synchronous: NORMAL survives a process crash; FULL also a power loss.
+        self.synchronous = synchronous
         self._reactor = reactor
         self._conn: sqlite3.Connection | None = None
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"sqlite:{os.path.basename(path)}")
@@ -93,22 +155,18 @@ class SqliteStore:
         if self._conn is None:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=5000")
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
+                conn.execute("PRAGMA busy_timeout=5000")
+            except BaseException:
+                conn.close()  # a retry opens a fresh one; never leak a half-set-up connection
+                raise
             self._conn = conn
         return self._conn
 
     def _transaction(self, fn: Callable[..., T], *args: Any) -> T:
-        conn = self._connection()
-        conn.execute("BEGIN")
-        try:
-            result = fn(conn, *args)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+        return transaction(self._connection(), fn, *args)
 
     # -- from the reactor -------------------------------------------------------------
 
@@ -142,15 +200,26 @@ class SqliteStore:
             result.raiseException()
         return result
 
-    def migrate(self, steps: Sequence[Migration]) -> int:
-        """Bring the schema to ``len(steps)`` (PRAGMA user_version); returns the version."""
+    def migrate(self, steps: Sequence[Migration], check: bool = False) -> int:
+        """Bring the schema to ``len(steps)`` (PRAGMA user_version); returns the version.
+
+        Any failure is a StoreError naming the file and the cause, and closes
+        the store. ``check`` runs ``PRAGMA quick_check`` first (O(size): for
+        small databases whose loss matters, like the bans).
+        """
+        precheck(self.path)
 
         def apply(conn: sqlite3.Connection) -> int:
+            if check:
+                problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+                if problems != ["ok"]:
+                    raise StoreError(self.path, "integrity check failed: " + "; ".join(problems))
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > len(steps):
-                raise RuntimeError(
-                    f"{self.path} has schema version {version}, newer than this gamed "
-                    f"({len(steps)}): refusing to touch it"
+                raise StoreError(
+                    self.path,
+                    f"schema version {version}, newer than this gamed "
+                    f"({len(steps)}): refusing to touch it",
                 )
             for number, step in enumerate(steps[version:], start=version + 1):
                 if callable(step):
@@ -164,8 +233,14 @@ class SqliteStore:
 
         try:
             return self.run_sync(apply)
-        except BaseException:
+        except StoreError:
             self.close()  # do not leave the thread behind a failed start-up
+            raise
+        except (sqlite3.Error, OSError) as e:
+            self.close()
+            raise StoreError(self.path, describe_error(e)) from e
+        except BaseException:
+            self.close()
             raise
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.testing import MemoryReactor
 
-from gamed.store import SqliteStore
+from gamed.store import SqliteStore, StoreError
 
 STEPS = ["CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)", "ALTER TABLE t ADD COLUMN c INTEGER"]
 
@@ -95,7 +95,8 @@ def test_split_sql_keeps_semicolons_inside_strings_and_triggers() -> None:
 
 def test_failed_migration_closes_the_store(tmp_path: Path) -> None:
     s = SqliteStore(str(tmp_path / "db.sqlite3"), reactor=MemoryReactor())
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(StoreError, match=r"db\.sqlite3: near .THIS.: syntax error") as info:
         s.migrate(["CREATE TABLE ok (a INTEGER)", "THIS IS NOT SQL"])
+    assert isinstance(info.value.__cause__, sqlite3.OperationalError)
     with pytest.raises(RuntimeError, match="closed"):
         s.run_sync(lambda c: None)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from twisted.internet import defer
 
 from gamed.middleware.analytics.aggregates import HOURS, ROOM_COUNTERS, RoomDelta, UserDelta
+from gamed.store import StoreError, describe_error, precheck, transaction
 
 T = TypeVar("T")
 
@@ -296,6 +297,7 @@ class InlineStore:
     def __init__(self, path: str = ":memory:") -> None:
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        precheck(path)
         self.path = path
         self._conn: sqlite3.Connection | None = sqlite3.connect(path, isolation_level=None)
         self.closed = False
@@ -303,14 +305,7 @@ class InlineStore:
     def _transaction(self, fn: Callable[..., T], *args: Any) -> T:
         if self._conn is None:
             raise RuntimeError(f"store {self.path} is closed")
-        self._conn.execute("BEGIN")
-        try:
-            result = fn(self._conn, *args)
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
-        return result
+        return transaction(self._conn, fn, *args)
 
     def run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         try:
@@ -321,7 +316,7 @@ class InlineStore:
     def run_sync(self, fn: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:
         return self._transaction(fn, *args)
 
-    def migrate(self, steps: list[str]) -> int:
+    def migrate(self, steps: list[str], check: bool = False) -> int:
         def apply(conn: sqlite3.Connection) -> int:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             for number, step in enumerate(steps[version:], start=version + 1):
@@ -331,7 +326,10 @@ class InlineStore:
                 conn.execute(f"PRAGMA user_version={number}")
             return len(steps)
 
-        return self.run_sync(apply)
+        try:
+            return self.run_sync(apply)
+        except sqlite3.Error as e:
+            raise StoreError(self.path, describe_error(e)) from e
 
     def close(self) -> None:
         if self._conn is not None:
