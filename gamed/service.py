@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from gamed.config import ConfigError
 from gamed.reconfig import describe
 from gamed.router import Router
+from gamed.store import StoreError
 
 _log = Logger()
 
@@ -119,7 +120,11 @@ def probe_listen(descriptions: Iterable[str], reactor: Any) -> str | None:
 
 
 class ServerRoot(MultiService):
-    """The top of gamed's service tree; turns a failed bind into one clear line.
+    """The top of gamed's service tree; turns a failed start into one clear line.
+
+    A failed bind (``privilegedStartService``), a data dir the dropped user
+    cannot write, and a database that cannot be opened (``StoreError`` from a
+    plugin's ``startService``) all end the same way: one line, exit 1.
 
     twistd binds in ``privilegedStartService``. In the foreground, raising
     SystemExit here makes it exit non-zero with the message on stderr instead
@@ -150,7 +155,18 @@ class ServerRoot(MultiService):
             line = f"gamed: --data-dir {self.data_dir} is not writable by uid {os.getuid()}"
             self.report_start_failure(line)
             raise SystemExit(line)
-        super().startService()
+        try:
+            # The plugins open their databases here: after twistd dropped
+            # privileges (files belong to --uid), on the reactor thread before
+            # the reactor runs, so no client is served yet.
+            super().startService()
+        except StoreError as e:
+            # Fail closed: a ban (or analytics) database that cannot be read
+            # stops the start; the operator may move the file away on purpose.
+            line = f"gamed: cannot use {e.path}: {e.cause}"
+            self.running = 0
+            self.report_start_failure(line)
+            raise SystemExit(line) from None
         # SIGHUP re-reads the config (hot reload). Only on a real reactor in the
         # main thread: signal handlers cannot be set anywhere else.
         if (

@@ -185,7 +185,13 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         problem = probe_listen([with_backlog(p) for p in ports if p is not None], reactor)
         if problem is not None:
             raise SystemExit(problem)
-    os.makedirs(settings.data_dir, exist_ok=True)
+    try:
+        os.makedirs(settings.data_dir, exist_ok=True)
+    except OSError as e:
+        # Before any fork: the terminal is still ours, twistd has no pidfile yet.
+        raise SystemExit(
+            f"gamed: --data-dir {settings.data_dir} cannot be created: {e.strerror or e}"
+        ) from None
 
     metrics = ServerMetrics()
     events = EventBus()
