@@ -18,11 +18,13 @@ import heapq
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -120,6 +122,37 @@ class Block:
         }
 
 
+class _StoreCollector(Collector):
+    """The ban store's queue and failures, read at scrape time (the store is swapped at start)."""
+
+    def __init__(self, mw: SecurityMiddleware) -> None:
+        self.mw = mw
+
+    def collect(self) -> Iterable[Metric]:
+        store = self.mw.store
+        st = store.stats()
+        yield GaugeMetricFamily(
+            "gamed_security_store_pending_changes",
+            "Block/ban changes not yet durable on disk (enforced in memory already)",
+            value=st["pending"],
+        )
+        yield GaugeMetricFamily(
+            "gamed_security_store_failing",
+            "1 while writing the ban database fails (see the log and /stats for the cause)",
+            value=1 if store.failing else 0,
+        )
+        yield CounterMetricFamily(
+            "gamed_security_store_write_failures",
+            "Failed writes of the ban database (each is retried with backoff)",
+            value=store.write_failures,
+        )
+        yield CounterMetricFamily(
+            "gamed_security_store_dropped_changes",
+            "Unacknowledged block changes dropped because the queue was full",
+            value=store.dropped,
+        )
+
+
 @implementer(IMiddleware, IConnectionObserver, IFrameObserver)
 class SecurityMiddleware:
     name = "security"
@@ -133,9 +166,10 @@ class SecurityMiddleware:
         store: BlockStore | None = None,
     ) -> None:
         self._clock = clock
+        self.clock = clock  # the admin API's time-outs
         self._seconds = clock.seconds
         self.control = control
-        self.store = store or BlockStore(None)
+        self.store = store or BlockStore(None, clock=clock)
         self._conns: dict[int, ConnState] = {}
         self.users: dict[int, UserState] = {}
         self.ips: dict[str, IPState] = {}
@@ -171,6 +205,7 @@ class SecurityMiddleware:
                 ("gamed_security_blocked_ips", "IP addresses blocked now", self.blocked_ip_count),
             ):
                 Gauge(name, doc, registry=registry).set_function(fn)
+            registry.register(_StoreCollector(self))
         self.set_policy(policy)
 
     # -- policy -----------------------------------------------------------------------
@@ -609,6 +644,7 @@ class SecurityMiddleware:
         reason: str,
         now: float | None = None,
         state: UserState | None = None,
+        keep: bool = False,
     ) -> Block:
         """Block (``seconds`` = inf: ban) a user, persistently; does not kick."""
         now = self._seconds() if now is None else now
@@ -619,12 +655,12 @@ class SecurityMiddleware:
         state = state or self.users.get(user_id)
         if state is not None:
             state.blocked_until = until
-        self.store.put("user", user_id, until, reason, now)
+        self.store.put("user", user_id, until, reason, now, keep=keep)
         return b
 
     def ban_user(self, user_id: int, reason: str = "admin_ban") -> bool:
         """Ban for good and kick; True if the user was connected."""
-        self.block_user(user_id, BAN, reason)
+        self.block_user(user_id, BAN, reason, keep=True)
         self._decide("admin", "ban", None, f"user {user_id}", always=True)
         if self.control is not None:
             return bool(self.control.kick_user(user_id, 403, f"banned ({reason})"))
@@ -640,7 +676,7 @@ class SecurityMiddleware:
             state.warned = False
             state.shadow = None
         if b is not None:
-            self.store.delete("user", user_id)
+            self.store.delete("user", user_id, keep=True)
         self._decide("admin", "unblock", None, f"user {user_id}", always=True)
         return b is not None
 
@@ -667,7 +703,7 @@ class SecurityMiddleware:
         ip = self.ips.get(key)
         if ip is not None:
             ip.blocked_until = until
-        self.store.put("ip", key, until, reason, now)
+        self.store.put("ip", key, until, reason, now, keep=kick)  # kick: an admin call
         if not kick:  # an automatic block (rate_ip): logged by _decide
             return 0
         self._decide("admin", "block_ip", None, f"{key} for {seconds:g}s ({reason})", always=True)
@@ -687,7 +723,7 @@ class SecurityMiddleware:
             ip.violations = ip.suspicion = 0.0
             ip.shadow = None
         if b is not None:
-            self.store.delete("ip", key)
+            self.store.delete("ip", key, keep=True)
         self._decide("admin", "unblock_ip", None, key, always=True)
         return b is not None
 
@@ -792,7 +828,7 @@ class SecurityMiddleware:
             "decisions": decisions,
             "modes": dict(self.policy.modes),
             "rate_limit_per_minute": self.policy.rate_limit_per_minute,
-            "store": {"pending": len(self.store.pending), "written": self.store.written},
+            "store": self.store.stats(),
         }
 
     def user_view(self, user_id: int) -> dict[str, Any]:
@@ -840,25 +876,25 @@ class SecurityService(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.data_dir is not None and self.mw.store.store is None:
+        if self.data_dir is not None and not self.mw.store.persistent:
+            # Fail closed: a ban file that cannot be read raises StoreError, and
+            # ServerRoot turns it into one line and exit 1 (see docs/operations.md).
             path = os.path.join(self.data_dir, FILENAME)
+            store = BlockStore.open(path, self.clock)
             try:
-                store = BlockStore.open(path)
                 rows = store.load(self.clock.seconds())
-            except Exception:
-                _log.failure(
-                    "security: cannot open {path}; bans will not survive a restart", path=path
-                )
-            else:
-                store.release()
-                self.mw.store = store
-                self.mw.load_blocks(rows)
-                _log.info(
-                    "security: loaded {u} user and {i} address blocks from {path}",
-                    u=len(rows["user"]),
-                    i=len(rows["ip"]),
-                    path=path,
-                )
+            except BaseException:
+                store.close()
+                raise
+            store.release()
+            self.mw.store = store
+            self.mw.load_blocks(rows)
+            _log.info(
+                "security: loaded {u} user and {i} address blocks from {path}",
+                u=len(rows["user"]),
+                i=len(rows["ip"]),
+                path=path,
+            )
         self._start_sweeper()
         self._flusher = LoopingCall(self._flush)
         self._flusher.clock = self.clock

@@ -4,6 +4,12 @@ Every call needs ``Authorization: Bearer <token>`` matching ``--admin-token-file
 (compared in constant time). No token file configured: 403 for everything; a
 missing or wrong token: 401. JSON in, JSON out; bad ids and addresses are 400,
 unknown paths 404, wrong methods 405.
+
+A ban, block or unblock is enforced in memory at once, and answered only once
+it is durable: 200 with ``"durable": true`` after the write committed, or 202
+with ``"durable": false, "pending": true, "why": ...`` when the write failed
+(read-only data dir, disk full) or has not finished within ``ACK_WAIT``
+seconds. A pending change is kept and retried until it is written.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from gamed.config import ConfigError
 from gamed.httputil import bearer_refusal, json_response
@@ -30,6 +38,8 @@ _log = Logger()
 _MAX_U32 = 2**32 - 1
 _MAX_BODY = 4096
 _MAX_DURATION = 10 * 365 * 86400.0
+#: Seconds an admin change waits for its write before it is answered 202 (pending).
+ACK_WAIT = 2.0
 
 
 class _HTTPError(Exception):
@@ -89,10 +99,13 @@ class AdminResource(Resource):
         self._token = admin_token
         self.control = control
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes | int:
         try:
             self._authorize(request)
+            seq = self.mw.store.seq
             status, body = self._route(request, request.method.decode("ascii", "replace"))
+            if status == 200 and self.mw.store.seq != seq:
+                return self._when_durable(request, body, self.mw.store.seq)
         except _HTTPError as e:
             if e.allow:
                 request.setHeader(b"allow", ", ".join(e.allow).encode())
@@ -103,6 +116,43 @@ class AdminResource(Resource):
             _log.failure("admin request {path} failed", path=request.path)
             return json_response(request, 500, {"error": f"internal error: {type(e).__name__}"})
         return json_response(request, status, body)
+
+    def _when_durable(self, request: Request, body: dict[str, Any], seq: int) -> int:
+        """Answer once change ``seq`` is on disk (200), or say why it is pending (202)."""
+        store = self.mw.store
+        d = store.wait(seq)
+        store.flush(force=True)  # now, not on the next tick: the admin is waiting
+        d.addTimeout(
+            ACK_WAIT,
+            self.mw.clock,
+            onTimeoutCancel=lambda _result, timeout: (
+                f"not yet on disk: the write did not finish within {timeout:g}s; kept and retried"
+            ),
+        )
+        gone: list[bool] = []
+
+        def client_left(_: object) -> None:
+            gone.append(True)
+            d.cancel()
+
+        request.notifyFinish().addErrback(client_left)
+
+        def answer(why: str | None) -> None:
+            if gone:
+                return
+            if why is None:
+                status, out = 200, {**body, "durable": True}
+            else:
+                status, out = 202, {**body, "durable": False, "pending": True, "why": why}
+            request.write(json_response(request, status, out))
+            request.finish()
+
+        def failed(f: Failure) -> None:
+            if not f.check(CancelledError):
+                _log.failure("admin request {path} failed", f, path=request.path)
+
+        d.addCallback(answer).addErrback(failed)
+        return NOT_DONE_YET
 
     def _authorize(self, request: Request) -> None:
         expected = self._token()
