@@ -56,6 +56,7 @@ from gamed.middleware.analytics.store import (
 )
 from gamed.middleware.analytics.web import AnalyticsResource, SseClient
 from gamed.middleware.registry import PluginEnvironment, PluginFactory, PluginParts
+from gamed.store import describe_error
 
 _log = Logger()
 
@@ -125,6 +126,11 @@ class _Metrics:
             "gamed_analytics_flush_seconds",
             "Time from starting a flush to its commit in SQLite",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.flush_failures = Counter(
+            "gamed_analytics_flush_failures",
+            "Flushes to SQLite that failed (their deltas are kept and re-sent on the next one)",
             registry=registry,
         )
         self.store_bytes = Gauge(
@@ -197,6 +203,8 @@ class Analytics:
         self._wanted: frozenset[str] | None = frozenset()  # None = every type
         self.flushing = 0
         self.flush_failures = 0
+        #: The cause of the failing flushes, None while they succeed (logged once per change).
+        self.flush_error: str | None = None
         self.last_flush_at: float | None = None
         self.store_bytes = 0
         #: Called after ``reconfigure`` (the middleware's cached cap, the service's loops).
@@ -280,12 +288,24 @@ class Analytics:
             self.store_bytes = size
             self.metrics.store_bytes.set(size)
             self.last_flush_at = self.now()
+            if self.flush_error is not None:
+                _log.info("analytics: writing {path} works again", path=self.path)
+                self.flush_error = None
 
         def failed(f: Failure) -> None:
             self.flushing -= 1
             self.flush_failures += 1
-            _log.failure("analytics flush failed; keeping its deltas for the next one", f)
-            agg.merge_back(users, rooms)
+            self.metrics.flush_failures.inc()
+            agg.merge_back(users, rooms)  # nothing is lost: re-sent with the next flush
+            cause = describe_error(f.value)
+            if cause != self.flush_error:  # once per state change, not every flush
+                _log.error(
+                    "analytics: cannot write {path}: {cause}; the deltas stay in memory "
+                    "and every flush retries",
+                    path=self.path,
+                    cause=cause,
+                )
+            self.flush_error = cause
 
         d.addCallbacks(done, failed)
         return d
@@ -537,6 +557,7 @@ class Analytics:
                     "last_at": self.last_flush_at,
                     "in_flight": self.flushing,
                     "failures": self.flush_failures,
+                    "error": self.flush_error,
                 },
                 "store_bytes": self.store_bytes,
             }
