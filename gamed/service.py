@@ -87,6 +87,11 @@ def cannot_listen(interface: str, port: object, error: object) -> str:
     return f"gamed: cannot listen on {interface or '0.0.0.0'}:{port}: {error}"
 
 
+def cannot_use(error: StoreError) -> str:
+    """The one line an unusable database prints (docs/operations.md)."""
+    return f"gamed: cannot use {error.path}: {error.cause}"
+
+
 def probe_listen(descriptions: Iterable[str], reactor: Any) -> str | None:
     """Bind each TCP endpoint's address once and let go; the first failure's line, or None.
 
@@ -163,7 +168,7 @@ class ServerRoot(MultiService):
         except StoreError as e:
             # Fail closed: a ban (or analytics) database that cannot be read
             # stops the start; the operator may move the file away on purpose.
-            line = f"gamed: cannot use {e.path}: {e.cause}"
+            line = cannot_use(e)
             self.running = 0
             self.report_start_failure(line)
             raise SystemExit(line) from None

@@ -23,6 +23,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+from urllib.request import pathname2url
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -67,6 +68,31 @@ def precheck(path: str) -> None:
         raise StoreError(
             path, f"permission denied (not readable and writable by uid {os.getuid()})"
         )
+
+
+def preflight(path: str, check: bool = False) -> None:
+    """A read-only look at an existing database: StoreError if it cannot be used.
+
+    For makeService, before twistd forks (daemon mode): the line then reaches
+    the operator's terminal whole. It creates nothing (``immutable=1``: no
+    journal, no -shm file owned by root before --uid applies) and reads only the
+    main file, so a missing file passes; ``migrate`` checks again in the server.
+    """
+    precheck(path)
+    if path == ":memory:" or not os.path.exists(path):
+        return
+    try:
+        conn = sqlite3.connect(f"file:{pathname2url(path)}?immutable=1", uri=True)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()  # reads the header
+            if check:
+                problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+                if problems != ["ok"]:
+                    raise StoreError(path, "integrity check failed: " + "; ".join(problems))
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise StoreError(path, describe_error(e)) from e
 
 
 class _DaemonThread(threading.Thread):
@@ -166,7 +192,16 @@ class SqliteStore:
         return self._conn
 
     def _transaction(self, fn: Callable[..., T], *args: Any) -> T:
-        return transaction(self._connection(), fn, *args)
+        try:
+            return transaction(self._connection(), fn, *args)
+        except sqlite3.Error:
+            # Reconnect next time: a connection SQLite opened read-only (the
+            # directory or file was not writable then) stays read-only after the
+            # permissions return, and a retry must see the file as it is now.
+            if self._conn is not None and self.path != ":memory:":
+                self._conn.close()
+                self._conn = None
+            raise
 
     # -- from the reactor -------------------------------------------------------------
 

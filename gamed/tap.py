@@ -24,10 +24,12 @@ from gamed.router import Router
 from gamed.service import (
     GameService,
     ServerRoot,
+    cannot_use,
     daemon_launcher,
     probe_listen,
     twistd_options,
 )
+from gamed.store import StoreError
 from gamed.telemetry import ServerMetrics, TrafficCollector
 from gamed.web import make_site
 
@@ -217,6 +219,16 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         )
         parts.append((name, validated.factories[name].make(env)))
     router.set_pipeline(Pipeline([p.middleware for _, p in parts]))
+    for _, p in parts:
+        # A database that cannot be used stops the start here, read-only and before
+        # twistd forks, so the line reaches the terminal whole; startService checks
+        # again as the --uid user (a failure then goes through twistd's status pipe).
+        preflight = getattr(p.service, "preflight", None)
+        if preflight is not None:
+            try:
+                preflight()
+            except StoreError as e:
+                raise SystemExit(cannot_use(e)) from None
 
     cli = getattr(options, "cli", None) or {}
 

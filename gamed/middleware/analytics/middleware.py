@@ -56,7 +56,7 @@ from gamed.middleware.analytics.store import (
 )
 from gamed.middleware.analytics.web import AnalyticsResource, SseClient
 from gamed.middleware.registry import PluginEnvironment, PluginFactory, PluginParts
-from gamed.store import describe_error
+from gamed.store import describe_error, preflight
 
 _log = Logger()
 
@@ -663,6 +663,10 @@ class AnalyticsService(Service):
         self.hub = hub
         self._loops: list[task.LoopingCall] = []
         hub._reconfigured.append(self._reschedule)
+
+    def preflight(self) -> None:
+        """Before the fork (gamed.tap): StoreError if the database cannot be used."""
+        preflight(self.hub.path)
 
     def startService(self) -> None:
         hub = self.hub

@@ -41,6 +41,7 @@ from gamed.middleware.security.policy import OFF, ON, SHADOW, Policy, build_poli
 from gamed.middleware.security.store import FILENAME, BlockStore
 from gamed.middleware.security.web import AdminResource
 from gamed.pipeline import Veto
+from gamed.store import preflight
 
 _log = Logger()
 
@@ -873,6 +874,11 @@ class SecurityService(Service):
         self.data_dir = data_dir
         self._sweeper: LoopingCall | None = None
         self._flusher: LoopingCall | None = None
+
+    def preflight(self) -> None:
+        """Before the fork (gamed.tap): StoreError if the ban file cannot be used."""
+        if self.data_dir is not None:
+            preflight(os.path.join(self.data_dir, FILENAME), check=True)
 
     def startService(self) -> None:
         super().startService()
