@@ -340,3 +340,16 @@ def test_a_ban_on_a_failing_disk_is_written_at_stop(tmp_path: Path) -> None:
     disk.error = None
     service.stopService()
     assert disk.rows == {("user", "3"): (math.inf, "admin_ban")}
+
+
+def test_make_service_refuses_a_corrupt_database_before_the_fork(tmp_path: Path) -> None:
+    """Daemon mode: the whole line on the terminal, not 98 bytes through twistd's pipe."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / FILENAME).write_bytes(b"junk" * 1000)
+    options = tap.Options()
+    options.parseOptions(["--data-dir", str(data), "--metrics-port", "none"])
+    with pytest.raises(SystemExit) as info:
+        tap.makeService(options, reactor=MemoryReactorClock())
+    assert info.value.code == f"gamed: cannot use {data / FILENAME}: file is not a database"
+    assert sorted(p.name for p in data.iterdir()) == [FILENAME], "the preflight creates nothing"
