@@ -59,6 +59,7 @@ KNOWN_METRICS = {
     "gamed_room_messages_per_second",
     # the security plugin
     "gamed_security_decisions_total",
+    "gamed_security_store_failing",
     # Prometheus itself and the default process collector
     "up",
     "process_cpu_seconds_total",
