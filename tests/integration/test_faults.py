@@ -304,3 +304,45 @@ def test_kill_9_during_traffic_keeps_every_acknowledged_ban(base: Path) -> None:
 def _config(base: Path) -> None:
     """Loopback is allowlisted by default; the kill -9 test's chatter is not rate limited."""
     (base / "gamed.toml").write_text("[middleware.security]\nrate_limit_per_minute = 0\n")
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="needs root to run the server as nobody")
+def test_a_ban_file_the_server_user_cannot_read_refuses_the_start(base: Path) -> None:
+    """Found after twistd drops privileges (root passed the preflight): ServerRoot's line."""
+    data = base / "data"
+    data.mkdir()
+    nobody = pwd.getpwnam("nobody")
+    os.chown(data, nobody.pw_uid, nobody.pw_gid)
+    path = data / "security.sqlite3"
+    sqlite3.connect(path).execute("CREATE TABLE x (a)").connection.close()
+    path.chmod(0o600)  # root's: nobody may neither read nor write it
+    run = base / "run"
+    run.mkdir()
+    os.chown(run, nobody.pw_uid, nobody.pw_gid)  # the pidfile's dir, as the README asks
+    r = subprocess.run(
+        [
+            TWISTD,
+            "-n",
+            "--pidfile",
+            str(run / "gamed.pid"),
+            *nobody_ids(),
+            "gamed",
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--metrics-port",
+            "tcp:0:interface=127.0.0.1",
+            "--data-dir",
+            str(data),
+        ],
+        cwd=run,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+    )
+    assert r.returncode == 1, r
+    line = f"gamed: cannot use {path}: permission denied (not readable and writable by uid "
+    # After logging started, twistd -n logs what reaches stderr: one line in its log (stdout).
+    said = [x for x in (r.stdout + r.stderr).splitlines() if "gamed: cannot use" in x]
+    assert len(said) == 1 and said[0].endswith(f"{line}{nobody.pw_uid})"), r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    assert not (run / "gamed.pid").exists()
