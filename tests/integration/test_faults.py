@@ -288,14 +288,21 @@ def test_kill_9_during_traffic_keeps_every_acknowledged_ban(base: Path) -> None:
         for t in talkers:
             t.join(10)
         srv.stop()
-    assert len(acknowledged) == 40, "a healthy disk acknowledges every ban as durable"
+    # On a healthy disk a ban is durable in milliseconds; under load one may take over
+    # ACK_WAIT and be answered 202 (pending): only the 200s are promised.
+    assert len(acknowledged) >= 20, acknowledged
 
     again = Server(base / "srv")
     try:
-        loaded = again.stats()["security"]["banned_users"]
-        assert loaded == len(acknowledged)
-        for uid in (acknowledged[0], acknowledged[-1]):
-            assert refused_as_banned(again.port, uid)
+        rows = sqlite3.connect(again.data / "security.sqlite3").execute(
+            "SELECT user_id FROM user_blocks WHERE until IS NULL"
+        )
+        on_disk = {uid for (uid,) in rows}
+        assert set(acknowledged) <= on_disk, set(acknowledged) - on_disk
+        assert again.stats()["security"]["banned_users"] >= len(acknowledged)
+        for uid in acknowledged:
+            assert refused_as_banned(again.port, uid), uid
+        assert heartbeat_ok(again.client(2000))
     finally:
         again.stop()
 

@@ -353,3 +353,17 @@ def test_make_service_refuses_a_corrupt_database_before_the_fork(tmp_path: Path)
         tap.makeService(options, reactor=MemoryReactorClock())
     assert info.value.code == f"gamed: cannot use {data / FILENAME}: file is not a database"
     assert sorted(p.name for p in data.iterdir()) == [FILENAME], "the preflight creates nothing"
+
+
+def test_a_ban_queued_behind_a_failing_write_hears_why_at_once(tmp_path: Path) -> None:
+    p, disk = flaky_plugin(tmp_path)
+    hold: defer.Deferred[int] = defer.Deferred()
+    disk.hold = hold
+    p.mw.block_user(1, 300, "rate_user")
+    p.clock.advance(1.0)  # the flusher starts writing the automatic block
+    assert p.call("POST", "users/2/ban")[0] == 0  # queued behind the write in flight
+    disk.error = "disk I/O error"
+    hold.callback(0)
+    assert p.last.responseCode == 202
+    assert b"disk I/O error" in b"".join(p.last.written)
+    p.parts.service.stopService()

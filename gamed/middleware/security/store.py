@@ -251,7 +251,7 @@ class BlockStore:
         def failed(f: Failure) -> None:
             self._inflight = None
             self._requeue(batch, keep)
-            self._failed(describe_error(f.value), len(batch), top)
+            self._failed(describe_error(f.value), len(batch))
 
         d.addCallbacks(done, failed)
         return d
@@ -264,7 +264,7 @@ class BlockStore:
         self.pending = merged
         self._keep |= {k for k in keep if k in batch and batch[k] is merged.get(k)}
 
-    def _failed(self, cause: str, n: int, top: int) -> None:
+    def _failed(self, cause: str, n: int) -> None:
         now = self.clock.seconds()
         self.write_failures += 1
         self._delay = RETRY_FIRST if not self._delay else min(RETRY_MAX, self._delay * 2)
@@ -282,15 +282,17 @@ class BlockStore:
         if self.failing_since is None:
             self.failing_since = now
         self.last_error = cause
-        self._notify(top, f"not yet on disk: writing {self.path} failed: {cause}; retrying")
+        self._notify(True, f"not yet on disk: writing {self.path} failed: {cause}; retrying")
 
-    def _notify(self, failed_through: int = 0, why: str = "") -> None:
-        """Fire the waiters whose change is durable (None) or whose write just failed (why)."""
+    def _notify(self, failed: bool = False, why: str = "") -> None:
+        """Fire the waiters whose change is durable (None), or all of them when a write
+        just failed (why): a change queued behind the failed batch waits for the same
+        disk, and its caller should hear why now rather than after the backoff."""
         keep = []
         for seq, d in self._waiters:
             if seq <= self.durable_seq:
                 d.callback(None)
-            elif seq <= failed_through:
+            elif failed:
                 d.callback(why)
             else:
                 keep.append((seq, d))
