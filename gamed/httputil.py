@@ -10,6 +10,24 @@ import orjson
 from twisted.web.server import Request
 
 
+#: Digits accepted in a path id: enough for 2**64, far below ``int()``'s 4,300-digit limit.
+PATH_ID_MAX_DIGITS = 20
+
+
+def path_id(segment: bytes, lo: int, hi: int) -> int | None:
+    """The integer a path segment names, if it is plain ASCII digits within ``lo..hi``; else None.
+
+    Every id in a URL on the HTTP port goes through here, so a 5,000-digit id
+    (over Python's int-from-string limit), ``+1``, `` 1``, ``1_0`` or a
+    non-ASCII digit is a 400 from the caller, never an exception. Leading
+    zeros are accepted (``007`` is 7).
+    """
+    if not 0 < len(segment) <= PATH_ID_MAX_DIGITS or not segment.isdigit():
+        return None  # bytes.isdigit is ASCII-only
+    value = int(segment)
+    return value if lo <= value <= hi else None
+
+
 def json_response(request: Request, status: int, body: Any) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")

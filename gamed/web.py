@@ -18,8 +18,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from gamed import __version__
-from gamed.httputil import json_response
-from gamed.router import Router
+from gamed.httputil import json_response, path_id
+from gamed.router import ROOM_ID_MAX, ROOM_ID_MIN, Router
 
 #: Rooms listed in /stats (largest first); the total is always given.
 STATS_ROOM_LIMIT = 100
@@ -65,9 +65,13 @@ class RoomStatsPage(Resource):
     def render_GET(self, request: Request) -> bytes:
         postpath = request.postpath
         assert postpath is not None  # Site.getResourceFor sets it before any render
-        if len(postpath) != 1 or not postpath[0].isdigit():
+        if len(postpath) != 1:
             return json_response(request, 400, {"error": "expected /stats/rooms/{room_id}"})
-        room_id = int(postpath[0])
+        room_id = path_id(postpath[0], ROOM_ID_MIN, ROOM_ID_MAX)
+        if room_id is None:
+            return json_response(
+                request, 400, {"error": f"room id must be {ROOM_ID_MIN}..{ROOM_ID_MAX}"}
+            )
         room = self._router.rooms.get(room_id)
         if room is None:
             return json_response(request, 404, {"error": f"no room {room_id}"})

@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from gamed.httputil import AdminGate
+from gamed.httputil import AdminGate, path_id
 from gamed.middleware.analytics.aggregates import EVENT_TYPES
 
 if TYPE_CHECKING:
@@ -71,13 +71,6 @@ def _deferred_json(request: Request, d: defer.Deferred[Any], missing: str) -> An
     return NOT_DONE_YET
 
 
-def _id(text: bytes, lo: int, hi: int) -> int | None:
-    if not text.isdigit() or len(text) > 10:
-        return None
-    value = int(text)
-    return value if lo <= value <= hi else None
-
-
 class _Leaf(Resource):
     isLeaf = True
     #: Names users (ids, their activity): needs the admin token when one is set.
@@ -101,7 +94,7 @@ class UserPage(_Leaf):
         assert request.postpath is not None  # Site.getResourceFor sets it before any render
         if len(request.postpath) != 1:
             return _json(request, 400, {"error": "expected /analytics/users/{user_id}"})
-        user_id = _id(request.postpath[0], 0, USER_ID_MAX)
+        user_id = path_id(request.postpath[0], 0, USER_ID_MAX)
         if user_id is None:
             return _json(request, 400, {"error": f"user id must be 0..{USER_ID_MAX}"})
         return _deferred_json(request, self.hub.user(user_id), f"no analytics for user {user_id}")
@@ -112,7 +105,7 @@ class RoomPage(_Leaf):
         assert request.postpath is not None  # Site.getResourceFor sets it before any render
         if len(request.postpath) != 1:
             return _json(request, 400, {"error": "expected /analytics/rooms/{room_id}"})
-        room_id = _id(request.postpath[0], ROOM_ID_MIN, ROOM_ID_MAX)
+        room_id = path_id(request.postpath[0], ROOM_ID_MIN, ROOM_ID_MAX)
         if room_id is None:
             return _json(request, 400, {"error": f"room id must be {ROOM_ID_MIN}..{ROOM_ID_MAX}"})
         return _deferred_json(request, self.hub.room(room_id), f"no analytics for room {room_id}")
@@ -128,7 +121,7 @@ class RealtimePage(_Leaf):
 class RecentPage(_Leaf):
     def render_GET(self, request: Request) -> bytes:
         text = _arg(request, b"limit") or "50"
-        limit = _id(text.encode(), 1, 1000)
+        limit = path_id(text.encode(), 1, 1000)
         if limit is None:
             return _json(request, 400, {"error": "limit must be 1..1000"})
         return _json(request, 200, {"events": self.hub.recent_events(limit)})
@@ -139,7 +132,7 @@ class TopPage(_Leaf):
         by = _arg(request, b"by") or "messages"
         if by not in ("messages", "playtime", "wins"):
             return _json(request, 400, {"error": "by must be messages, playtime or wins"})
-        limit = _id((_arg(request, b"limit") or "10").encode(), 1, TOP_LIMIT_MAX)
+        limit = path_id((_arg(request, b"limit") or "10").encode(), 1, TOP_LIMIT_MAX)
         if limit is None:
             return _json(request, 400, {"error": f"limit must be 1..{TOP_LIMIT_MAX}"})
         d = self.hub.top(by, limit)

@@ -27,7 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gamed.config import ConfigError
-from gamed.httputil import bearer_refusal, json_response
+from gamed.httputil import bearer_refusal, json_response, path_id
 from gamed.middleware.security.policy import normalize_ip
 
 if TYPE_CHECKING:
@@ -51,10 +51,11 @@ class _HTTPError(Exception):
 
 
 def _user_id(text: bytes) -> int:
-    s = text.decode("ascii", "replace")
-    if not s.isascii() or not s.isdigit() or len(s) > 10 or int(s) > _MAX_U32:
+    uid = path_id(text, 0, _MAX_U32)
+    if uid is None:
+        s = text[:40].decode("ascii", "replace")
         raise _HTTPError(400, f"bad user id {s!r}: expected an integer 0..{_MAX_U32}")
-    return int(s)
+    return uid
 
 
 def _ip(text: bytes) -> str:
