@@ -9,7 +9,6 @@ from typing import Any
 import orjson
 from twisted.web.server import Request
 
-
 #: Digits accepted in a path id: enough for 2**64, far below ``int()``'s 4,300-digit limit.
 PATH_ID_MAX_DIGITS = 20
 

@@ -9,9 +9,11 @@ keeps gauges consistent with the state they describe.
 from __future__ import annotations
 
 import heapq
+import io
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.web import http
 from twisted.web.resource import Resource
@@ -23,6 +25,9 @@ from gamed.router import ROOM_ID_MAX, ROOM_ID_MIN, Router
 
 #: Rooms listed in /stats (largest first); the total is always given.
 STATS_ROOM_LIMIT = 100
+
+#: Largest request body the HTTP port reads (the admin API's JSON is far below it).
+MAX_REQUEST_BODY = 64 * 1024
 
 StatsSection = Callable[[], Any]
 
@@ -152,8 +157,66 @@ class Root(Resource):
         return super().getChild(path, request)
 
 
+class BodyLimitedRequest(Request):
+    """A Request whose body is held in memory and capped at the site's ``max_request_body``.
+
+    twisted.web spools a body of unknown length (chunked) or of 100,000 bytes
+    or more to a temporary file while it is received, before any resource (or
+    auth check) runs. Here a declared ``Content-Length`` over the cap is
+    answered 413 as soon as the headers are in, and a chunked body as soon as
+    its running total passes the cap; either way the connection is closed and
+    nothing more is read or kept. A body within the cap is a ``BytesIO``.
+    """
+
+    _body_bytes = 0
+    _refused = False
+
+    def _limit(self) -> int:
+        return getattr(self.channel.site, "max_request_body", MAX_REQUEST_BODY)
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()
+        if length is not None and length > self._limit():
+            self._refuse(f"request body of {length} bytes")
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return  # the 413 is out; bytes already read are dropped
+        self._body_bytes += len(data)
+        if self._body_bytes > self._limit():
+            self._refuse("chunked request body")
+            return
+        self.content.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            return  # answered 413 already; the connection is closing
+        super().requestReceived(command, path, version)
+
+    def _refuse(self, what: str) -> None:
+        self._refused = True
+        self.content = io.BytesIO()
+        # No "100 Continue" after the 413 (HTTPChannel sends it after gotLength).
+        self.requestHeaders.removeHeader(b"expect")
+        body = orjson.dumps({"error": f"{what} is over the limit of {self._limit()} bytes"})
+        self.channel.transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.channel.loseConnection()  # stops reading; the reply is flushed first
+
+
 class QuietSite(Site):
-    """A Site that logs only failed requests: scrapes every 15 s are not news."""
+    """A Site that logs only failed requests: scrapes every 15 s are not news.
+
+    Its requests are ``BodyLimitedRequest``s: no body over ``max_request_body``
+    is read, and none is written to disk.
+    """
+
+    requestFactory = BodyLimitedRequest
+    max_request_body = MAX_REQUEST_BODY
 
     def log(self, request: http.Request) -> None:
         if request.code >= 400:
