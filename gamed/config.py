@@ -59,6 +59,8 @@ class Settings:
     metrics_port: str | None = "tcp:9700:interface=127.0.0.1"
     data_dir: str = "./gamed-data"
     max_frame_bytes: int = 65536
+    #: Bytes of partly received frames held across all connections (docs/protocol.md).
+    max_partial_bytes: int = 32 * 1024 * 1024
     max_connections: int = 10000
     max_room_users: int = 100
     idle_timeout: float = 30.0
@@ -182,6 +184,7 @@ COERCERS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "metrics-port": ("metrics_port", _endpoint("127.0.0.1", allow_none=True)),
     "data-dir": ("data_dir", _path),
     "max-frame-bytes": ("max_frame_bytes", _int_range(64, 16 * 1024 * 1024)),
+    "max-partial-bytes": ("max_partial_bytes", _int_range(64 * 1024, 64 * 1024**3)),
     "max-connections": ("max_connections", _int_range(1, 1_000_000)),
     "max-room-users": ("max_room_users", _int_range(1, 100_000)),
     "idle-timeout": ("idle_timeout", _seconds(0, 86400)),

@@ -9,6 +9,7 @@ rooms' ``IRoomClient``) and owns the ``ConnectionContext`` that middleware sees.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import (
@@ -53,7 +54,9 @@ class ConnectionContext:
     def __init__(
         self, conn: IConnection, peer_host: str, peer_port: int, clock: IReactorTime
     ) -> None:
-        self._conn = conn
+        # None once the connection is lost: a context kept by a plugin does not
+        # keep the connection (and its buffers) alive.
+        self._conn: IConnection | None = conn
         self.connection_id = next(_ids)
         self.user_id: int | None = None
         self.peer_host = peer_host
@@ -63,10 +66,12 @@ class ConnectionContext:
         self.frame_size = 0
 
     def notify(self, text: str) -> None:
-        self._conn.send(SystemMessage(text))
+        if self._conn is not None:
+            self._conn.send(SystemMessage(text))
 
     def disconnect(self, code: int, text: str) -> None:
-        self._conn.disconnect(code, text, reason="kicked")
+        if self._conn is not None:
+            self._conn.disconnect(code, text, reason="kicked")
 
     def __repr__(self) -> str:
         return f"<conn {self.connection_id} user={self.user_id} {self.peer_host}:{self.peer_port}>"
@@ -74,6 +79,58 @@ class ConnectionContext:
 
 class IStreamTransport(ITCPTransport, IConsumer):
     """What GameProtocol uses of its transport: writes, closes and aborts, a producer slot."""
+
+
+class PartialFrames:
+    """The server-wide budget for bytes of partly received frames.
+
+    A client that sends most of a large frame and then stalls (or many that do)
+    would otherwise hold up to ``--max-frame-bytes`` each for as long as the
+    idle time-out allows. Each connection reports what it holds after a read
+    that leaves bytes buffered; past ``limit()`` the connections whose partial
+    frame is oldest are closed with Error 503 until the total fits. A read
+    that leaves nothing buffered (the usual case: whole frames) costs one
+    truthiness test and never comes here.
+    """
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self.limit = limit
+        self.total = 0
+        self.closed = 0  # connections closed to keep within the budget
+        # Holders in the order their current partial frame began (dicts keep
+        # insertion order): the first is the oldest.
+        self._holders: dict[GameProtocol, None] = {}
+
+    def update(self, conn: GameProtocol, held: int) -> None:
+        before = conn.partial_bytes
+        conn.partial_bytes = held
+        self.total += held - before
+        holders = self._holders
+        if not held:
+            holders.pop(conn, None)
+            return
+        if held < before or not before:
+            # A new partial frame (the last one completed): it goes to the back.
+            holders.pop(conn, None)
+            holders[conn] = None
+        if self.total > self.limit():
+            self._evict()
+
+    def _evict(self) -> None:
+        limit = self.limit()
+        while self.total > limit and self._holders:
+            oldest = next(iter(self._holders))
+            _log.info(
+                "closing {ctx}: {held} bytes of a partial frame, {total} held in all "
+                "(--max-partial-bytes {limit})",
+                ctx=oldest.ctx,
+                held=oldest.partial_bytes,
+                total=self.total,
+                limit=limit,
+            )
+            self.closed += 1
+            oldest.drop_partial_frame()
+            self.update(oldest, 0)
 
 
 @implementer(IConnection, IPushProducer)
@@ -84,9 +141,18 @@ class GameProtocol(Int32StringReceiver):
     transport: IStreamTransport
     ctx: ConnectionContext
 
-    def __init__(self, handler: IConnectionHandler, clock: IReactorTime) -> None:
+    #: Bytes of a partial frame this connection holds, as last told to ``partials``.
+    partial_bytes = 0
+
+    def __init__(
+        self,
+        handler: IConnectionHandler,
+        clock: IReactorTime,
+        partials: PartialFrames | None = None,
+    ) -> None:
         self.handler = handler
         self.clock = clock
+        self._partials = partials or PartialFrames(lambda: handler.settings.max_partial_bytes)
         settings = handler.settings
         self.MAX_LENGTH = settings.max_frame_bytes
         self._max_backlog = settings.max_outgoing_bytes
@@ -131,7 +197,16 @@ class GameProtocol(Int32StringReceiver):
             if call is not None and call.active():
                 call.cancel()
         self._idle_call = self._abort_call = None
+        self._unprocessed = b""
+        if self.partial_bytes:
+            self._partials.update(self, 0)
         self.handler.connection_lost(self, self.close_reason)
+        # Break the reference cycles, so that refcounting frees a closed connection
+        # at once (with its buffers), not the cyclic GC some time later: the
+        # context's back-reference and a ``send_frame`` bound to this object (or
+        # to the transport) go; a context a plugin still holds is inert.
+        self.ctx._conn = None
+        self.send_frame = self._drop  # type: ignore[method-assign]
 
     def _check_idle(self) -> None:
         self._idle_call = None
@@ -151,6 +226,15 @@ class GameProtocol(Int32StringReceiver):
         if self.closing:
             return  # we are closing this connection: its input is no longer read
         super().dataReceived(data)
+        if self._unprocessed or self.partial_bytes:
+            self._partials.update(self, len(self._unprocessed))
+
+    def drop_partial_frame(self) -> None:
+        """Closed to keep within --max-partial-bytes: Error 503, the partial frame dropped."""
+        self.disconnect(
+            503, "server busy: too many partly received frames, send it again", reason="partial"
+        )
+        self._unprocessed = b""
 
     def stringReceived(self, data: bytes) -> None:
         if self.closing:
@@ -271,8 +355,11 @@ class GameFactory(Factory):
     def __init__(self, handler: IConnectionHandler, clock: IReactorTime) -> None:
         self.handler = handler
         self.clock = clock
+        # One budget for every connection of this listener; the limit is read live
+        # (a reload changes it for the next check).
+        self.partials = PartialFrames(lambda: handler.settings.max_partial_bytes)
 
     def buildProtocol(self, addr: Any) -> GameProtocol:
-        p = GameProtocol(self.handler, self.clock)
+        p = GameProtocol(self.handler, self.clock, self.partials)
         p.factory = self
         return p

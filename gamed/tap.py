@@ -64,6 +64,13 @@ class Options(usage.Options):
             f"[default: {_d.max_frame_bytes}]",
         ],
         [
+            "max-partial-bytes",
+            None,
+            None,
+            f"Bytes of partly received frames held across all connections; past it the "
+            f"oldest partial frames get Error 503 and a close [default: {_d.max_partial_bytes}]",
+        ],
+        [
             "max-connections",
             None,
             None,

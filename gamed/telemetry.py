@@ -57,6 +57,7 @@ DISCONNECT_REASONS = (
     "refused",
     "kicked",
     "auth",
+    "partial",
 )
 
 

@@ -223,6 +223,8 @@ BAD_VALUES = [
     ("max-frame-bytes", True, "expected an integer"),
     ("max-frame-bytes", "63", "between 64 and 16777216"),
     ("max-frame-bytes", str(16 * 1024 * 1024 + 1), "between 64 and 16777216"),
+    ("max-partial-bytes", "65535", "between 65536 and 68719476736"),
+    ("max-partial-bytes", "lots", "expected an integer"),
     ("max-connections", "0", "between 1 and 1000000"),
     ("max-connections", "1000001", "between 1 and 1000000"),
     ("max-connections", "", "expected an integer"),
