@@ -8,6 +8,8 @@ rooms' ``IRoomClient``) and owns the ``ConnectionContext`` that middleware sees.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +36,33 @@ _ids = itertools.count(1)
 
 #: How long a connection we closed may take to flush before we abort it.
 CLOSE_FLUSH_SECONDS = 5.0
+
+#: Partial-frame bytes released (frames completed, connections closed) before the
+#: allocator is asked to return free memory to the OS, and the delay before it is.
+TRIM_AFTER_BYTES = 8 * 1024 * 1024
+TRIM_DELAY_SECONDS = 1.0
+
+
+def _find_malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``, or None elsewhere (musl, macOS): then nothing is trimmed.
+
+    Partial frames are 64 KiB buffers from the C heap; after a churn of
+    thousands of them are freed, glibc keeps the pages unless the free space
+    is at the top of the heap, so RSS stays at its peak although the memory
+    is free (measured: 82 MiB after, 48 MiB after a trim, 47 MiB before).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+_malloc_trim = _find_malloc_trim()
 
 
 @implementer(IMessageContext)
@@ -93,10 +122,22 @@ class PartialFrames:
     truthiness test and never comes here.
     """
 
-    def __init__(self, limit: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        limit: Callable[[], int],
+        clock: IReactorTime | None = None,
+        trim: Callable[[], object] | None = _malloc_trim,
+    ) -> None:
         self.limit = limit
         self.total = 0
         self.closed = 0  # connections closed to keep within the budget
+        # Bytes released since the allocator was last trimmed; past TRIM_AFTER_BYTES
+        # a trim runs TRIM_DELAY_SECONDS later (once, however many follow).
+        self._clock = clock
+        self._trim = trim if clock is not None else None
+        self._released = 0
+        self._trim_call: IDelayedCall | None = None
+        self.trims = 0
         # Holders in the order their current partial frame began (dicts keep
         # insertion order): the first is the oldest.
         self._holders: dict[GameProtocol, None] = {}
@@ -105,6 +146,11 @@ class PartialFrames:
         before = conn.partial_bytes
         conn.partial_bytes = held
         self.total += held - before
+        if held < before and self._trim is not None:
+            self._released += before - held
+            if self._released >= TRIM_AFTER_BYTES and self._trim_call is None:
+                assert self._clock is not None
+                self._trim_call = self._clock.callLater(TRIM_DELAY_SECONDS, self._trim_now)
         holders = self._holders
         if not held:
             holders.pop(conn, None)
@@ -115,6 +161,19 @@ class PartialFrames:
             holders[conn] = None
         if self.total > self.limit():
             self._evict()
+
+    def _trim_now(self) -> None:
+        self._trim_call = None
+        self._released = 0
+        self.trims += 1
+        assert self._trim is not None
+        self._trim()
+
+    def stop(self) -> None:
+        """Cancel a pending trim (the listener is going away)."""
+        if self._trim_call is not None and self._trim_call.active():
+            self._trim_call.cancel()
+        self._trim_call = None
 
     def _evict(self) -> None:
         limit = self.limit()
@@ -357,7 +416,10 @@ class GameFactory(Factory):
         self.clock = clock
         # One budget for every connection of this listener; the limit is read live
         # (a reload changes it for the next check).
-        self.partials = PartialFrames(lambda: handler.settings.max_partial_bytes)
+        self.partials = PartialFrames(lambda: handler.settings.max_partial_bytes, clock)
+
+    def stopFactory(self) -> None:
+        self.partials.stop()
 
     def buildProtocol(self, addr: Any) -> GameProtocol:
         p = GameProtocol(self.handler, self.clock, self.partials)

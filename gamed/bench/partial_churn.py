@@ -1,7 +1,8 @@
 """RSS of a real `twistd -n gamed` under churn of half-sent frames (issue 12 item 8).
 
 Each round opens N clients that each send 65,500 bytes of a 65,536-byte frame and close.
-RSS is read from /proc before the churn and after it (no forced gc.collect in the server).
+RSS is read from /proc before the churn and after it, once it has stopped falling (no forced
+gc.collect in the server; gamed trims the C heap itself about a second after a churn).
 
     .venv/bin/python -m gamed.bench.partial_churn [--clients 1000] [--rounds 5] [-- extra gamed args]
 """
@@ -40,6 +41,19 @@ def settle(srv: GamedServer, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def settled_rss(pid: int, timeout: float = 5.0) -> float:
+    """RSS once it stops falling (gamed returns freed memory about a second after a churn)."""
+    deadline = time.monotonic() + timeout
+    last = rss_mib(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = rss_mib(pid)
+        if now >= last:
+            return now
+        last = now
+    return last
+
+
 def churn_round(port: int, n: int) -> None:
     data = struct.pack(">I", 65536) + b"x" * 65_500
     socks = []
@@ -64,16 +78,16 @@ def main() -> None:
             # Warm-up: a few clients, so that first-use allocations are not counted.
             churn_round(srv.port, 10)
             settle(srv)
-            before = rss_mib(srv.pid)
+            before = settled_rss(srv.pid)
             print(f"RSS before churn: {before:.1f} MiB")
             peak = before
             for i in range(args.rounds):
                 churn_round(srv.port, args.clients)
                 settle(srv)
-                now = rss_mib(srv.pid)
-                peak = max(peak, now)
+                peak = max(peak, rss_mib(srv.pid))
+                now = settled_rss(srv.pid)
                 print(f"after round {i + 1}: {now:.1f} MiB")
-            after = rss_mib(srv.pid)
+            after = settled_rss(srv.pid)
             print(
                 f"RSS after {args.rounds} rounds of {args.clients}: {after:.1f} MiB "
                 f"({(after / before - 1) * 100:+.0f}% vs before; peak {peak:.1f} MiB)"

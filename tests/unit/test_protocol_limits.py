@@ -10,10 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from gamed.protocol import GameProtocol
+from gamed.protocol import TRIM_DELAY_SECONDS, GameProtocol, PartialFrames, _malloc_trim
 from tests.unit.test_protocol import Harness, frame, parse
 
 
@@ -125,3 +126,28 @@ def test_whole_frames_never_touch_the_budget() -> None:
     proto, _ = connect(h, 40001)
     proto.dataReceived(frame({"HeartBeat": {"user_id": 0}}) * 50)
     assert h.factory.partials.total == 0 and proto.partial_bytes == 0
+
+
+def test_released_partial_frames_return_memory_to_the_os_once_after_a_churn() -> None:
+    clock = Clock()
+    trims: list[int] = []
+    budget = PartialFrames(lambda: 1 << 30, clock, trim=lambda: trims.append(1))
+    h = Harness()
+    conns = [connect(h, 40001 + i)[0] for i in range(200)]
+    for c in conns:
+        budget.update(c, 60_000)
+    for c in conns:
+        budget.update(c, 0)  # 12 MB released: one trim, a second later
+    assert trims == []
+    clock.advance(TRIM_DELAY_SECONDS)
+    assert trims == [1] and budget.trims == 1
+    clock.advance(60)
+    assert trims == [1]
+
+
+def test_the_trim_is_found_on_glibc() -> None:
+    import platform
+
+    if platform.libc_ver()[0] == "glibc":
+        assert _malloc_trim is not None
+        _malloc_trim()
