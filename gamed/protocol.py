@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gamed import codec
+from gamed.fdlimit import FD_HEADROOM, FdLimit, raise_nofile
 from gamed.interfaces import IConnection, IConnectionHandler, IMessageContext
 from gamed.messages import Error, SystemMessage
 
@@ -266,6 +267,9 @@ class GameProtocol(Int32StringReceiver):
         # to the transport) go; a context a plugin still holds is inert.
         self.ctx._conn = None
         self.send_frame = self._drop  # type: ignore[method-assign]
+        factory = self.factory
+        if isinstance(factory, GameFactory):
+            factory.connection_closed()
 
     def _check_idle(self) -> None:
         self._idle_call = None
@@ -407,21 +411,75 @@ class GameProtocol(Int32StringReceiver):
 
 
 class GameFactory(Factory):
-    """Builds a GameProtocol per connection, all reporting to one handler (the Router)."""
+    """Builds a GameProtocol per connection, all reporting to one handler (the Router).
+
+    It also keeps the process from running out of file descriptors: at start it
+    raises the open-file limit as far as ``--max-connections`` needs (and warns
+    if it cannot), and it never holds more connections (refused ones still
+    flushing their Error 503 included) than the limit minus ``FD_HEADROOM``:
+    past that a new connection is closed at accept, without a reply, and one
+    line is logged when such an episode starts and one when it ends. So
+    ``accept`` does not fail with EMFILE and the HTTP port keeps answering.
+    """
 
     noisy = False  # no "Starting factory" lines per listener
 
-    def __init__(self, handler: IConnectionHandler, clock: IReactorTime) -> None:
+    def __init__(
+        self, handler: IConnectionHandler, clock: IReactorTime, fd_limit: FdLimit | None = None
+    ) -> None:
         self.handler = handler
         self.clock = clock
         # One budget for every connection of this listener; the limit is read live
         # (a reload changes it for the next check).
         self.partials = PartialFrames(lambda: handler.settings.max_partial_bytes, clock)
+        self.fd_limit = fd_limit  # None: read (and raised) when the listener starts
+        self.open = 0  # protocols built and not yet lost
+        self.fd_refused = 0  # connections closed at accept to keep descriptors free
+        self._fd_episode: int | None = None  # fd_refused when the current episode began
+
+    def startFactory(self) -> None:
+        if self.fd_limit is None:
+            max_connections = self.handler.settings.max_connections
+            self.fd_limit = raise_nofile(max_connections)
+            if self.fd_limit.short:
+                _log.warn("{warning}", warning=self.fd_limit.warning(max_connections))
+            elif self.fd_limit.raised_from is not None:
+                _log.info(
+                    "open-file limit raised from {old} to {new}",
+                    old=self.fd_limit.raised_from,
+                    new=self.fd_limit.soft,
+                )
 
     def stopFactory(self) -> None:
         self.partials.stop()
 
-    def buildProtocol(self, addr: Any) -> GameProtocol:
+    def connection_closed(self) -> None:
+        self.open -= 1
+        if self._fd_episode is not None and self.fd_limit is not None:
+            if self.open <= self.fd_limit.connection_cap * 9 // 10:
+                _log.info(
+                    "accepting game connections again: {n} were closed at accept "
+                    "for want of file descriptors",
+                    n=self.fd_refused - self._fd_episode,
+                )
+                self._fd_episode = None
+
+    def buildProtocol(self, addr: Any) -> GameProtocol | None:
+        limit = self.fd_limit
+        if limit is not None and self.open >= limit.connection_cap:
+            self.fd_refused += 1
+            if self._fd_episode is None:
+                self._fd_episode = self.fd_refused - 1
+                _log.warn(
+                    "out of file descriptors for game clients: {open} open, open-file limit "
+                    "{soft}; new game connections are closed at accept until some close "
+                    "({headroom} kept for the HTTP port and files)",
+                    open=self.open,
+                    soft=limit.soft,
+                    headroom=FD_HEADROOM,
+                )
+            return None  # Twisted closes the socket at once: the descriptor is free again
+        self.open += 1
         p = GameProtocol(self.handler, self.clock, self.partials)
         p.factory = self
         return p

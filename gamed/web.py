@@ -172,7 +172,8 @@ class BodyLimitedRequest(Request):
     _refused = False
 
     def _limit(self) -> int:
-        return getattr(self.channel.site, "max_request_body", MAX_REQUEST_BODY)
+        site = getattr(self.channel, "site", None)  # set by Site.buildProtocol
+        return getattr(site, "max_request_body", MAX_REQUEST_BODY)
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()
@@ -186,6 +187,7 @@ class BodyLimitedRequest(Request):
         if self._body_bytes > self._limit():
             self._refuse("chunked request body")
             return
+        assert self.content is not None  # gotLength set it
         self.content.write(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -199,7 +201,9 @@ class BodyLimitedRequest(Request):
         # No "100 Continue" after the 413 (HTTPChannel sends it after gotLength).
         self.requestHeaders.removeHeader(b"expect")
         body = orjson.dumps({"error": f"{what} is over the limit of {self._limit()} bytes"})
-        self.channel.transport.write(
+        transport = self.channel.transport
+        assert transport is not None  # we are reading from it
+        transport.write(
             b"HTTP/1.1 413 Payload Too Large\r\n"
             b"content-type: application/json\r\n"
             b"content-length: %d\r\n"

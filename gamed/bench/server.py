@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ class GamedServer:
         args: list[str] | tuple[str, ...] = (),
         twistd_args: list[str] | tuple[str, ...] = (),
         log_name: str = "gamed.log",
+        preexec_fn: Callable[[], object] | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
@@ -49,7 +51,11 @@ class GamedServer:
         ]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            self.args, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT
+            self.args,
+            cwd=workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,  # e.g. a lower RLIMIT_NOFILE for a test
         )
         self.port, self.http_port = self._wait_for_ports()
 
