@@ -26,8 +26,6 @@ from gamed.errors import Refusal
 
 HOURS = 24
 
-#: Favourite rooms remembered per user delta (within one flush interval).
-MAX_ROOMS_PER_DELTA = 16
 
 #: The public event types, in the reference's order (RoomDeleted is ours).
 EVENT_TYPES: tuple[str, ...] = (
@@ -219,6 +217,9 @@ class Caps:
     rooms: int = 10_000
     #: Open sessions tracked for durations (users connected / in a room).
     open_sessions: int = 200_000
+    #: (user, room) visit counts held in the user deltas (the favourite rooms): a full
+    #: table flushes like the others. One user may visit any number of rooms in a delta.
+    visits: int = 100_000
 
 
 class Aggregates:
@@ -241,6 +242,8 @@ class Aggregates:
         #: user id -> (room id, joined_at): a room session runs from join to leave.
         self.room_sessions: dict[int, tuple[int, float]] = {}
         self.dropped = 0
+        #: Entries in the user deltas' ``rooms`` maps (bounded by ``caps.visits``).
+        self.visits = 0
         self.needs_room: Callable[[], bool] = lambda: False
         self._handlers: dict[type, Callable[[Any], str]] = {
             tuple: self._message,
@@ -260,12 +263,14 @@ class Aggregates:
         """Hand over the delta tables (to be flushed) and start empty ones."""
         users, rooms = self.users, self.rooms
         self.users, self.rooms = {}, {}
+        self.visits = 0
         return users, rooms
 
     def merge_back(self, users: dict[int, UserDelta], rooms: dict[int, RoomDelta]) -> None:
         """A flush failed: put its deltas back (as far as the caps allow)."""
         self._merge_back(self.users, users, self.caps.users)
         self._merge_back(self.rooms, rooms, self.caps.rooms)
+        self.visits = sum(len(u.rooms) for u in self.users.values())
 
     def _merge_back(self, table: dict[int, _Delta], returned: dict[int, _Delta], cap: int) -> None:
         # Generic over the delta type so that mypy sees absorb() get its own kind.
@@ -438,10 +443,18 @@ class Aggregates:
         u = self.user(e.user_id, e.at)
         if u is not None:
             rooms = u.rooms
-            if e.room_id in rooms or len(rooms) < MAX_ROOMS_PER_DELTA:
-                rooms[e.room_id] = rooms.get(e.room_id, 0) + 1
+            if e.room_id in rooms:
+                rooms[e.room_id] += 1
             else:
-                self.dropped += 1
+                if self.visits >= self.caps.visits:
+                    # Full: flush (the tables are swapped, so the visit goes into a
+                    # fresh delta), or, storage being behind, drop the visit.
+                    u = self.user(e.user_id, e.at) if self.needs_room() else None
+                if u is None:
+                    self.dropped += 1
+                else:
+                    u.rooms[e.room_id] = 1
+                    self.visits += 1
         if e.user_id in self.room_sessions or len(self.room_sessions) < self.caps.open_sessions:
             self.room_sessions[e.user_id] = (e.room_id, e.at)
         return "RoomJoined"
