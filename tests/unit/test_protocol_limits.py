@@ -124,7 +124,7 @@ def test_a_completed_frame_releases_its_bytes_and_a_new_partial_frame_is_younges
 def test_whole_frames_never_touch_the_budget() -> None:
     h = Harness(max_partial_bytes=65536)
     proto, _ = connect(h, 40001)
-    proto.dataReceived(frame({"HeartBeat": {"user_id": 0}}) * 50)
+    proto.dataReceived(frame("HeartBeat") * 50)
     assert h.factory.partials.total == 0 and proto.partial_bytes == 0
 
 
