@@ -132,6 +132,7 @@ class PartialFrames:
         self.limit = limit
         self.total = 0
         self.closed = 0  # connections closed to keep within the budget
+        self._episode: int | None = None  # ``closed`` when the current episode began
         # Bytes released since the allocator was last trimmed; past TRIM_AFTER_BYTES
         # a trim runs TRIM_DELAY_SECONDS later (once, however many follow).
         self._clock = clock
@@ -147,11 +148,18 @@ class PartialFrames:
         before = conn.partial_bytes
         conn.partial_bytes = held
         self.total += held - before
-        if held < before and self._trim is not None:
-            self._released += before - held
-            if self._released >= TRIM_AFTER_BYTES and self._trim_call is None:
-                assert self._clock is not None
-                self._trim_call = self._clock.callLater(TRIM_DELAY_SECONDS, self._trim_now)
+        if held < before:
+            if self._trim is not None:
+                self._released += before - held
+                if self._released >= TRIM_AFTER_BYTES and self._trim_call is None:
+                    assert self._clock is not None
+                    self._trim_call = self._clock.callLater(TRIM_DELAY_SECONDS, self._trim_now)
+            if self._episode is not None and self.total <= self.limit() // 2:
+                _log.info(
+                    "partial frames back under --max-partial-bytes: {n} connections were closed",
+                    n=self.closed - self._episode,
+                )
+                self._episode = None
         holders = self._holders
         if not held:
             holders.pop(conn, None)
@@ -180,14 +188,16 @@ class PartialFrames:
         limit = self.limit()
         while self.total > limit and self._holders:
             oldest = next(iter(self._holders))
-            _log.info(
-                "closing {ctx}: {held} bytes of a partial frame, {total} held in all "
-                "(--max-partial-bytes {limit})",
-                ctx=oldest.ctx,
-                held=oldest.partial_bytes,
-                total=self.total,
-                limit=limit,
-            )
+            if self._episode is None:  # one line per episode, not one per connection
+                self._episode = self.closed
+                _log.warn(
+                    "partial frames hold {total} bytes, over --max-partial-bytes {limit}: "
+                    "closing the oldest with Error 503 (first {ctx}, {held} bytes)",
+                    ctx=oldest.ctx,
+                    held=oldest.partial_bytes,
+                    total=self.total,
+                    limit=limit,
+                )
             self.closed += 1
             oldest.drop_partial_frame()
             self.update(oldest, 0)

@@ -151,3 +151,19 @@ def test_the_trim_is_found_on_glibc() -> None:
     if platform.libc_ver()[0] == "glibc":
         assert _malloc_trim is not None
         _malloc_trim()
+
+
+def test_one_line_per_episode_of_closing_partial_frames() -> None:
+    from twisted.logger import capturedLogs
+
+    h = Harness(max_partial_bytes=100_000)
+    conns = [connect(h, 40001 + i) for i in range(6)]
+    with capturedLogs() as events:
+        for proto, _ in conns:
+            partial(proto, 40_000)  # each past the second closes the oldest
+        for _, transport in conns:
+            transport.lose()
+    texts = [e["log_format"] for e in events if "partial frames" in e["log_format"]]
+    assert len(texts) == 2, texts  # the start of the episode, and its end
+    assert "over --max-partial-bytes" in texts[0] and "back under" in texts[1]
+    assert h.factory.partials.closed == 4
