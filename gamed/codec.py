@@ -8,6 +8,8 @@ raises ``DecodeError`` whose text says exactly what was wrong; ``encode`` and
 
 from __future__ import annotations
 
+import json
+import re
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -179,14 +181,71 @@ def _build(where: str, spec: _Spec, body: Any) -> Any:
     return cls(*args)
 
 
+# -- duplicate keys ---------------------------------------------------------------------
+#
+# serde refuses a JSON object with a key twice; orjson keeps the last one and has no
+# hook to say so. The check: every JSON string in the text (keys and string values)
+# is still in the decoded value unless a duplicate member was dropped, and the
+# number of strings does not depend on formatting (whitespace, escapes, number
+# spelling). So the frame has a duplicate key iff it holds more strings than
+# ``orjson.dumps`` of what was decoded. A frame without a backslash has only
+# unescaped quotes, and its decoded strings hold no quote, backslash or control
+# character (raw controls are invalid JSON), so counting ``"`` bytes is exact;
+# with escapes, the escape sequences are stripped first (rare: the slow path).
+
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+
+
+def _quotes(text: bytes) -> int:
+    """Twice the number of JSON strings in valid JSON ``text``."""
+    if b"\\" in text:
+        text = _ESCAPE.sub(b"", text)
+    return text.count(b'"')
+
+
+def _duplicate_key(payload: bytes) -> str | None:
+    """The first key that appears twice in one object of ``payload`` (valid JSON), or None."""
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen and not found:
+                found.append(key)
+            seen.add(key)
+        return dict(items)
+
+    json.loads(payload, object_pairs_hook=pairs)
+    return found[0] if found else None
+
+
+def _refuse_duplicates(payload: bytes, value: Any) -> None:
+    """Raise DecodeError if ``payload``, decoded to ``value``, had a key twice."""
+    if _quotes(payload) == _quotes(orjson.dumps(value)):
+        return
+    key = _duplicate_key(payload)
+    if key is not None:  # (always, for valid JSON; the guard keeps a mistake from refusing)
+        raise DecodeError(f"duplicate key {_name(key)} in a JSON object")
+
+
+def _not_json(payload: bytes, e: orjson.JSONDecodeError) -> DecodeError:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as u:
+        # orjson says "surrogates not allowed" for any bad byte; say what it is.
+        return DecodeError(f"not valid JSON: invalid UTF-8 at byte {u.start}")
+    return DecodeError(f"not valid JSON: {e}")
+
+
 def decode(payload: bytes) -> m.ClientMessage:
     """Validate one client frame (without its length prefix) into a typed message."""
     try:
         value = orjson.loads(payload)
     except orjson.JSONDecodeError as e:
-        raise DecodeError(f"not valid UTF-8 JSON: {e}") from None
+        raise _not_json(payload, e) from None
     if type(value) is dict:
         if len(value) != 1:
+            _refuse_duplicates(payload, value)
             raise DecodeError(
                 f"expected an object with exactly one key (the message type), got {len(value)} keys"
             )
@@ -202,7 +261,13 @@ def decode(payload: bytes) -> m.ClientMessage:
                 and 0 <= u <= U32_MAX
                 and 0 <= r <= U32_MAX
             ):
+                # Duplicate keys, cheaply: a chat's four keys and its text are five
+                # strings, so ten quote bytes; escaped quotes only add to the count,
+                # so exactly ten means exactly these five strings, none repeated.
+                if len(body) != 3 or payload.count(b'"') != 10:
+                    _refuse_duplicates(payload, value)
                 return m.ChatMessage(u, r, t)
+        _refuse_duplicates(payload, value)
         spec = _SPECS.get(tag)
         if spec is not None:
             return _build(tag, spec, body)

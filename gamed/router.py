@@ -13,6 +13,7 @@ report to the other is routed by this class unchanged.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -45,6 +46,11 @@ _log = Logger()
 ROOM_ID_MIN, ROOM_ID_MAX = 1, 1_000_000
 CHAT_MAX_BYTES = 1000
 NICKNAME_MAX_CHARS = 64
+#: Refused in nicknames (docs/protocol.md): C0 and C1 controls and DEL, line and paragraph
+#: separators, and the bidirectional embeddings, overrides and isolates that reorder text.
+NICKNAME_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: Refused in chat: C0 controls except tab and newline, DEL and C1 controls.
+CHAT_REFUSED = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 #: After the drain's grace, how long the clients we close get to flush before an abort.
 DRAIN_FLUSH_SECONDS = 1.0
 
@@ -289,6 +295,15 @@ class Router:
         if not ROOM_ID_MIN <= room_id <= ROOM_ID_MAX:
             raise Refusal(422, f"room_id must be {ROOM_ID_MIN}..{ROOM_ID_MAX}, got {room_id}")
 
+    @staticmethod
+    def _nickname(nickname: str) -> None:
+        """The nickname rules of Connect and RoomJoin (docs/protocol.md)."""
+        if len(nickname) > NICKNAME_MAX_CHARS:
+            raise Refusal(422, f"nickname is longer than {NICKNAME_MAX_CHARS} characters")
+        bad = NICKNAME_REFUSED.search(nickname)
+        if bad is not None:
+            raise Refusal(422, f"nickname contains a control character (U+{ord(bad.group()):04X})")
+
     def _on_connect(self, conn: IConnection, msg: m.Connect) -> None:
         uid = msg.user_id
         if conn.user_id is not None:
@@ -297,8 +312,8 @@ class Router:
                 return
             raise Refusal(409, f"already connected as user {conn.user_id}")
         nickname = msg.nickname
-        if nickname is not None and len(nickname) > NICKNAME_MAX_CHARS:
-            raise Refusal(422, f"nickname is longer than {NICKNAME_MAX_CHARS} characters")
+        if nickname is not None:
+            self._nickname(nickname)
         if self.authenticate is not None:
             self.authenticate(uid, msg.token)
         old = self.sessions.get(uid)
@@ -344,8 +359,7 @@ class Router:
         self._own_id(conn, msg.user_id)
         room_id = msg.room_id
         self._room_id(room_id)
-        if len(msg.nickname) > NICKNAME_MAX_CHARS:
-            raise Refusal(422, f"nickname is longer than {NICKNAME_MAX_CHARS} characters")
+        self._nickname(msg.nickname)
         current = self.rooms.room_of(conn.user_id)
         if current is not None and current.room_id == room_id:
             conn.send(m.RoomJoinSuccess(room_id, len(current)))
@@ -390,6 +404,14 @@ class Router:
             raise Refusal(422, "empty chat message")
         if size > CHAT_MAX_BYTES:
             raise Refusal(413, f"chat message of {size} bytes exceeds {CHAT_MAX_BYTES} bytes")
+        if not text.isprintable():  # fast for plain text; tabs, newlines, non-ASCII look closer
+            bad = CHAT_REFUSED.search(text)
+            if bad is not None:
+                raise Refusal(
+                    422,
+                    f"chat contains a control character (U+{ord(bad.group()):04X}); "
+                    "only tab and newline are allowed",
+                )
         self.rooms.record_message(room)
         self.metrics.chat_deliveries += self.rooms.broadcast(room.room_id, codec.frame(msg))
 

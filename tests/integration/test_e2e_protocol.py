@@ -59,8 +59,9 @@ def test_empty_frame_is_400_and_connection_stays(server: GamedProcess) -> None:
 @pytest.mark.parametrize(
     ("payload", "needle"),
     [
-        (b"{not json", "not valid UTF-8 JSON"),
-        (b'"\xff\xfe"', "UTF-8"),
+        (b"{not json", "not valid JSON"),
+        (b'"\xff\xfe"', "invalid UTF-8 at byte 1"),
+        (b'{"RoomLeave": {"user_id": 1, "room_id": 1, "room_id": 2}}', "duplicate key 'room_id'"),
         (b'{"Warp": {"x": 1}}', "unknown message type"),
         (b'{"ChatMessage": {"user_id": 1, "room_id": 1}}', "missing field 'message'"),
         (b'{"ChatMessage": {"user_id": "1", "room_id": 1, "message": "x"}}', "user_id"),

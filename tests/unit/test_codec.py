@@ -150,14 +150,105 @@ def test_u32_and_i32_bounds_are_accepted() -> None:
     [b"", b"{", b"hello", b"{'HeartBeat': null}", b'"HeartBeat" "HeartBeat"', b"NaN"],
 )
 def test_not_json(payload: bytes) -> None:
-    rejects(payload, "not valid UTF-8 JSON")
+    rejects(payload, "not valid JSON")
 
 
 @pytest.mark.parametrize(
-    "payload", [b'"\xff"', b'{"ChatMessage": {"message": "\xc3\x28"}}', b'"\xed\xa0\x80"']
+    ("payload", "at"),
+    [
+        (b'"\xff"', 1),
+        (b'{"ChatMessage": {"message": "\xc3\x28"}}', 29),
+        (b'"\xed\xa0\x80"', 1),  # an encoded surrogate is not UTF-8 either
+    ],
 )
-def test_invalid_utf8(payload: bytes) -> None:
-    rejects(payload, "not valid UTF-8 JSON")
+def test_invalid_utf8_is_called_invalid_utf8_not_surrogates(payload: bytes, at: int) -> None:
+    text = rejects(payload, f"invalid UTF-8 at byte {at}")
+    assert "surrogate" not in text
+
+
+@pytest.mark.parametrize(
+    ("payload", "key"),
+    [
+        (
+            b'{"ChatMessage": {"user_id": 1, "room_id": 2, "message": "a", "message": "b"}}',
+            "message",
+        ),
+        (b'{"ChatMessage": {"user_id": 1, "user_id": 2, "room_id": 2, "message": "a"}}', "user_id"),
+        # the chat fast path, with an escape in the text (the counting slow path)
+        (
+            b'{"ChatMessage":{"user_id":1,"room_id":2,"message":"say \\"hi\\"","room_id":3}}',
+            "room_id",
+        ),
+        (b'{"ChatMessage":{"user_id":1,"room_id":2,"message":"x\\\\","room_id":2}}', "room_id"),
+        (
+            b'{"RoomJoin": {"user_id": 1, "room_id": 5, "nickname": "a", "nickname": "b"}}',
+            "nickname",
+        ),
+        (b'{"Connect": {"room_id": 0, "user_id": 1, "token": null, "token": "t"}}', "token"),
+        (
+            b'{"PlayerAction": {"room_id": 1, "action": {"Move": {"x": 1, "y": 2, "x": 3, '
+            b'"direction": 0}}}}',
+            "x",
+        ),
+        (b'{"HeartBeat": null, "HeartBeat": null}', "HeartBeat"),
+        (
+            b'{"RoomLeave": {"user_id": 1, "room_id": 2}, "RoomLeave": {"user_id": 1, "room_id": 3}}',
+            "RoomLeave",
+        ),
+        (
+            b'{"ChatMessage": {"user_id": 1, "room_id": 2, "message": "a", "extra": {"k": 1, "k": 2}}}',
+            "k",
+        ),
+        (b'{"Nope": {"a": 1, "a": 1}}', "a"),
+    ],
+)
+def test_duplicate_keys_are_refused_like_serde(payload: bytes, key: str) -> None:
+    rejects(payload, f"duplicate key {key!r}")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"ChatMessage":{"user_id":1,"room_id":2,"message":"a \\"quoted\\" \\\\ \\u0022 text"}}',
+        b'{"ChatMessage": {"user_id": 1, "room_id": 2, "message": "a", "extra": "x"}}',
+        b'{"ChatMessage": {"user_id": 1, "room_id": 2, "message": "\\"", "x": {"message": 1}}}',
+        b'{"RoomJoin": {"user_id": 1, "room_id": 5, "nickname": "\\u00e9\\ud83d\\ude00"}}',
+        b'{"PlayerAction": {"room_id": 1, "action": {"Move": {"x": 1e5, "y": 2, "direction": 0}}}}',
+        b'{ "HeartBeat" : null }',
+    ],
+)
+def test_escapes_nesting_and_equal_keys_in_different_objects_are_not_duplicates(
+    payload: bytes,
+) -> None:
+    decode(payload)
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        st.recursive(
+            st.none() | st.integers(-(2**60), 2**60) | st.text(max_size=8),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+            max_leaves=8,
+        ),
+        max_size=4,
+    )
+)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_duplicate_check_agrees_with_a_json_parser_that_sees_every_pair(body: dict) -> None:
+    """Random bodies, with and without one key repeated: refused exactly when duplicated."""
+    import json
+
+    plain = orjson.dumps({"ChatMessage": {"user_id": 1, "room_id": 2, "message": "m", **body}})
+    try:
+        decode(plain)
+    except DecodeError as e:
+        assert "duplicate" not in str(e)
+    if body:
+        key = next(iter(body))
+        extra = json.dumps(key).encode() + b":" + orjson.dumps(body[key])
+        duplicated = plain[:-2] + b"," + extra + b"}}"
+        rejects(duplicated, "duplicate key")
 
 
 @pytest.mark.parametrize(

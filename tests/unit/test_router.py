@@ -528,3 +528,41 @@ def test_takeover_ends_the_old_session_in_the_event_stream(h: Harness) -> None:
     assert h.seen[1].session_seconds == 7
     old.lose()  # the old socket closing later emits nothing more
     assert len(h.seen) == 3
+
+
+# -- text rules: control characters ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "nick", ["ne\x00o", "neo\n", "\x1b[31mred", "a\x7fb", "a\x9bb", "evil\u202egnp.exe", "a\u2028b"]
+)
+def test_control_characters_in_a_nickname_are_422_at_connect_and_join(
+    h: Harness, nick: str
+) -> None:
+    c = h.client()
+    c.send({"Connect": {"room_id": 0, "user_id": 1, "nickname": nick}})
+    assert_error(c.received(), 422, "nickname contains a control character (U+")
+    assert c.conn.user_id is None
+    c.connect(1, nickname="neo")
+    c.join(1, 5, "neo")
+    assert_error(c.join(1, 6, nick), 422, "control character")
+    assert h.rooms.room_of(1).room_id == 5  # the refused join left you where you were
+
+
+def test_nicknames_with_spaces_accents_and_emoji_are_fine(h: Harness) -> None:
+    c = h.client()
+    c.connect(1, nickname="Zoë the 🐉")
+    assert c.join(1, 5, "دینا 李 ‍👩‍💻")[0]["RoomJoinSuccess"]["room_id"] == 5
+
+
+@pytest.mark.parametrize("text", ["nul\x00", "bell\x07", "esc \x1b[2J", "cr\r", "del\x7f", "\x9b"])
+def test_chat_refuses_control_characters_except_tab_and_newline(h: Harness, text: str) -> None:
+    c = h.client()
+    c.connect(1)
+    c.join(1, 4)
+    c.send({"ChatMessage": {"user_id": 1, "room_id": 4, "message": text}})
+    assert_error(c.received(), 422, "control character")
+    c.send({"ChatMessage": {"user_id": 1, "room_id": 4, "message": "line 1\n\tline 2 \u00a0 é"}})
+    assert c.received() == [
+        {"ChatMessage": {"user_id": 1, "room_id": 4, "message": "line 1\n\tline 2 \u00a0 é"}}
+    ]
