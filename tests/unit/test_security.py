@@ -19,7 +19,7 @@ from gamed.middleware.security.policy import DEFAULT_PATTERNS, build_policy
 from gamed.pipeline import Veto
 
 _ids = itertools.count(1)
-STEP = 0.01  # seconds between "normal" messages: well over the 1 ms flood gap
+STEP = 0.2  # seconds between "normal" messages: 5 a second, under the flood bucket's 10/s
 
 
 @implementer(IMessageContext)
@@ -179,16 +179,17 @@ def test_a_failed_connect_charges_nobody() -> None:
 # -- per user: flood detection, suspicion, decay -----------------------------------------
 
 
-def test_two_messages_under_1ms_apart_add_10_and_over_100_blocks_10_minutes() -> None:
+def test_a_burst_of_30_passes_each_message_over_it_adds_10_and_over_100_blocks() -> None:
     w = World()
-    c = w.connect(1)
-    w.clock.advance(1)
-    assert w.chat(c) is None  # after a pause: not a flood
+    c = w.connect(1)  # the Connect takes the first of the 30 tokens
+    for _ in range(29):
+        assert w.chat(c, step=0) is None  # one TCP segment: arrival times all equal
+    assert w.mw.decisions == {}
     for _ in range(10):
-        assert w.chat(c, step=0.0005) is None  # +10 each: 100 is not over 100
+        assert w.chat(c, step=0) is None  # over the burst: +10 each; 100 is not over 100
     assert w.mw.users[1].suspicion == pytest.approx(100, abs=0.01)
     assert any("automated" in n for n in c.notices)  # the warning at 50
-    out = w.chat(c, step=0.0005)
+    out = w.chat(c, step=0)
     assert code(out) == 403 and "suspicion" in out.message and "600" in out.message
     assert w.decisions("flood", "suspect") == 11
     assert w.decisions("suspicion", "block") == 1
@@ -198,27 +199,70 @@ def test_two_messages_under_1ms_apart_add_10_and_over_100_blocks_10_minutes() ->
     assert w.chat(c) is None
 
 
-def test_messages_1ms_or_more_apart_are_not_a_flood() -> None:
+def test_the_bucket_refills_10_tokens_a_second_up_to_the_burst() -> None:
     w = World(rate_limit_per_minute=0)
     c = w.connect(1)
-    for _ in range(500):
-        assert w.chat(c, step=0.0011) is None  # (float steps at epoch scale: a hair over 1 ms)
-    assert w.mw.users[1].suspicion == 0
+    for _ in range(29):
+        assert w.chat(c, step=0) is None
+    w.clock.advance(1.0)  # 10 tokens back
+    for _ in range(10):
+        assert w.chat(c, step=0) is None
+    assert w.mw.decisions == {}
+    assert w.chat(c, step=0) is None
+    assert w.decisions("flood", "suspect") == 1
+    w.clock.advance(3600)  # a full bucket holds 30, not 36,000
+    for _ in range(30):
+        w.chat(c, step=0)
+    assert w.decisions("flood", "suspect") == 1
+    w.chat(c, step=0)
+    assert w.decisions("flood", "suspect") == 2
+
+
+def test_a_sustained_rate_under_10_a_second_is_never_a_flood() -> None:
+    w = World(rate_limit_per_minute=0)
+    c = w.connect(1)
+    for i in range(5000):  # 9.9 a second for over 8 minutes, in pairs
+        assert w.chat(c, step=0 if i % 2 else 0.202) is None
+    assert w.mw.users[1].suspicion == 0 and w.mw.decisions == {}
+
+
+def test_each_user_has_a_bucket_of_its_own_whatever_the_address() -> None:
+    w = World()
+    cs = [w.connect(uid, "10.9.9.9") for uid in range(1, 61)]
+    for _round in range(15):  # 60 users behind one NAT, 2 ms apart, 3 messages each a round
+        for c in cs:
+            for _ in range(3):
+                assert w.chat(c, step=0) is None
+            w.clock.advance(0.002)
+        w.clock.advance(3)
+    assert w.mw.decisions == {}
+
+
+def test_the_old_flood_gap_key_is_a_usage_error_that_names_the_new_keys() -> None:
+    with pytest.raises(ConfigError) as e:
+        build_policy({"flood_interval_ms": 1.0})
+    text = str(e.value)
+    assert text.startswith("[middleware.security] flood_interval_ms: removed")
+    assert "flood_burst" in text and "flood_rate_per_second" in text
+    p = build_policy({"flood_burst": 5, "flood_rate_per_second": 0.5})
+    assert (p.flood_burst, p.flood_rate_per_second) == (5, 0.5)
+    for bad in ({"flood_burst": 0}, {"flood_rate_per_second": 0}, {"flood_burst": 1.5}):
+        with pytest.raises(ConfigError):
+            build_policy(bad)
 
 
 def test_suspicion_decays_10_points_a_minute() -> None:
     w = World()
     c = w.connect(1)
-    w.clock.advance(1)
-    for _ in range(10):  # the first follows a pause; the next nine are floods
-        w.chat(c, step=0.0001)
+    for _ in range(29 + 9):  # the burst, then nine over it
+        w.chat(c, step=0)
     assert w.mw.user_view(1)["suspicion"] == pytest.approx(90, abs=0.1)
     w.clock.advance(300)
     assert w.mw.user_view(1)["suspicion"] == pytest.approx(40, abs=0.1)
     w.clock.advance(600)
     assert w.mw.user_view(1)["suspicion"] == 0
-    for _ in range(9):  # the same burst again is not "over 100" after the decay
-        assert w.chat(c, step=0.0001) is None
+    for _ in range(30 + 9):  # the same flood again is not "over 100" after the decay
+        assert w.chat(c, step=0) is None
 
 
 def test_violations_decay_one_a_minute() -> None:
@@ -453,7 +497,7 @@ def test_flood_detection_off_and_shadow() -> None:
     c = w.connect(1)
     for _ in range(50):
         assert w.chat(c, step=0) is None
-    assert w.decisions("flood", "shadow_suspect") == 50
+    assert w.decisions("flood", "shadow_suspect") == 50 - 29  # the Connect and 29 fit
     assert w.decisions("suspicion", "shadow_block") == 1
     assert w.mw.users[1].blocked_until == 0
 
@@ -523,8 +567,8 @@ def test_ban_kicks_and_refuses_connect_until_unblocked() -> None:
 def test_unblock_clears_suspicion_like_the_reference() -> None:
     w = World()
     c = w.connect(1)
-    for _ in range(12):
-        w.chat(c, step=0.0001)
+    for _ in range(29 + 11):
+        w.chat(c, step=0)
     assert w.mw.users[1].blocked_until > w.clock.seconds()
     w.mw.unblock_user(1)
     assert w.mw.user_view(1)["suspicion"] == 0 and w.mw.user_view(1)["block"] is None
@@ -586,7 +630,8 @@ def test_tables_have_a_hard_cap() -> None:
 def test_stats_have_the_reference_fields() -> None:
     w = World()
     c = w.connect(1)
-    w.chat(c, step=0.0001)
+    for _ in range(30):  # the 31st message at once is one over the burst
+        w.chat(c, step=0)
     s = w.mw.stats()
     for key in ("total_users", "blocked_users", "suspicious_users", "blocked_ips", "decisions"):
         assert key in s

@@ -9,6 +9,8 @@ blocks survive a restart. docs/security.md is the user's guide.
 Hot path (``before_process``): HeartBeat returns at once; other messages cost
 one dict lookup (the connection's state, which holds its user and IP state),
 a few float compares and counter bumps, and, for chat, one regex search.
+The flood rule is a token bucket per user kept as one float (GCRA: the
+bucket's "theoretical arrival time"), so it costs a compare and two adds.
 Everything that allocates (decisions, sanctions, logging) is off that path.
 """
 
@@ -65,13 +67,16 @@ class Ledger:
 
 
 class UserState(Ledger):
-    __slots__ = ("conns", "count", "last_msg", "last_seen", "shadow", "window_start")
+    __slots__ = ("conns", "count", "flood_at", "last_seen", "shadow", "window_start")
 
     def __init__(self, now: float) -> None:
         super().__init__(now)
         self.window_start = now
         self.count = 0
-        self.last_msg = -math.inf
+        #: The flood bucket (GCRA): when it would be full again. It holds
+        #: ``(flood_at - now) * rate`` spent tokens; a message is over the burst
+        #: when spending one more would pass ``burst`` tokens.
+        self.flood_at = now
         self.last_seen = now
         self.conns = 0
         self.shadow: Ledger | None = None
@@ -223,7 +228,14 @@ class SecurityMiddleware:
             if m["rate_ip"] != OFF and p.ip_rate_limit_per_minute
             else _NEVER
         )
-        self._flood_gap = p.flood_interval_ms / 1000.0 if m["flood"] != OFF else -1.0
+        # The flood bucket: each message moves flood_at on by one step (1/rate);
+        # over the burst when flood_at would run more than burst steps ahead of now.
+        self._flood_step = 1.0 / p.flood_rate_per_second
+        # Half a step of slack: clock floats at epoch scale are not exact, and a burst
+        # of exactly flood_burst must fit however the sums round.
+        self._flood_room = (
+            (p.flood_burst + 0.5) * self._flood_step if m["flood"] != OFF else math.inf
+        )
         self._max_size = p.max_message_size if m["oversize"] != OFF else _NEVER
         self._chat_max = p.chat_max_bytes if m["chat_length"] != OFF else _NEVER
         self._pattern_re = p.pattern_re if m["content_pattern"] != OFF else None
@@ -267,11 +279,16 @@ class SecurityMiddleware:
                         veto = self._rate_exceeded(cs, user, now)
                         if veto is not None:
                             return veto
-                if now - user.last_msg < self._flood_gap:
+                t = user.flood_at
+                if t < now:
+                    t = now
+                t += self._flood_step
+                if t - now > self._flood_room:  # over the burst: not charged, suspected
                     veto = self._flooded(cs, user, now)
                     if veto is not None:
                         return veto
-                user.last_msg = now
+                else:
+                    user.flood_at = t
         elif cls is Connect:
             assert isinstance(message, Connect)  # for mypy, which cannot narrow through `cls`
             veto = self._check_connect(cs, message, now)
@@ -366,7 +383,9 @@ class SecurityMiddleware:
             user.window_start = now
             user.count = 0
         user.count += 1  # the Connect itself
-        user.last_msg = now
+        if user.flood_at < now:  # ... and takes a token from the flood bucket
+            user.flood_at = now
+        user.flood_at += self._flood_step
         cs.user = user
 
     def connection_opened(self, ctx: IMessageContext) -> Veto | None:

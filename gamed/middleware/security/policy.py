@@ -26,7 +26,7 @@ MODES = (ON, OFF, SHADOW)
 #: Every rule that can be switched on, off or to shadow in ``[middleware.security.rules]``.
 RULES = (
     "rate_user",  # messages per user per minute
-    "flood",  # two messages < flood_interval_ms apart -> suspicion
+    "flood",  # over flood_burst at once or flood_rate_per_second sustained -> suspicion
     "oversize",  # frames over max_message_size -> suspicion
     "content_pattern",  # dangerous patterns in chat
     "chat_length",  # chat over chat_max_bytes
@@ -69,7 +69,10 @@ class Policy:
     rate_block_seconds: float = 300.0
     max_message_size: int = 65536
     oversize_suspicion: float = 1.0
-    flood_interval_ms: float = 1.0
+    #: The flood rule is a token bucket per user: ``flood_burst`` messages at once, refilled
+    #: at ``flood_rate_per_second``; each message over it adds ``flood_suspicion``.
+    flood_burst: int = 30
+    flood_rate_per_second: float = 10.0
     flood_suspicion: float = 10.0
     suspicious_activity_threshold: float = 100.0
     suspicion_block_seconds: float = 600.0
@@ -138,11 +141,12 @@ _INT_KEYS = {
     "max_tracked_users": (100, 100_000_000),
     "max_tracked_ips": (100, 100_000_000),
     "max_blocks": (100, 100_000_000),
+    "flood_burst": (1, 100_000),
 }
 _FLOAT_KEYS = {
     "rate_block_seconds": (0.0, 365 * 86400.0),
     "oversize_suspicion": (0.0, 1e9),
-    "flood_interval_ms": (0.0, 60_000.0),
+    "flood_rate_per_second": (0.001, 10_000.0),
     "flood_suspicion": (0.0, 1e9),
     "suspicious_activity_threshold": (0.0, 1e12),
     "suspicion_block_seconds": (0.0, 365 * 86400.0),
@@ -155,6 +159,13 @@ _FLOAT_KEYS = {
     "log_interval_seconds": (0.0, 86400.0),
 }
 _OTHER_KEYS = {"blocked_ips", "allowlist", "patterns", "rules"}
+#: Keys that no longer exist, and what replaced them: a usage error that says so.
+_REMOVED = {
+    "flood_interval_ms": "removed: the flood rule measured gaps between messages, which blocked "
+    "honest clients whose frames arrive together; it is a token bucket per user now: set "
+    "flood_burst (messages at once) and flood_rate_per_second (sustained) instead "
+    "(docs/security.md)",
+}
 
 
 def _int(key: str, value: Any) -> int:
@@ -203,6 +214,8 @@ def build_policy(table: Mapping[str, Any], settings: Settings | None = None) -> 
 
     Raises ConfigError naming the key for anything unknown or out of range.
     """
+    for key in sorted(set(table) & set(_REMOVED)):
+        raise _err(key, _REMOVED[key])
     unknown = set(table) - set(_INT_KEYS) - set(_FLOAT_KEYS) - _OTHER_KEYS
     if unknown:
         raise _err(", ".join(sorted(unknown)), "unknown key (see docs/security.md)")
