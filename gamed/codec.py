@@ -228,6 +228,23 @@ def _refuse_duplicates(payload: bytes, value: Any) -> None:
         raise DecodeError(f"duplicate key {_name(key)} in a JSON object")
 
 
+def _strings_at_least(msg: Any, body: dict[str, Any]) -> int:
+    """A lower bound of the JSON strings in a decoded message: its tag, its keys and its
+    string fields (unknown extra fields may hold more). The frame's quote bytes are at
+    least twice the strings it holds, which are at least the decoded ones: a frame with
+    exactly twice this bound holds no escaped quote and no dropped duplicate."""
+    n = 1 + len(body)
+    cls = msg.__class__
+    if cls is m.RoomJoin:
+        n += 1
+    elif cls is m.Connect:
+        n += (msg.token is not None) + (msg.nickname is not None)
+    elif cls is m.PlayerAction:
+        ((_tag, inner),) = body["action"].items()
+        n += 1 + len(inner) + (msg.action.__class__ is m.UseItem)
+    return n
+
+
 def _not_json(payload: bytes, e: orjson.JSONDecodeError) -> DecodeError:
     try:
         payload.decode("utf-8")
@@ -262,15 +279,17 @@ def decode(payload: bytes) -> m.ClientMessage:
                 and 0 <= r <= U32_MAX
             ):
                 # Duplicate keys, cheaply: a chat's four keys and its text are five
-                # strings, so ten quote bytes; escaped quotes only add to the count,
-                # so exactly ten means exactly these five strings, none repeated.
+                # strings, so ten quote bytes (see _strings_at_least).
                 if len(body) != 3 or payload.count(b'"') != 10:
                     _refuse_duplicates(payload, value)
                 return m.ChatMessage(u, r, t)
-        _refuse_duplicates(payload, value)
         spec = _SPECS.get(tag)
         if spec is not None:
-            return _build(tag, spec, body)
+            msg = _build(tag, spec, body)
+            if payload.count(b'"') != 2 * _strings_at_least(msg, body):
+                _refuse_duplicates(payload, value)
+            return msg
+        _refuse_duplicates(payload, value)
         unit = _UNITS.get(tag)
         if unit is not None:
             if body is not None:

@@ -244,6 +244,7 @@ def test_duplicate_check_agrees_with_a_json_parser_that_sees_every_pair(body: di
         decode(plain)
     except DecodeError as e:
         assert "duplicate" not in str(e)
+        return  # invalid without a duplicate: its own error comes first, as in serde
     if body:
         key = next(iter(body))
         extra = json.dumps(key).encode() + b":" + orjson.dumps(body[key])
