@@ -19,10 +19,16 @@ from twisted.internet.endpoints import serverFromString
 LISTEN_BACKLOG = 1024
 
 
+#: The PROXY protocol wrapper's prefix (gamed.proxy): ``haproxy:tcp:7000``.
+PROXY_PREFIX = "haproxy:"
+
+
 def with_backlog(description: str) -> str:
     """Twisted's default accept queue is 50: a reconnect storm after a restart
     overflows it and clients see resets. TCP endpoints get a deeper one unless
-    the operator set ``backlog=`` themselves."""
+    the operator set ``backlog=`` themselves; under ``haproxy:`` too."""
+    if description.startswith(PROXY_PREFIX):
+        return PROXY_PREFIX + with_backlog(description[len(PROXY_PREFIX) :])
     if description.startswith(("tcp:", "tcp6:")) and "backlog=" not in description:
         return f"{description}:backlog={LISTEN_BACKLOG}"
     return description
@@ -139,6 +145,8 @@ def _endpoint(
             endpoint = serverFromString(None, text)
         except (ValueError, TypeError, KeyError) as e:
             raise ConfigError(option, f"not a valid endpoint description {text!r}: {e}") from None
+        # haproxy: wraps the endpoint under it; check that one's port.
+        endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)
         port = getattr(endpoint, "_port", None)
         if isinstance(port, int) and not 0 <= port <= 65535:
             raise ConfigError(option, f"port {port} is out of range 0..65535")

@@ -10,7 +10,7 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from gamed import __version__
+from gamed import __version__, proxy
 from gamed.config import COERCERS, ConfigError, Settings, build_settings, with_backlog
 from gamed.events import EventBus
 from gamed.games import Games
@@ -263,9 +263,11 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
 
     game = GameService(router)
     game.setName("game")
-    listener = strports.service(
-        with_backlog(settings.port), GameFactory(router, reactor), reactor=reactor
+    # ``haproxy:`` (the PROXY protocol): the game protocol starts once the header named the client.
+    game_endpoint, game_factory = proxy.listen_args(
+        with_backlog(settings.port), GameFactory(router, reactor), reactor
     )
+    listener = strports.service(game_endpoint, game_factory, reactor=reactor)
     listener.setName("game-listener")
     listener.setServiceParent(game)
     game.setServiceParent(top)

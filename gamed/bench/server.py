@@ -65,7 +65,7 @@ class GamedServer:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             text = self.log()
-            game = re.search(r"GameFactory starting on (\d+)", text)
+            game = re.search(r"GameFactory(?: \(PROXY\))? starting on (\d+)", text)
             http = re.search(r"QuietSite starting on (\d+)", text)
             if game and (http or not want_http):
                 return int(game.group(1)), int(http.group(1)) if http else None

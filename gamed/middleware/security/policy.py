@@ -52,9 +52,10 @@ DEFAULT_PATTERNS = (
     "document.cookie",
 )
 
-#: Loopback is trusted by default so local tools, tests and benchmarks are
-#: never limited; set ``allowlist = []`` behind a proxy on the same host.
-DEFAULT_ALLOWLIST = ("127.0.0.0/8", "::1")
+#: Nothing is trusted by default: behind a proxy on the same host every client
+#: would come from loopback, and every limit would be silently off. Local tools,
+#: tests and load generators that need more pass their own allowlist or limits.
+DEFAULT_ALLOWLIST: tuple[str, ...] = ()
 
 
 def _err(key: str, message: str) -> PluginConfigError:
