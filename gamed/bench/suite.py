@@ -398,8 +398,8 @@ def gamed_targets(twistd: Path, support: GamedSupport, workdir: Path, quick: boo
 
     config: list[str] = []
     if "config" in opts:
-        # Loopback is allowlisted by default, which would let the security
-        # plugin skip its per-message limits entirely. Clear the allowlist so
+        # An allowlisted address skips the security plugin's per-message
+        # limits: say allowlist = [] (the default) whatever the default is, so
         # every check runs, and raise only the limits the load would trip:
         # the per-IP connection cap (all clients share 127.0.0.1); the message
         # rates are off through --rate-limit 0 and flooding through the flag.

@@ -8,6 +8,8 @@ import resource
 import socket
 import struct
 import time
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -77,7 +79,8 @@ def test_storm_of_bad_clients_leaves_a_good_room_unaffected(server: GamedProcess
 
 
 def test_client_that_never_reads_is_dropped(gamed) -> None:
-    srv = gamed("--max-outgoing-bytes", "65536")
+    # 3,000 chats from one user: over every message-rate limit, which is not under test.
+    srv = gamed("--max-outgoing-bytes", "65536", "--rate-limit", "0", "--flood-detection", "off")
     talker = srv.client(1)
     sink = WireClient(srv.port)
     sink.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -154,7 +157,13 @@ async def _crowd(port: int, rooms: int, members: int) -> dict:
     return results
 
 
-def test_2000_connections_in_100_rooms_chat_and_nothing_is_dropped(server: GamedProcess) -> None:
+def test_2000_connections_in_100_rooms_chat_and_nothing_is_dropped(
+    gamed: Any, tmp_path: Path
+) -> None:
+    # 2,000 clients from 127.0.0.1: over the per-address connection cap (256) and rate.
+    cfg = tmp_path / "crowd.toml"
+    cfg.write_text("[middleware.security]\nip_max_connections = 4000\n")
+    server = gamed("--config", str(cfg), "--rate-limit", "0")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4096:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))

@@ -432,8 +432,8 @@ def test_blocklist_refuses_at_accept_by_address_or_cidr() -> None:
     assert w.mw.stats()["connections"] == 1  # refused ones are not tracked
 
 
-def test_blocklist_beats_the_loopback_allowlist() -> None:
-    w = World(blocked_ips=["127.0.0.1"])
+def test_blocklist_beats_the_allowlist() -> None:
+    w = World(blocked_ips=["127.0.0.1"], allowlist=["127.0.0.0/8"])
     _, veto = w.open("127.0.0.1")
     assert veto is not None and veto.code == 403
 
@@ -444,15 +444,18 @@ def test_blocklist_shadow() -> None:
     assert w.decisions("ip_blocklist", "shadow_refuse") == 1
 
 
-def test_loopback_is_allowlisted_by_default_and_the_config_can_override() -> None:
+def test_nothing_is_allowlisted_by_default_loopback_included() -> None:
+    """Issue 12 item 13: behind a proxy on the same host every client is 127.0.0.1."""
     w = World(rate_limit_per_minute=2, ip_max_connections=1)
-    cs = [w.connect(i, "127.0.0.1") for i in range(1, 5)]
+    c = w.connect(1, "127.0.0.1")
+    assert w.open("127.0.0.1")[1].code == 429  # ip_connections counts loopback
+    w.chat(c)
+    assert code(w.chat(c)) == 429  # and so does rate_user
+    assert w.mw.ip_view("127.0.0.1")["allowlisted"] is False
+    w2 = World(rate_limit_per_minute=2, ip_max_connections=1, allowlist=["127.0.0.0/8", "::1"])
+    cs = [w2.connect(i, "127.0.0.1") for i in range(1, 5)]
     for _ in range(100):
-        assert w.chat(cs[0], step=0.0001) is None  # no rate, no flood
-    w2 = World(rate_limit_per_minute=2, allowlist=[])
-    c = w2.connect(1, "127.0.0.1")
-    w2.chat(c)
-    assert code(w2.chat(c)) == 429
+        assert w2.chat(cs[0], step=0) is None  # allowlisted: no rate, no flood
 
 
 def test_allowlist_cidrs_bypass_limits_but_not_content_or_bans() -> None:

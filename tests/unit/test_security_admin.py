@@ -98,7 +98,7 @@ def test_get_security_has_the_stats(plugin: Plugin) -> None:
     for key in ("total_users", "blocked_users", "suspicious_users", "blocked_ips", "decisions"):
         assert key in body
     assert body["policy"]["rate_limit_per_minute"] == 60
-    assert body["policy"]["allowlist"] == ["127.0.0.0/8", "::1/128"]
+    assert body["policy"]["allowlist"] == []  # nothing is trusted by default
 
 
 def test_ban_kicks_persists_and_unblock_lifts(plugin: Plugin) -> None:
