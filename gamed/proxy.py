@@ -15,7 +15,7 @@ client address: the peer is then the proxy itself.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -49,7 +49,7 @@ class ProxiedProtocol(HAProxyProtocolWrapper):
     factory: ProxiedFactory
 
     def __init__(self, factory: ProxiedFactory, wrappedProtocol: Any) -> None:
-        super().__init__(factory, wrappedProtocol)
+        super().__init__(cast(Any, factory), wrappedProtocol)
         self._pending = b""
         self._started = False
         self._timeout: IDelayedCall | None = None
@@ -63,12 +63,9 @@ class ProxiedProtocol(HAProxyProtocolWrapper):
 
     def _no_header(self) -> None:
         self._timeout = None
-        _log.info(
-            "PROXY: no header from {peer} in {s:g}s",
-            peer=self.transport.getPeer(),
-            s=HEADER_TIMEOUT,
-        )
-        self.transport.abortConnection()
+        tcp = self._tcp()
+        _log.info("PROXY: no header from {peer} in {s:g}s", peer=tcp.getPeer(), s=HEADER_TIMEOUT)
+        tcp.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._started:
@@ -103,15 +100,20 @@ class ProxiedProtocol(HAProxyProtocolWrapper):
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
-        self.wrappedProtocol.makeConnection(self)
+        self.wrappedProtocol.makeConnection(cast(Any, self))  # a wrapper is its transport
         if rest and self.wrappedProtocol is not None:
             self.wrappedProtocol.dataReceived(rest)
 
-    def _refuse(self, why: str) -> None:
-        _log.info("PROXY: {why} from {peer}; closed", why=why, peer=self.transport.getPeer())
-        self.transport.abortConnection()
+    def _tcp(self) -> Any:
+        """The real transport (``ITransport`` does not declare ``abortConnection``)."""
+        return self.transport
 
-    def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
+    def _refuse(self, why: str) -> None:
+        tcp = self._tcp()
+        _log.info("PROXY: {why} from {peer}; closed", why=why, peer=tcp.getPeer())
+        tcp.abortConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
@@ -119,13 +121,13 @@ class ProxiedProtocol(HAProxyProtocolWrapper):
             super().connectionLost(reason)
         else:  # the game protocol never started: nothing to tell it
             self.factory.unregisterProtocol(self)
-            self.wrappedProtocol = None
+            self.wrappedProtocol = None  # type: ignore[assignment]  # as ProtocolWrapper does
 
 
 class ProxiedFactory(HAProxyWrappingFactory):
     """Twisted's HAProxy wrapping factory with ``ProxiedProtocol`` and a clock."""
 
-    protocol = ProxiedProtocol
+    protocol = ProxiedProtocol  # type: ignore[assignment]  # a subclass of the declared one
 
     def __init__(self, wrappedFactory: IProtocolFactory, clock: IReactorTime) -> None:
         super().__init__(wrappedFactory)

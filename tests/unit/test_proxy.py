@@ -108,7 +108,7 @@ def test_no_header_is_closed_without_reaching_the_game_protocol(junk: bytes) -> 
 
 
 def test_a_connection_that_never_sends_a_header_is_aborted_after_the_timeout() -> None:
-    wrapper, transport, inner, clock = open_conn()
+    wrapper, transport, _inner, clock = open_conn()
     wrapper.dataReceived(V2_SIG[:6])  # a prefix: wait for more
     clock.advance(proxy.HEADER_TIMEOUT - 0.1)
     assert transport.connected
@@ -118,7 +118,7 @@ def test_a_connection_that_never_sends_a_header_is_aborted_after_the_timeout() -
 
 
 def test_the_timeout_is_cancelled_once_the_header_arrived() -> None:
-    wrapper, transport, inner, clock = open_conn()
+    wrapper, transport, _inner, clock = open_conn()
     wrapper.dataReceived(v2_header("198.51.100.7", 5555))
     assert clock.getDelayedCalls() == []
     clock.advance(proxy.HEADER_TIMEOUT * 2)

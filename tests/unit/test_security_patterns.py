@@ -151,14 +151,14 @@ def nat_60_users() -> list[Event]:
     ev: list[Event] = []
     for u in range(1, 61):
         t = 0.002 * u
-        ev += login(u, t) + [(t, u, chat(u))]
+        ev += [*login(u, t), (t, u, chat(u))]
         ev += [(t + 5.0 * k, u, chat(u)) for k in range(1, 12)]
     return ev
 
 
 def pipelined_session() -> list[Event]:
     """Connect + RoomJoin + chat + HeartBeat in one write, then a chat every 2 s for 10 min."""
-    ev = login(1) + [(0.0, 1, chat(1)), (0.0, 1, m.HeartBeat())]
+    ev = [*login(1), (0.0, 1, chat(1)), (0.0, 1, m.HeartBeat())]
     ev += [(2.0 * k, 1, chat(1)) for k in range(1, 300)]
     return ev
 
