@@ -2,8 +2,8 @@
 """Nanoseconds per message on two hot paths: the security plugin's ``before_process`` and
 ``codec.decode``. In-process, no sockets; the best of REPEAT timings of N calls each.
 
-    .venv/bin/python bench/hot_path_micro.py [--n 200000] [--repeat 7]
-    .venv/bin/python bench/hot_path_micro.py --baseline /path/to/other/checkout
+    .venv/bin/python -m gamed.bench.hot_path_micro [--n 200000] [--repeat 7]
+    .venv/bin/python -m gamed.bench.hot_path_micro --baseline /path/to/other/checkout
 
 With ``--baseline`` the same measurements run on that checkout's ``gamed/codec.py`` and
 security plugin (loaded from their files, the rest of gamed from here), interleaved
@@ -18,6 +18,7 @@ Decode: a short chat frame, a RoomJoin and a PlayerAction (Move).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import sys
 import timeit
@@ -48,6 +49,9 @@ class _Ctx:
         self.frame_size = 60
 
     def notify(self, text: str) -> None:  # pragma: no cover - no rule fires
+        pass
+
+    def disconnect(self, code: int, text: str) -> None:  # pragma: no cover - plugins veto
         pass
 
 
@@ -116,7 +120,7 @@ def bench_security(
     ):
         bp = mw.before_process
         assert bp(ctx, msg) is None
-        best = min(timeit.repeat(lambda bp=bp, msg=msg: bp(ctx, msg), number=n, repeat=repeat))
+        best = min(timeit.repeat(functools.partial(bp, ctx, msg), number=n, repeat=repeat))
         out[name] = best / n * 1e9
         # Never refused: the measurement is of the pass-through path.
         assert bp(ctx, msg) is None
@@ -134,7 +138,7 @@ def bench_decode(n: int, repeat: int, codec_mod: Any = codec) -> dict[str, float
     dec = codec_mod.decode
     for name, payload in frames.items():
         dec(payload)
-        best = min(timeit.repeat(lambda p=payload: dec(p), number=n, repeat=repeat))
+        best = min(timeit.repeat(functools.partial(dec, payload), number=n, repeat=repeat))
         out[name] = best / n * 1e9
     return out
 
