@@ -133,6 +133,12 @@ class ProxiedFactory(HAProxyWrappingFactory):
         super().__init__(wrappedFactory)
         self.clock = clock
 
+    def buildProtocol(self, addr: Any) -> Any:
+        inner = self.wrappedFactory.buildProtocol(addr)
+        if inner is None:  # the wrapped factory refused (e.g. out of file descriptors)
+            return None
+        return self.protocol(self, inner)
+
 
 def listen_args(description: str, factory: Any, clock: IReactorTime) -> tuple[str, Any]:
     """The endpoint and factory to listen with for ``--port``: a ``haproxy:`` description

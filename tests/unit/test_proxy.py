@@ -137,3 +137,12 @@ def test_port_accepts_haproxy_and_the_backlog_goes_to_the_tcp_endpoint() -> None
         build_settings({"port": "haproxy:tcp:70000"})
     with pytest.raises(ConfigError, match="not a valid endpoint"):
         build_settings({"port": "haproxy:nope:1"})
+
+
+def test_a_connection_the_game_factory_refuses_is_refused_by_the_wrapper_too() -> None:
+    class Refusing(Factory):
+        def buildProtocol(self, addr: Any) -> None:
+            return None
+
+    factory = proxy.ProxiedFactory(Refusing(), Clock())
+    assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 1)) is None
