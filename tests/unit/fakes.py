@@ -1,25 +1,43 @@
-"""Fakes shared by the unit tests. Each is checked against its interface with verifyObject."""
+"""Fakes and builders shared by the unit tests (no sockets, no real time).
+
+Each fake declares the interface it stands in for, and tests/unit/test_interfaces.py
+checks it with ``verifyObject``, so a fake cannot drift from the seam it fakes.
+"""
 
 from __future__ import annotations
 
+import io
 import itertools
 import struct
+from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry
+from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
-from gamed import codec
+from gamed import codec, tap
+from gamed.config import Settings
+from gamed.events import EventBus
 from gamed.interfaces import (
     IConnection,
     IConnectionHandler,
     IGameService,
     IMessageContext,
+    IRoomClient,
     IServerControl,
 )
 from gamed.messages import Error, SystemMessage
+from gamed.middleware.registry import PluginEnvironment
+from gamed.middleware.security.middleware import make_plugin, validate
+from gamed.protocol import GameFactory, GameProtocol
 
 # -- IConnection / IServerControl fakes (router and plugin tests) ---------------------------
 
@@ -150,19 +168,22 @@ class FakeServerControl:
     """An IServerControl that records what a plugin asks of the server.
 
     ``connections`` are open connections (only counted), ``sessions`` the
-    connected user ids, ``games`` an optional IGameService that answers
-    ``game_status``.
+    connected user ids, ``hosts`` the peer address of each open connection
+    (what ``kick_host`` closes), ``games`` an optional IGameService that
+    answers ``game_status``; ``reload_config`` answers ``reload_result``.
     """
 
     def __init__(self) -> None:
         self.connections: set[object] = set()
         self.sessions: list[int] = []
+        self.hosts: list[str] = []
         self.games: IGameService | None = None
         self.kicked: list[tuple[Any, ...]] = []
         self.removed: list[int] = []
         self.authenticator: Any = None
         self.timer: Any = "unset"
         self.reloads = 0
+        self.reload_result: Any = {"reloaded": []}
 
     def connected_user_ids(self) -> list[int]:
         return list(self.sessions)
@@ -173,7 +194,7 @@ class FakeServerControl:
 
     def kick_host(self, host: str, code: int, text: str) -> int:
         self.kicked.append(("host", host, code))
-        return 0
+        return self.hosts.count(host)
 
     def remove_from_room(self, user_id: int) -> bool:
         self.removed.append(user_id)
@@ -187,10 +208,201 @@ class FakeServerControl:
 
     def reload_config(self) -> Any:
         self.reloads += 1
-        return {"reloaded": []}
+        return self.reload_result
 
     def connection_count(self) -> int:
         return len(self.connections)
 
     def game_status(self, room_id: int) -> str | None:
         return None if self.games is None else self.games.game_state(room_id)
+
+
+# -- a plugin's view of one connection ---------------------------------------------------------
+
+_ctx_ids = itertools.count(1)
+
+
+@implementer(IMessageContext)
+class Ctx:
+    """One connection as a middleware sees it.
+
+    ``notify`` is recorded in ``notices``; ``disconnect`` fails the test:
+    plugins refuse with a Veto, they never close a connection themselves.
+    """
+
+    def __init__(
+        self, clock: IReactorTime | None = None, host: str = "10.0.0.1", user_id: int | None = None
+    ) -> None:
+        self.connection_id = next(_ctx_ids)
+        self.user_id = user_id
+        self.peer_host = host
+        self.peer_port = 5000
+        self.clock = clock if clock is not None else Clock()
+        self.connected_at = self.clock.seconds()
+        self.frame_size = 60
+        self.notices: list[str] = []
+
+    def notify(self, text: str) -> None:
+        self.notices.append(text)
+
+    def disconnect(self, code: int, text: str) -> None:
+        raise AssertionError("plugins veto; they do not disconnect directly")
+
+
+# -- a room member ------------------------------------------------------------------------------
+
+
+@implementer(IRoomClient)
+class Member:
+    """A room member that keeps the frames the room service hands it."""
+
+    def __init__(self, user_id: int, nickname: str = "") -> None:
+        self.user_id = user_id
+        self.nickname = nickname or f"user{user_id}"
+        self.frames: list[bytes] = []
+
+    def send_frame(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+
+# -- frames on the wire -------------------------------------------------------------------------
+
+
+def frame(obj: object) -> bytes:
+    """One length-prefixed frame: ``obj`` as JSON, or ``bytes`` as they are."""
+    payload = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+    return struct.pack(">I", len(payload)) + payload
+
+
+def parse_frames(data: bytes) -> list[Any]:
+    """The frames in ``data``, decoded; the server never splits one."""
+    out, i = [], 0
+    while i < len(data):
+        (n,) = struct.unpack(">I", data[i : i + 4])
+        out.append(orjson.loads(data[i + 4 : i + 4 + n]))
+        i += 4 + n
+    assert i == len(data), "server frames must never be split"
+    return out
+
+
+def send(proto: Any, *objs: object) -> None:
+    """Feed ``proto`` one frame per object, as separate reads."""
+    for obj in objs:
+        proto.dataReceived(frame(obj))
+
+
+# -- the real service tree on a MemoryReactorClock ----------------------------------------------
+
+
+def memory_service(
+    tmp_path: Path, *extra: str, reactor: MemoryReactorClock | None = None
+) -> tuple[MultiService, MemoryReactorClock]:
+    """``makeService`` with test ports 7001/9701 and a data dir under ``tmp_path``."""
+    options = tap.Options()
+    options.parseOptions(
+        [
+            "--port",
+            "tcp:7001",
+            "--metrics-port",
+            "tcp:9701:interface=127.0.0.1",
+            "--data-dir",
+            str(tmp_path / "d"),
+            *extra,
+        ]
+    )
+    reactor = reactor if reactor is not None else MemoryReactorClock()
+    return tap.makeService(options, reactor=reactor), reactor
+
+
+class MemoryServer:
+    """``makeService`` on a MemoryReactorClock: game clients on StringTransports,
+    HTTP resources rendered from DummyRequests. Nothing listens."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        *extra: str,
+        reactor: MemoryReactorClock | None = None,
+        start: bool = False,
+    ) -> None:
+        self.service, self.reactor = memory_service(tmp_path, *extra, reactor=reactor)
+        if start:
+            self.service.privilegedStartService()
+            self.service.startService()
+        self.router: Any = self.service.router  # type: ignore[attr-defined]
+        self.site: Any = self.service.getServiceNamed("http-listener").factory  # type: ignore[attr-defined]
+        self.factory = GameFactory(self.router, self.reactor)
+        self._ports = itertools.count(40001)
+
+    def client(self) -> GameProtocol:
+        """A new connection from 127.0.0.1 (a fresh port each time)."""
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", next(self._ports)))
+        proto = self.factory.buildProtocol(transport.getPeer())
+        proto.makeConnection(transport)
+        return proto
+
+    def get(self, path: bytes) -> tuple[int, DummyRequest, bytes]:
+        """(status, request, body) of a resource that answers at once."""
+        request = DummyRequest(path.lstrip(b"/").split(b"/"))
+        body = self.site.getResourceFor(request).render(request)
+        assert body is not NOT_DONE_YET
+        return request.responseCode or 200, request, body
+
+    def stop(self) -> None:
+        if self.service.running:
+            self.service.stopService()
+
+
+# -- the security plugin and its admin API ------------------------------------------------------
+
+ADMIN_TOKEN = b"admin-token-0123456789"
+
+
+class SecurityPlugin:
+    """The security plugin as make_plugin builds it, on a Clock and a FakeServerControl;
+    ``call`` renders its /admin/ resource from a DummyRequest."""
+
+    def __init__(self, tmp_path: Path, admin: bool = True, **table: Any) -> None:
+        self.tmp = tmp_path
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.control = FakeServerControl()
+        self.control.reload_result = {"reloaded": ["security"]}
+        admin_file = None
+        if admin:
+            admin_file = tmp_path / "admin.token"
+            admin_file.write_bytes(ADMIN_TOKEN + b"\n")
+        self.settings = Settings(
+            data_dir=str(tmp_path / "data"),
+            admin_token_file=str(admin_file) if admin_file else None,
+            plugin_config={"security": table},
+        )
+        env = PluginEnvironment(
+            settings=self.settings,
+            config=validate(table, self.settings),
+            clock=self.clock,
+            events=EventBus(),
+            registry=CollectorRegistry(),
+            rooms=None,
+            control=self.control,
+        )
+        self.parts = make_plugin(env)
+        self.mw = self.parts.middleware
+        self.admin = self.parts.resources[b"admin"]
+
+    def call(
+        self, method: str, path: str, body: Any = None, token: bytes | None = ADMIN_TOKEN
+    ) -> tuple[int, Any]:
+        req = DummyRequest([seg.encode() for seg in path.strip("/").split("/")])
+        req.method = method.encode()
+        if token is not None:
+            req.requestHeaders.addRawHeader(b"authorization", b"Bearer " + token)
+        raw = body if isinstance(body, bytes) else (orjson.dumps(body) if body is not None else b"")
+        req.content = io.BytesIO(raw)
+        out = self.admin.render(req)
+        self.last = req
+        if out == NOT_DONE_YET:  # a change waiting for its write: answered when it is done
+            if not req.finished:
+                return 0, None
+            out = b"".join(req.written)
+        return req.responseCode, orjson.loads(out)

@@ -20,25 +20,11 @@ from gamed.middleware.analytics.aggregates import EVENT_TYPES, hour_of
 from gamed.middleware.analytics.middleware import Analytics, AnalyticsService, options_from
 from gamed.middleware.analytics.store import InlineStore
 from gamed.middleware.registry import PluginEnvironment
+from tests.unit.fakes import Ctx, FakeServerControl
 
 HOUR = 3600.0
 #: 2026-01-01 00:00:00 UTC: the clock starts at midnight, so hour h is DAY + h*HOUR.
 DAY = 1_767_225_600.0
-
-
-class Ctx:
-    """The bits of IMessageContext analytics reads."""
-
-    def __init__(self, user_id: int | None) -> None:
-        self.user_id = user_id
-
-
-class Control:
-    def __init__(self) -> None:
-        self.connected: list[int] = []
-
-    def connected_user_ids(self) -> list[int]:
-        return list(self.connected)
 
 
 class Rig:
@@ -49,7 +35,7 @@ class Rig:
         self.clock.advance(DAY)
         self.events = EventBus()
         self.registry = CollectorRegistry()
-        self.control = Control()
+        self.control = FakeServerControl()
         self.data_dir = tmp_path / "data"
         settings = Settings(data_dir=str(self.data_dir), shutdown_grace=1.0)
         env = PluginEnvironment(
@@ -79,7 +65,7 @@ class Rig:
         self.events.emit(event)
 
     def message(self, user_id: int | None, message: object, result: object = None) -> None:
-        self.mw.after_process(Ctx(user_id), message, result)
+        self.mw.after_process(Ctx(user_id=user_id), message, result)
 
     def user(self, user_id: int) -> dict[str, Any] | None:
         return _result(self.hub.user(user_id))
@@ -411,12 +397,12 @@ def test_aggregates_survive_a_restart(tmp_path: Path) -> None:
 def test_stop_waits_for_the_server_to_close_its_clients(rig: Rig) -> None:
     t = rig.clock.seconds()
     rig.emit(ev.UserConnected(7, "h", t))
-    rig.control.connected = [7]
+    rig.control.sessions = [7]
     fired = rig.stop()
     assert fired == []
     rig.clock.advance(0.5)  # the server drains: the client's events arrive late
     rig.emit(ev.UserDisconnected(7, 0.5, "shutdown", t + 0.5))
-    rig.control.connected = []
+    rig.control.sessions = []
     rig.clock.advance(0.05)
     assert fired == [None]
     stored = rig.hub  # closed: read straight from the database file
@@ -427,7 +413,7 @@ def test_stop_waits_for_the_server_to_close_its_clients(rig: Rig) -> None:
 
 
 def test_stop_gives_up_waiting_after_the_grace(rig: Rig) -> None:
-    rig.control.connected = [7]  # a client that never goes
+    rig.control.sessions = [7]  # a client that never goes
     fired = rig.stop()
     rig.clock.pump([0.05] * 100)  # shutdown_grace 1 s + 2 s extra
     assert fired == [None]
@@ -569,7 +555,9 @@ def test_bulk_chat_path_matches_the_in_order_path(tmp_path: Path) -> None:
         t = rig.at(4.99)
         for i in range(300):  # crosses 05:00 in the middle of one batch
             at = t + i * 0.2
-            rig.mw.after_process(Ctx(i % 7 + 1), m.ChatMessage(i % 7 + 1, i % 3 + 1, "x"), None)
+            rig.mw.after_process(
+                Ctx(user_id=i % 7 + 1), m.ChatMessage(i % 7 + 1, i % 3 + 1, "x"), None
+            )
             rig.hub.queue[-1] = (*rig.hub.queue[-1][:4], at)
         rig.emit(ev.UserConnected(1, "h", t))
         rig.hub.process()

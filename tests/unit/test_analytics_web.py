@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,50 +16,29 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from gamed import events as ev
-from gamed import tap
 from gamed.middleware.analytics.middleware import Analytics, AnalyticsService
-from gamed.protocol import GameFactory
 from gamed.store import SqliteStore
+from tests.unit.fakes import MemoryServer, send
 
 
-class Tree:
-    """makeService(--middleware analytics) on a MemoryReactorClock; game and HTTP clients on
-    StringTransports."""
+class Tree(MemoryServer):
+    """makeService(--middleware analytics) on a MemoryReactorClock, started at 15:00 UTC;
+    game and HTTP clients on StringTransports."""
 
     def __init__(self, tmp_path: Path, config: str = "") -> None:
-        args = [
-            "--port",
-            "tcp:7001",
-            "--metrics-port",
-            "tcp:9701:interface=127.0.0.1",
-            "--data-dir",
-            str(tmp_path / "d"),
-            "--middleware",
-            "analytics",
-        ]
+        args = ["--middleware", "analytics"]
         if config:
             cfg = tmp_path / "gamed.toml"
             cfg.write_text(f"[middleware.analytics]\n{config}\n")
             args += ["--config", str(cfg)]
-        options = tap.Options()
-        options.parseOptions(args)
-        self.reactor = MemoryReactorClock()
-        self.reactor.advance(1_767_225_600 + 15 * 3600)  # 15:00 UTC
-        self.service = tap.makeService(options, reactor=self.reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.router = self.service.router
+        reactor = MemoryReactorClock()
+        reactor.advance(1_767_225_600 + 15 * 3600)  # 15:00 UTC
+        super().__init__(tmp_path, *args, reactor=reactor, start=True)
         self.hub: Analytics = self.router.pipeline.middleware[0].hub
-        self.site = self.service.getServiceNamed("http-listener").factory
         self.site.timeOut = None  # no idle timer on the global reactor
-        self.factory = GameFactory(self.router, self.reactor)
-        self._port = 40000
 
-    def client(self, user_id: int) -> Any:
-        self._port += 1
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", self._port))
-        proto = self.factory.buildProtocol(transport.getPeer())
-        proto.makeConnection(transport)
+    def connect(self, user_id: int) -> Any:
+        proto = self.client()
         send(proto, {"Connect": {"room_id": 0, "user_id": user_id}})
         return proto
 
@@ -81,16 +59,6 @@ class Tree:
 
     def tick(self) -> None:
         self.reactor.advance(0.25)
-
-    def stop(self) -> None:
-        if self.service.running:
-            self.service.stopService()
-
-
-def send(proto: Any, *objs: object) -> None:
-    for obj in objs:
-        payload = orjson.dumps(obj)
-        proto.dataReceived(struct.pack(">I", len(payload)) + payload)
 
 
 def join(proto: Any, room_id: int) -> None:
@@ -124,7 +92,7 @@ def tree(tmp_path: Path) -> Tree:
 
 
 def test_a_session_through_the_router(tree: Tree) -> None:
-    a, b = tree.client(1), tree.client(2)
+    a, b = tree.connect(1), tree.connect(2)
     join(a, 5)
     join(b, 5)
     chat(a, 5)
@@ -181,7 +149,7 @@ def test_json_endpoints_validate_their_input(tree: Tree) -> None:
 
 
 def test_realtime_and_recent(tree: Tree) -> None:
-    tree.client(1)
+    tree.connect(1)
     tree.tick()
     status, rt = tree.get(b"/analytics/realtime")
     assert status == 200
@@ -202,7 +170,7 @@ def test_realtime_and_recent(tree: Tree) -> None:
 
 
 def test_stats_section_and_prometheus(tree: Tree) -> None:
-    tree.client(1)
+    tree.connect(1)
     tree.tick()
     _, stats = tree.get(b"/stats")
     assert stats["analytics"]["total_processed"] == 2
@@ -222,7 +190,7 @@ def test_stream_delivers_filtered_events_and_heartbeats(tree: Tree) -> None:
     head = transport.value()
     assert b"200 OK" in head.split(b"\r\n", 1)[0]
     assert b"text/event-stream" in head
-    a = tree.client(1)
+    a = tree.connect(1)
     join(a, 5)
     chat(a, 5, "hello")
     tree.tick()
@@ -262,7 +230,7 @@ def test_a_slow_stream_client_is_dropped(tmp_path: Path) -> None:
         (client,) = tree.hub.streams
         transport.producer.pauseProducing()  # the socket buffer passed its high-water mark
         assert client.paused
-        a = tree.client(1)
+        a = tree.connect(1)
         for _ in range(60):
             send(a, "HeartBeat")
         tree.tick()
@@ -289,7 +257,7 @@ def test_stream_client_limit(tmp_path: Path) -> None:
 def test_stop_finishes_streams_and_flushes(tmp_path: Path) -> None:
     tree = Tree(tmp_path)
     _, transport = tree.open(b"/analytics/stream")
-    game = tree.client(1)
+    game = tree.connect(1)
     d = tree.service.stopService()
     fired: list[Any] = []
     d.addBoth(fired.append)

@@ -16,40 +16,23 @@ from twisted.internet.error import ConnectionDone
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from gamed.protocol import GameFactory
 from gamed.router import DRAIN_FLUSH_SECONDS
-from tests.unit.memory_service import build
-from tests.unit.test_web import Server, send
+from tests.unit.fakes import MemoryServer, parse_frames, send
 
 
-class Tree(Server):
-    """test_web's Server (no middleware), started, with extra options."""
-
-    def __init__(self, tmp_path: Path, *extra: str) -> None:
-        self.service, self.reactor = build(tmp_path, "--middleware", "none", *extra)
-        self.router = self.service.router
-        self.site = self.service.getServiceNamed("http-listener").factory
-        self.factory = GameFactory(self.router, self.reactor)
-        self._port = 40000
-        self.service.privilegedStartService()
-        self.service.startService()
-
-
-def started(tmp_path: Path, *extra: str) -> Tree:
-    return Tree(tmp_path, *extra)
+def started(tmp_path: Path, *extra: str) -> MemoryServer:
+    """The service tree (no middleware), started, with extra options."""
+    return MemoryServer(tmp_path, "--middleware", "none", *extra, start=True)
 
 
 def frames(proto: Any) -> list[Any]:
-    data, out = proto.transport.value(), []
-    while data:
-        n = int.from_bytes(data[:4], "big")
-        out.append(orjson.loads(data[4 : 4 + n]))
-        data = data[4 + n :]
+    """What ``proto`` was sent since the last call."""
+    out = parse_frames(proto.transport.value())
     proto.transport.clear()
     return out
 
 
-def listeners_running(server: Server) -> tuple[bool, bool]:
+def listeners_running(server: MemoryServer) -> tuple[bool, bool]:
     game = server.service.getServiceNamed("game").getServiceNamed("game-listener")
     http = server.service.getServiceNamed("http-listener")
     return game.running, http.running

@@ -29,8 +29,7 @@ from gamed.middleware.security.policy import build_policy
 from gamed.middleware.security.store import FILENAME, RETRY_MAX, BlockStore, _write
 from gamed.service import ServerRoot
 from gamed.store import SqliteStore
-from tests.unit.test_security import Control
-from tests.unit.test_security_admin import Plugin
+from tests.unit.fakes import FakeServerControl, SecurityPlugin
 
 
 @pytest.fixture
@@ -57,7 +56,7 @@ def test_a_corrupt_ban_database_refuses_the_start_in_one_line(tmp_path: Path) ->
     """Through ServerRoot: the line goes through twistd's status pipe, the pidfile goes."""
     (tmp_path / FILENAME).write_bytes(b"\x00garbage" * 512)
     clock = Clock()
-    mw = SecurityMiddleware(build_policy({}), clock, Control(), CollectorRegistry())
+    mw = SecurityMiddleware(build_policy({}), clock, FakeServerControl(), CollectorRegistry())
     root = ServerRoot()
     SecurityService(mw, clock, str(tmp_path)).setServiceParent(root)
     pidfile = tmp_path / "gamed.pid"
@@ -208,8 +207,8 @@ class FlakyStore:
         pass
 
 
-def flaky_plugin(tmp_path: Path) -> tuple[Plugin, FlakyStore]:
-    p = Plugin(tmp_path)
+def flaky_plugin(tmp_path: Path) -> tuple[SecurityPlugin, FlakyStore]:
+    p = SecurityPlugin(tmp_path)
     disk = FlakyStore(str(tmp_path / FILENAME))
     p.mw.store = BlockStore(disk, disk.path, p.clock)  # type: ignore[arg-type]
     p.parts.service.startService()  # the flusher, on the test's clock
@@ -284,7 +283,7 @@ def test_a_slow_write_is_answered_pending_after_the_wait(tmp_path: Path) -> None
 def test_pending_writes_show_as_metrics(tmp_path: Path) -> None:
     registry = CollectorRegistry()
     clock = Clock()
-    mw = SecurityMiddleware(build_policy({}), clock, Control(), registry)
+    mw = SecurityMiddleware(build_policy({}), clock, FakeServerControl(), registry)
     disk = FlakyStore(str(tmp_path / FILENAME))
     disk.error = "database or disk is full"
     mw.store = BlockStore(disk, disk.path, clock)  # type: ignore[arg-type]
@@ -326,7 +325,7 @@ def test_a_batch_that_fails_is_rewritten_behind_newer_changes(tmp_path: Path) ->
 def test_a_ban_on_a_failing_disk_is_written_at_stop(tmp_path: Path) -> None:
     """Stop writes what the retries have not: nothing acknowledged dropped while we live."""
     clock = Clock()
-    mw = SecurityMiddleware(build_policy({}), clock, Control(), CollectorRegistry())
+    mw = SecurityMiddleware(build_policy({}), clock, FakeServerControl(), CollectorRegistry())
     service = SecurityService(mw, clock, str(tmp_path))
     service.startService()
     real = mw.store.store

@@ -12,7 +12,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from gamed.httputil import path_id
-from tests.unit.memory_service import build
+from tests.unit.fakes import memory_service
 
 TOKEN = b"admin-token-0123456789"
 HUGE = b"9" * 5000
@@ -37,7 +37,7 @@ class Site:
     def __init__(self, tmp_path: Path) -> None:
         token = tmp_path / "admin.token"
         token.write_bytes(TOKEN + b"\n")
-        service, _ = build(tmp_path, "--admin-token-file", str(token))
+        service, _ = memory_service(tmp_path, "--admin-token-file", str(token))
         self.site = service.getServiceNamed("http-listener").factory
 
     def get(self, path: bytes) -> tuple[int, object]:

@@ -17,12 +17,8 @@ import psutil
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.web.server import NOT_DONE_YET
-from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -42,11 +38,9 @@ from gamed.middleware.metrics.window import (
 )
 from gamed.middleware.registry import PluginEnvironment
 from gamed.pipeline import Pipeline, Veto
-from gamed.protocol import GameFactory
 from gamed.rooms import RoomService
 from gamed.telemetry import ServerMetrics
-from tests.unit.fakes import FakeServerControl
-from tests.unit.memory_service import build
+from tests.unit.fakes import Ctx, FakeServerControl, Member, MemoryServer, send
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -59,20 +53,6 @@ class FakePerf:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Ctx:
-    def __init__(self, user_id: int = 1) -> None:
-        self.user_id = user_id
-
-
-class Member:
-    def __init__(self, user_id: int) -> None:
-        self.user_id = user_id
-        self.nickname = f"u{user_id}"
-
-    def send_frame(self, frame: bytes) -> None:
-        pass
 
 
 class FakeProcess:
@@ -278,7 +258,7 @@ def test_middleware_without_before_counts_but_takes_no_sample() -> None:
 
 def test_middleware_never_vetoes_and_counts_refused_frames() -> None:
     mw = MetricsMiddleware(16)
-    assert IMiddleware.providedBy(mw)
+    assert verifyObject(IMiddleware, mw)
     assert mw.before_process(Ctx(), chat()) is None
     mw.frame_refused(Ctx(), "invalid", 12)
     assert (mw.messages, mw.errors) == (1, 1)
@@ -663,43 +643,15 @@ def test_top_rooms_zero_exports_no_room_series() -> None:
 # -- the whole server, no sockets ----------------------------------------------------------------
 
 
-class Server:
-    def __init__(self, tmp_path: Path, middleware: str = "metrics") -> None:
-        config = tmp_path / "gamed.toml"
-        config.write_text("[middleware.metrics]\ncollection_interval = 1\n")
-        self.service, self.reactor = build(
-            tmp_path, "--config", str(config), "--middleware", middleware
-        )
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.router = self.service.router
-        self.site = self.service.getServiceNamed("http-listener").factory
-        self.factory = GameFactory(self.router, self.reactor)
-        self._port = 40000
-
-    def client(self) -> Any:
-        self._port += 1
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", self._port))
-        proto = self.factory.buildProtocol(transport.getPeer())
-        proto.makeConnection(transport)
-        return proto
-
-    def get(self, path: bytes) -> bytes:
-        request = DummyRequest(path.lstrip(b"/").split(b"/"))
-        body = self.site.getResourceFor(request).render(request)
-        assert body is not NOT_DONE_YET
-        return body
-
-
-def send(proto: Any, *objs: object) -> None:
-    for obj in objs:
-        payload = orjson.dumps(obj)
-        proto.dataReceived(struct.pack(">I", len(payload)) + payload)
+def metrics_server(tmp_path: Path, middleware: str = "metrics") -> MemoryServer:
+    config = tmp_path / "gamed.toml"
+    config.write_text("[middleware.metrics]\ncollection_interval = 1\n")
+    return MemoryServer(tmp_path, "--config", str(config), "--middleware", middleware, start=True)
 
 
 def test_full_stack_stats_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("gamed.pipeline.TIMER_SAMPLE", 1)  # time every call in this test
-    server = Server(tmp_path)
+    server = metrics_server(tmp_path)
     try:
         a, b = server.client(), server.client()
         send(a, {"Connect": {"room_id": 0, "user_id": 1}})
@@ -711,7 +663,7 @@ def test_full_stack_stats_and_metrics(tmp_path: Path, monkeypatch: pytest.Monkey
         send(a, {"ChatMessage": {"user_id": 1, "room_id": 10, "message": "hi"}})  # 404
         a.dataReceived(struct.pack(">I", 3) + b"{x}")  # invalid: 400
         server.reactor.advance(1)
-        stats = orjson.loads(server.get(b"/stats"))["metrics"]
+        stats = orjson.loads(server.get(b"/stats")[2])["metrics"]
         assert stats["collected"] is True
         assert (stats["connections"], stats["sessions"]) == (2, 2)
         assert (stats["messages"], stats["errors"]) == (11, 2)
@@ -719,10 +671,10 @@ def test_full_stack_stats_and_metrics(tmp_path: Path, monkeypatch: pytest.Monkey
         assert stats["response_time_ms"]["count"] == 10
         assert stats["rooms"]["top"][0]["room_id"] == 9
         assert set(stats["middleware_mean_us"]["metrics"]) == {"before", "after"}
-        room = orjson.loads(server.get(b"/stats/rooms/9"))
+        room = orjson.loads(server.get(b"/stats/rooms/9")[2])
         assert room["metrics"]["user_count"] == 2
         assert room["metrics"]["messages_per_minute"] == pytest.approx(7 * 60)
-        text = server.get(b"/metrics").decode()
+        text = server.get(b"/metrics")[2].decode()
         families = {f.name: f for f in text_string_to_metric_families(text)}
         timed = {
             (s.labels["plugin"], s.labels["phase"]): s.value
@@ -732,18 +684,18 @@ def test_full_stack_stats_and_metrics(tmp_path: Path, monkeypatch: pytest.Monkey
         assert timed == {("metrics", "before"): 10, ("metrics", "after"): 10}
         assert {s.labels["room"] for s in families["gamed_room_members"].samples} == {"9", "other"}
     finally:
-        server.service.stopService()
+        server.stop()
 
 
 def test_without_the_plugin_nothing_is_timed(tmp_path: Path) -> None:
-    server = Server(tmp_path, middleware="none")
+    server = metrics_server(tmp_path, middleware="none")
     try:
         assert server.router.pipeline.timer is None
-        text = server.get(b"/metrics").decode()
+        text = server.get(b"/metrics")[2].decode()
         assert "gamed_middleware_duration_seconds" not in text
-        assert "metrics" not in orjson.loads(server.get(b"/stats"))
+        assert "metrics" not in orjson.loads(server.get(b"/stats")[2])
     finally:
-        server.service.stopService()
+        server.stop()
 
 
 def test_game_state_from_the_real_games_service() -> None:

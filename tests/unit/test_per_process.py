@@ -19,7 +19,7 @@ from twisted.internet.testing import MemoryReactorClock
 from gamed import tap
 from gamed.middleware.metrics import middleware as metrics
 from gamed.store import SqliteStore
-from tests.unit.memory_service import build
+from tests.unit.fakes import memory_service
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def handles(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_make_service_opens_no_psutil_handle_and_schedules_no_timer(
     tmp_path: Path, handles: list[int]
 ) -> None:
-    service, reactor = build(tmp_path)  # every plugin: security, metrics, analytics
+    service, reactor = memory_service(tmp_path)  # every plugin: security, metrics, analytics
     assert handles == []
     assert reactor.getDelayedCalls() == []
     service.privilegedStartService()  # binds (before the fork when not daemonizing)
@@ -74,20 +74,20 @@ def test_make_service_on_a_real_reactor_starts_no_thread_and_opens_no_database(
     assert list((tmp_path / "d").iterdir()) == [], "no SQLite file before startService"
 
 
-def test_metrics_reads_the_process_it_runs_in(handles: list[int]) -> None:
-    from tests.unit.test_metrics_plugin import Plugin
-
-    plugin = Plugin()
-    assert plugin.collector.process is None
-    plugin.start()
+def test_metrics_reads_the_process_it_runs_in(tmp_path: Path, handles: list[int]) -> None:
+    service, reactor = memory_service(tmp_path, "--middleware", "metrics")
+    collector = service.getServiceNamed("middleware-metrics").collector
+    assert collector.process is None
+    service.privilegedStartService()
+    service.startService()
     try:
-        assert plugin.collector.process.pid == os.getpid()
-        plugin.clock.advance(5)
-        stats = plugin.collector.stats()
+        assert collector.process.pid == os.getpid()
+        reactor.advance(5)
+        stats = collector.stats()
         assert stats["collected"] is True
         assert stats["memory_mb"] > 0
     finally:
-        plugin.service.stopService()  # type: ignore[union-attr]
+        service.stopService()
 
 
 def test_a_store_starts_its_thread_on_first_use(tmp_path: Path) -> None:

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from gamed import events as ev
 from gamed.events import EventBus
-from gamed.interfaces import IConnectionObserver, IEventSink, IMessageContext, IMiddleware
+from gamed.interfaces import IConnectionObserver, IEventSink, IMiddleware
 from gamed.pipeline import Pipeline, Veto
-
-
-@implementer(IMessageContext)
-class Ctx:
-    connection_id = 1
-    user_id = 7
-    peer_host = "127.0.0.1"
-    peer_port = 5555
-    connected_at = 0.0
-    clock = Clock()
-
-    def notify(self, text: str) -> None:
-        pass
-
-    def disconnect(self, code: int, text: str) -> None:
-        pass
+from tests.unit.fakes import Ctx
 
 
 @implementer(IMiddleware)
@@ -74,7 +59,7 @@ def boom(*_args):
     raise RuntimeError("plugin bug")
 
 
-CTX = Ctx()
+CTX = Ctx(user_id=7)
 
 
 @pytest.fixture
@@ -255,7 +240,7 @@ def test_observer_failures_are_isolated() -> None:
 
 
 def test_event_bus_is_an_event_sink() -> None:
-    assert IEventSink.providedBy(EventBus())
+    assert verifyObject(IEventSink, EventBus())
 
 
 def test_subscribe_and_unsubscribe() -> None:

@@ -13,7 +13,7 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from gamed import tap
 from gamed.config import ConfigError, PluginConfigError
-from tests.unit.memory_service import build
+from tests.unit.fakes import memory_service
 
 GOOD = """
 [server]
@@ -49,7 +49,7 @@ class Tree:
     def __init__(self, tmp_path: Path, text: str = GOOD, *extra: str) -> None:
         self.path = tmp_path / "gamed.toml"
         self.path.write_text(text)
-        self.service, self.reactor = build(tmp_path, "--config", str(self.path), *extra)
+        self.service, self.reactor = memory_service(tmp_path, "--config", str(self.path), *extra)
         self.router: Any = self.service.router
 
     def write(self, text: str) -> None:

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.task import Clock
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gamed import events as ev
 from gamed.events import EventBus
 from gamed.interfaces import IRoomClient, IRoomService
 from gamed.rooms import Room, RoomFull, RoomService
-
-
-@implementer(IRoomClient)
-class Member:
-    def __init__(self, user_id: int, nickname: str = "") -> None:
-        self.user_id = user_id
-        self.nickname = nickname or f"user{user_id}"
-        self.frames: list[bytes] = []
-
-    def send_frame(self, frame: bytes) -> None:
-        self.frames.append(frame)
+from tests.unit.fakes import Member
 
 
 class Harness:

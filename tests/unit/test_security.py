@@ -9,54 +9,15 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
-from zope.interface import implementer
 
 from gamed import messages as m
 from gamed.config import ConfigError, Settings
-from gamed.interfaces import IMessageContext
 from gamed.middleware.security.middleware import SecurityMiddleware
 from gamed.middleware.security.policy import DEFAULT_PATTERNS, build_policy
 from gamed.pipeline import Veto
+from tests.unit.fakes import Ctx, FakeServerControl
 
-_ids = itertools.count(1)
 STEP = 0.2  # seconds between "normal" messages: 5 a second, under the flood bucket's 10/s
-
-
-@implementer(IMessageContext)
-class Ctx:
-    def __init__(self, clock: Clock, host: str = "10.0.0.1") -> None:
-        self.connection_id = next(_ids)
-        self.user_id: int | None = None
-        self.peer_host = host
-        self.peer_port = 5000
-        self.clock = clock
-        self.connected_at = clock.seconds()
-        self.frame_size = 60
-        self.notices: list[str] = []
-
-    def notify(self, text: str) -> None:
-        self.notices.append(text)
-
-    def disconnect(self, code: int, text: str) -> None:  # pragma: no cover - not used here
-        raise AssertionError("plugins veto; they do not disconnect directly")
-
-
-class Control:
-    def __init__(self) -> None:
-        self.kicked: list[tuple[Any, ...]] = []
-        self.authenticator: Any = None
-        self.connected: set[int] = set()
-
-    def kick_user(self, user_id: int, code: int, text: str) -> bool:
-        self.kicked.append(("user", user_id, code))
-        return user_id in self.connected
-
-    def kick_host(self, host: str, code: int, text: str) -> int:
-        self.kicked.append(("host", host, code))
-        return 1
-
-    def set_authenticator(self, fn: Any) -> None:
-        self.authenticator = fn
 
 
 class World:
@@ -66,12 +27,13 @@ class World:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.registry = CollectorRegistry()
-        self.control = Control()
+        self.control = FakeServerControl()
         self.policy = build_policy(table, settings)
         self.mw = SecurityMiddleware(self.policy, self.clock, self.control, self.registry)
 
     def open(self, host: str = "10.0.0.1") -> tuple[Ctx, Veto | None]:
         ctx = Ctx(self.clock, host)
+        self.control.hosts.append(host)  # the server's side of the connection
         return ctx, self.mw.connection_opened(ctx)
 
     def connect(self, uid: int, host: str = "10.0.0.1") -> Ctx:
@@ -551,7 +513,7 @@ def test_reload_changes_limits_and_keeps_state() -> None:
 def test_ban_kicks_and_refuses_connect_until_unblocked() -> None:
     w = World()
     c = w.connect(5)
-    w.control.connected.add(5)
+    w.control.sessions.append(5)
     assert w.mw.ban_user(5) is True
     assert ("user", 5, 403) in w.control.kicked
     assert code(w.chat(c)) == 403

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
-from twisted.web.server import NOT_DONE_YET
-from twisted.web.test.requesthelper import DummyRequest
 
 from gamed import messages as m
 from gamed import token as tokens
@@ -20,79 +16,31 @@ from gamed.errors import Refusal
 from gamed.events import EventBus
 from gamed.middleware.registry import PluginEnvironment
 from gamed.middleware.security.middleware import make_plugin, validate
-from tests.unit.test_security import Control, Ctx
+from tests.unit.fakes import ADMIN_TOKEN as TOKEN
+from tests.unit.fakes import Ctx, FakeServerControl, SecurityPlugin
 
-TOKEN = b"admin-token-0123456789"
 SECRET = b"auth-secret-0123456789"
 
 
-class Plugin:
-    def __init__(self, tmp_path: Path, admin: bool = True, **table: Any) -> None:
-        self.tmp = tmp_path
-        self.clock = Clock()
-        self.clock.advance(1_700_000_000)
-        self.control = Control()
-        self.reloads: list[Any] = []
-        self.control.reload_config = lambda: self.reloads.append(1) or {"reloaded": ["security"]}
-        admin_file = None
-        if admin:
-            admin_file = tmp_path / "admin.token"
-            admin_file.write_bytes(TOKEN + b"\n")
-        self.settings = Settings(
-            data_dir=str(tmp_path / "data"),
-            admin_token_file=str(admin_file) if admin_file else None,
-            plugin_config={"security": table},
-        )
-        env = PluginEnvironment(
-            settings=self.settings,
-            config=validate(table, self.settings),
-            clock=self.clock,
-            events=EventBus(),
-            registry=CollectorRegistry(),
-            rooms=None,
-            control=self.control,
-        )
-        self.parts = make_plugin(env)
-        self.mw = self.parts.middleware
-        self.admin = self.parts.resources[b"admin"]
-
-    def call(
-        self, method: str, path: str, body: Any = None, token: bytes | None = TOKEN
-    ) -> tuple[int, Any]:
-        req = DummyRequest([seg.encode() for seg in path.strip("/").split("/")])
-        req.method = method.encode()
-        if token is not None:
-            req.requestHeaders.addRawHeader(b"authorization", b"Bearer " + token)
-        raw = body if isinstance(body, bytes) else (orjson.dumps(body) if body is not None else b"")
-        req.content = io.BytesIO(raw)
-        out = self.admin.render(req)
-        self.last = req
-        if out == NOT_DONE_YET:  # a change waiting for its write: answered when it is done
-            if not req.finished:
-                return 0, None
-            out = b"".join(req.written)
-        return req.responseCode, orjson.loads(out)
-
-
 @pytest.fixture
-def plugin(tmp_path: Path) -> Plugin:
-    return Plugin(tmp_path)
+def plugin(tmp_path: Path) -> SecurityPlugin:
+    return SecurityPlugin(tmp_path)
 
 
 def test_no_token_file_means_403_for_everything(tmp_path: Path) -> None:
-    p = Plugin(tmp_path, admin=False)
+    p = SecurityPlugin(tmp_path, admin=False)
     assert p.call("GET", "security")[0] == 403
     assert p.call("POST", "users/1/ban", token=None)[0] == 403
 
 
 @pytest.mark.parametrize("token", [None, b"", b"wrong-token-0123456789", TOKEN + b"x"])
-def test_missing_or_wrong_token_is_401(plugin: Plugin, token: bytes | None) -> None:
+def test_missing_or_wrong_token_is_401(plugin: SecurityPlugin, token: bytes | None) -> None:
     status, body = plugin.call("GET", "security", token=token)
     assert status == 401, body
     assert plugin.last.responseHeaders.getRawHeaders(b"www-authenticate")
 
 
-def test_get_security_has_the_stats(plugin: Plugin) -> None:
+def test_get_security_has_the_stats(plugin: SecurityPlugin) -> None:
     status, body = plugin.call("GET", "security")
     assert status == 200
     for key in ("total_users", "blocked_users", "suspicious_users", "blocked_ips", "decisions"):
@@ -101,8 +49,8 @@ def test_get_security_has_the_stats(plugin: Plugin) -> None:
     assert body["policy"]["allowlist"] == []  # nothing is trusted by default
 
 
-def test_ban_kicks_persists_and_unblock_lifts(plugin: Plugin) -> None:
-    plugin.control.connected.add(9)
+def test_ban_kicks_persists_and_unblock_lifts(plugin: SecurityPlugin) -> None:
+    plugin.control.sessions.append(9)
     status, body = plugin.call("POST", "users/9/ban", {"reason": "cheating"})
     assert (status, body) == (200, {"user_id": 9, "banned": True, "kicked": True})
     assert ("user", 9, 403) in plugin.control.kicked
@@ -114,13 +62,13 @@ def test_ban_kicks_persists_and_unblock_lifts(plugin: Plugin) -> None:
     assert plugin.call("POST", "users/9/unblock") == (200, {"user_id": 9, "unblocked": False})
 
 
-def test_kick(plugin: Plugin) -> None:
+def test_kick(plugin: SecurityPlugin) -> None:
     assert plugin.call("POST", "users/3/kick")[0] == 404
-    plugin.control.connected.add(3)
+    plugin.control.sessions.append(3)
     assert plugin.call("POST", "users/3/kick") == (200, {"user_id": 3, "kicked": True})
 
 
-def test_ip_block_with_duration_and_unblock(plugin: Plugin) -> None:
+def test_ip_block_with_duration_and_unblock(plugin: SecurityPlugin) -> None:
     status, body = plugin.call("POST", "ips/10.1.2.3/block", {"duration": 60})
     assert status == 200 and body["duration"] == 60
     ctx = Ctx(plugin.clock, "10.1.2.3")
@@ -136,9 +84,10 @@ def test_ip_block_with_duration_and_unblock(plugin: Plugin) -> None:
     }
 
 
-def test_ip_block_kicks_connected_clients(plugin: Plugin) -> None:
+def test_ip_block_kicks_connected_clients(plugin: SecurityPlugin) -> None:
     ctx = Ctx(plugin.clock, "10.7.7.7")
     plugin.mw.connection_opened(ctx)
+    plugin.control.hosts.append("10.7.7.7")  # the server's side of that connection
     body = plugin.call("POST", "ips/10.7.7.7/block")[1]
     assert body["kicked"] == 1 and ("host", "10.7.7.7", 403) in plugin.control.kicked
 
@@ -165,7 +114,9 @@ def test_ip_block_kicks_connected_clients(plugin: Plugin) -> None:
         ("GET", "nothing/here", None, 404),
     ],
 )
-def test_clear_4xx_errors(plugin: Plugin, method: str, path: str, body: Any, status: int) -> None:
+def test_clear_4xx_errors(
+    plugin: SecurityPlugin, method: str, path: str, body: Any, status: int
+) -> None:
     got, out = plugin.call(method, path, body)
     assert got == status, out
     assert "error" in out
@@ -173,12 +124,12 @@ def test_clear_4xx_errors(plugin: Plugin, method: str, path: str, body: Any, sta
         assert plugin.last.responseHeaders.getRawHeaders(b"allow")
 
 
-def test_reload_goes_through_the_server(plugin: Plugin) -> None:
+def test_reload_goes_through_the_server(plugin: SecurityPlugin) -> None:
     assert plugin.call("POST", "reload") == (200, {"reloaded": ["security"]})
-    assert plugin.reloads == [1]
+    assert plugin.control.reloads == 1
 
 
-def test_a_refused_reload_is_a_409_naming_the_key(plugin: Plugin) -> None:
+def test_a_refused_reload_is_a_409_naming_the_key(plugin: SecurityPlugin) -> None:
     def refuse() -> None:
         raise PluginConfigError("metrics", "top_rooms", "expected a number, got 'x'")
 
@@ -190,7 +141,7 @@ def test_a_refused_reload_is_a_409_naming_the_key(plugin: Plugin) -> None:
     )
 
 
-def test_plugin_reload_swaps_policy_and_keeps_state(plugin: Plugin, tmp_path: Path) -> None:
+def test_plugin_reload_swaps_policy_and_keeps_state(plugin: SecurityPlugin, tmp_path: Path) -> None:
     ctx = Ctx(plugin.clock, "10.0.0.1")
     plugin.mw.connection_opened(ctx)
     plugin.mw.before_process(ctx, m.Connect(0, 1))
@@ -219,7 +170,7 @@ def test_a_bad_table_fails_validation_naming_the_key() -> None:
 def test_auth_is_installed_when_a_secret_is_configured(tmp_path: Path) -> None:
     secret = tmp_path / "auth.secret"
     secret.write_bytes(SECRET)
-    control = Control()
+    control = FakeServerControl()
     clock = Clock()
     clock.advance(5000)
     settings = Settings(auth_secret_file=str(secret))

@@ -26,6 +26,7 @@ from gamed.protocol import GameFactory
 from gamed.rooms import RoomService
 from gamed.router import Router
 from gamed.telemetry import ServerMetrics
+from tests.unit.fakes import parse_frames
 
 CODES = {400, 401, 403, 404, 409, 413, 422, 429, 500, 503}
 
@@ -106,16 +107,6 @@ class Server:
         return p, t
 
 
-def frames(data: bytes) -> list[Any]:
-    out, i = [], 0
-    while i < len(data):
-        (n,) = struct.unpack(">I", data[i : i + 4])
-        out.append(orjson.loads(data[i + 4 : i + 4 + n]))
-        i += 4 + n
-    assert i == len(data)
-    return out
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conns=st.lists(steps, min_size=1, max_size=3))
 def test_arbitrary_frames_get_a_reply_or_a_close_never_an_exception(conns: list) -> None:
@@ -128,7 +119,7 @@ def test_arbitrary_frames_get_a_reply_or_a_close_never_an_exception(conns: list)
                 break
             transport.clear()
             proto.dataReceived(struct.pack(">I", len(payload)) + payload)
-            out = frames(transport.value())
+            out = parse_frames(transport.value())
             assert out or transport.disconnecting, payload
             for msg in out:
                 if isinstance(msg, dict) and "Error" in msg:

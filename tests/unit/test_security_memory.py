@@ -14,7 +14,7 @@ from gamed import messages as m
 from gamed.middleware.security import middleware as security
 from gamed.middleware.security.middleware import SecurityMiddleware
 from gamed.middleware.security.policy import build_policy
-from tests.unit.test_security import Control, Ctx
+from tests.unit.fakes import Ctx, FakeServerControl
 
 USERS = 100_000
 CAP = 5_000
@@ -36,7 +36,7 @@ def test_100k_distinct_users_keep_tables_under_the_cap_and_memory_flat(monkeypat
             "max_blocks": CAP,
         }
     )
-    mw = SecurityMiddleware(policy, clock, Control(), CollectorRegistry())
+    mw = SecurityMiddleware(policy, clock, FakeServerControl(), CollectorRegistry())
     sweep_every = 30.0
     next_sweep = clock.seconds() + sweep_every
 

@@ -18,11 +18,11 @@ from gamed.middleware.security.middleware import SecurityMiddleware, SecuritySer
 from gamed.middleware.security.policy import build_policy
 from gamed.middleware.security.store import FILENAME, BlockStore
 from gamed.store import StoreError
-from tests.unit.test_security import Control, Ctx
+from tests.unit.fakes import Ctx, FakeServerControl
 
 
 def server(data_dir: Path, clock: Clock) -> tuple[SecurityMiddleware, SecurityService]:
-    mw = SecurityMiddleware(build_policy({}), clock, Control(), CollectorRegistry())
+    mw = SecurityMiddleware(build_policy({}), clock, FakeServerControl(), CollectorRegistry())
     service = SecurityService(mw, clock, str(data_dir))
     service.startService()
     return mw, service
@@ -158,7 +158,7 @@ def test_a_ban_file_that_cannot_be_read_stops_the_start(
     """Fail closed (issue 12 item 1): before, this logged one line and served without bans."""
     spoil(tmp_path / FILENAME)
     clock = Clock()
-    mw = SecurityMiddleware(build_policy({}), clock, Control(), CollectorRegistry())
+    mw = SecurityMiddleware(build_policy({}), clock, FakeServerControl(), CollectorRegistry())
     service = SecurityService(mw, clock, str(tmp_path))
     before = len(sqlite_threads())
     with pytest.raises(StoreError) as info:
@@ -174,7 +174,7 @@ def test_an_unreadable_ban_file_stops_the_start(
     (tmp_path / FILENAME).write_bytes(b"")
     monkeypatch.setattr(gamed_store.os, "access", lambda path, mode: False)
     clock = Clock()
-    mw = SecurityMiddleware(build_policy({}), clock, Control(), CollectorRegistry())
+    mw = SecurityMiddleware(build_policy({}), clock, FakeServerControl(), CollectorRegistry())
     with pytest.raises(StoreError, match=r"security\.sqlite3: permission denied"):
         SecurityService(mw, clock, str(tmp_path)).startService()
 

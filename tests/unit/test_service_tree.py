@@ -17,7 +17,7 @@ from gamed.protocol import GameFactory
 from gamed.router import Router
 from gamed.service import GameService, ServerRoot
 from gamed.web import QuietSite
-from tests.unit.memory_service import build
+from tests.unit.fakes import memory_service
 
 
 def start(service: IService) -> None:
@@ -33,7 +33,7 @@ def servers(reactor: MemoryReactorClock) -> dict[int, tuple]:
 
 
 def test_tree_listens_on_both_ports(tmp_path: Path) -> None:
-    service, reactor = build(tmp_path)
+    service, reactor = memory_service(tmp_path)
     assert isinstance(service, ServerRoot)
     assert reactor.tcpServers == []  # nothing binds before the service starts
     start(service)
@@ -52,12 +52,12 @@ def test_tree_listens_on_both_ports(tmp_path: Path) -> None:
 def test_data_dir_is_created(tmp_path: Path) -> None:
     target = tmp_path / "d"
     assert not target.exists()
-    build(tmp_path)
+    memory_service(tmp_path)
     assert target.is_dir()
 
 
 def test_named_children(tmp_path: Path) -> None:
-    service, _ = build(tmp_path)
+    service, _ = memory_service(tmp_path)
     game = service.getServiceNamed("game")
     assert isinstance(game, GameService)
     assert game.getServiceNamed("game-listener") is not None
@@ -67,7 +67,7 @@ def test_named_children(tmp_path: Path) -> None:
 
 
 def test_router_gets_the_settings(tmp_path: Path) -> None:
-    service, reactor = build(tmp_path, "--max-room-users", "3", "--middleware", "none")
+    service, reactor = memory_service(tmp_path, "--max-room-users", "3", "--middleware", "none")
     router = service.router
     assert router.settings.max_room_users == 3
     assert router.rooms.max_room_users == 3
@@ -76,7 +76,7 @@ def test_router_gets_the_settings(tmp_path: Path) -> None:
 
 
 def test_metrics_port_none_gives_only_the_game_listener(tmp_path: Path) -> None:
-    service, reactor = build(tmp_path, "--metrics-port", "none")
+    service, reactor = memory_service(tmp_path, "--metrics-port", "none")
     with pytest.raises(KeyError):
         service.getServiceNamed("http-listener")
     start(service)
@@ -99,7 +99,7 @@ def test_make_service_accepts_a_settings_dict(tmp_path: Path) -> None:
 
 
 def test_stop_drains_and_fires(tmp_path: Path) -> None:
-    service, _reactor = build(tmp_path)
+    service, _reactor = memory_service(tmp_path)
     start(service)
     router = service.router
     assert not router.draining
@@ -115,7 +115,7 @@ def test_stop_drains_and_fires(tmp_path: Path) -> None:
 
 def test_game_service_stop_fires_only_after_drain(tmp_path: Path) -> None:
     """The game child's Deferred waits for the router's drain."""
-    service, _reactor = build(tmp_path)
+    service, _reactor = memory_service(tmp_path)
     start(service)
     game = service.getServiceNamed("game")
     router = service.router
@@ -170,7 +170,7 @@ def test_other_errors_are_not_swallowed() -> None:
 
 
 def test_real_tree_with_a_taken_port_exits_cleanly(tmp_path: Path) -> None:
-    service, reactor = build(tmp_path)
+    service, reactor = memory_service(tmp_path)
 
     def refuse(port, factory, backlog=50, interface=""):
         raise CannotListenError(interface, port, OSError(errno.EADDRINUSE, "in use"))

@@ -2,59 +2,20 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from gamed import __version__
-from gamed.protocol import GameFactory
 from gamed.rooms import Room
 from gamed.telemetry import ServerMetrics
 from gamed.web import STATS_ROOM_LIMIT, QuietSite, make_site
-from tests.unit.memory_service import build
-
-
-class Server:
-    """makeService on a MemoryReactorClock; clients on StringTransports."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.service, self.reactor = build(tmp_path, "--middleware", "none")
-        self.router = self.service.router
-        self.site = self.service.getServiceNamed("http-listener").factory
-        self.factory = GameFactory(self.router, self.reactor)
-        self._port = 40000
-
-    def client(self):
-        self._port += 1
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", self._port))
-        proto = self.factory.buildProtocol(transport.getPeer())
-        proto.makeConnection(transport)
-        return proto
-
-    def get(self, path: bytes) -> tuple[int, DummyRequest, bytes]:
-        segments = path.lstrip(b"/").split(b"/")
-        request = DummyRequest(segments)
-        resource = self.site.getResourceFor(request)
-        body = resource.render(request)
-        assert body is not NOT_DONE_YET
-        return request.responseCode or 200, request, body
-
-
-def send(proto, *objs: object) -> None:
-    data = b""
-    for obj in objs:
-        payload = obj if isinstance(obj, bytes) else orjson.dumps(obj)
-        data += struct.pack(">I", len(payload)) + payload
-    proto.dataReceived(data)
+from tests.unit.fakes import MemoryServer, send
 
 
 def header(request: DummyRequest, name: bytes) -> bytes:
@@ -63,14 +24,14 @@ def header(request: DummyRequest, name: bytes) -> bytes:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Server:
-    return Server(tmp_path)
+def server(tmp_path: Path) -> MemoryServer:
+    return MemoryServer(tmp_path, "--middleware", "none")
 
 
 # -- /healthz --------------------------------------------------------------------------------
 
 
-def test_healthz_serving(server: Server) -> None:
+def test_healthz_serving(server: MemoryServer) -> None:
     code, request, body = server.get(b"/healthz")
     assert code == 200
     assert orjson.loads(body) == {"status": "serving"}
@@ -78,14 +39,14 @@ def test_healthz_serving(server: Server) -> None:
     assert header(request, b"cache-control") == b"no-store"
 
 
-def test_healthz_draining(server: Server) -> None:
+def test_healthz_draining(server: MemoryServer) -> None:
     server.router.draining = True
     code, _, body = server.get(b"/healthz")
     assert code == 503
     assert orjson.loads(body) == {"status": "draining"}
 
 
-def test_healthz_after_stop_is_draining(server: Server) -> None:
+def test_healthz_after_stop_is_draining(server: MemoryServer) -> None:
     server.service.privilegedStartService()
     server.service.startService()
     assert server.get(b"/healthz")[0] == 200
@@ -98,7 +59,7 @@ def test_healthz_after_stop_is_draining(server: Server) -> None:
 # -- /stats ----------------------------------------------------------------------------------
 
 
-def test_stats_fresh(server: Server) -> None:
+def test_stats_fresh(server: MemoryServer) -> None:
     code, request, body = server.get(b"/stats")
     assert code == 200
     assert header(request, b"content-type") == b"application/json"
@@ -112,19 +73,19 @@ def test_stats_fresh(server: Server) -> None:
     assert stats["rooms"] == {"count": 0, "listed": 0, "largest": []}
 
 
-def test_stats_trailing_slash(server: Server) -> None:
+def test_stats_trailing_slash(server: MemoryServer) -> None:
     code, _, body = server.get(b"/stats/")
     assert code == 200
     assert orjson.loads(body)["version"] == __version__
 
 
-def test_stats_uptime_follows_the_clock(server: Server) -> None:
+def test_stats_uptime_follows_the_clock(server: MemoryServer) -> None:
     server.reactor.advance(12.3456)
     stats = orjson.loads(server.get(b"/stats")[2])
     assert stats["uptime_seconds"] == 12.346
 
 
-def test_stats_counts_connections_sessions_and_rooms(server: Server) -> None:
+def test_stats_counts_connections_sessions_and_rooms(server: MemoryServer) -> None:
     alice, bob, carol = server.client(), server.client(), server.client()
     send(
         alice,
@@ -156,7 +117,7 @@ def test_stats_counts_connections_sessions_and_rooms(server: Server) -> None:
     assert extra.user_id is None
 
 
-def test_stats_lists_at_most_the_room_limit(server: Server) -> None:
+def test_stats_lists_at_most_the_room_limit(server: MemoryServer) -> None:
     rooms = server.router.rooms
     for room_id in range(1, STATS_ROOM_LIMIT + 6):
         rooms._rooms[room_id] = Room(room_id, 0.0)
@@ -166,7 +127,7 @@ def test_stats_lists_at_most_the_room_limit(server: Server) -> None:
     assert len(stats["rooms"]["largest"]) == STATS_ROOM_LIMIT
 
 
-def test_stats_sections_and_extra_resources(server: Server) -> None:
+def test_stats_sections_and_extra_resources(server: MemoryServer) -> None:
     class Hello(Resource):
         isLeaf = True
 
@@ -192,7 +153,7 @@ def test_stats_sections_and_extra_resources(server: Server) -> None:
 # -- / and unknown paths -----------------------------------------------------------------------
 
 
-def test_root_lists_endpoints(server: Server) -> None:
+def test_root_lists_endpoints(server: MemoryServer) -> None:
     code, _, body = server.get(b"/")
     assert code == 200
     assert orjson.loads(body) == {
@@ -203,12 +164,12 @@ def test_root_lists_endpoints(server: Server) -> None:
 
 # Twisted's own Resource.getChild builds its deprecated _UnsafeNoResource for a 404.
 @pytest.mark.filterwarnings("ignore:twisted.web.resource._UnsafeNoResource:DeprecationWarning")
-def test_unknown_path_is_404(server: Server) -> None:
+def test_unknown_path_is_404(server: MemoryServer) -> None:
     code, _, _ = server.get(b"/nope")
     assert code == 404
 
 
-def test_site_is_quiet(server: Server) -> None:
+def test_site_is_quiet(server: MemoryServer) -> None:
     assert isinstance(server.site, QuietSite)
     assert server.site.displayTracebacks is False
 
@@ -216,7 +177,7 @@ def test_site_is_quiet(server: Server) -> None:
 # -- /metrics --------------------------------------------------------------------------------
 
 
-def metrics(server: Server) -> dict:
+def metrics(server: MemoryServer) -> dict:
     code, request, body = server.get(b"/metrics")
     assert code == 200
     assert header(request, b"content-type").startswith(b"text/plain")
@@ -230,7 +191,7 @@ def sample(family, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name} {labels} in {family.samples}")
 
 
-def test_metrics_families(server: Server) -> None:
+def test_metrics_families(server: MemoryServer) -> None:
     families = metrics(server)
     for name in (
         "gamed_connections",
@@ -259,7 +220,7 @@ def test_metrics_families(server: Server) -> None:
     assert "process_cpu_seconds" in families
 
 
-def test_metrics_follow_traffic(server: Server) -> None:
+def test_metrics_follow_traffic(server: MemoryServer) -> None:
     alice = server.client()
     send(alice, b'"HeartBeat"', {"Connect": {"room_id": 0, "user_id": 1}})
     send(alice, {"RoomJoin": {"user_id": 1, "room_id": 5, "nickname": "a"}}, b"not json")
@@ -292,7 +253,8 @@ def test_two_server_metrics_do_not_clash() -> None:
 
 
 def test_two_service_trees_in_one_process(tmp_path: Path) -> None:
-    one, two = Server(tmp_path / "one"), Server(tmp_path / "two")
+    one = MemoryServer(tmp_path / "one", "--middleware", "none")
+    two = MemoryServer(tmp_path / "two", "--middleware", "none")
     send(one.client(), {"Connect": {"room_id": 0, "user_id": 1}})
     assert sample(metrics(one)["gamed_connections"], "gamed_connections") == 1
     assert sample(metrics(two)["gamed_connections"], "gamed_connections") == 0
