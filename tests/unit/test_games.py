@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-
-import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet.address import IPv4Address
@@ -25,22 +22,10 @@ from gamed.protocol import GameFactory
 from gamed.rooms import RoomService
 from gamed.router import Router
 from gamed.telemetry import ServerMetrics
+from tests.unit.fakes import frame
+from tests.unit.fakes import parse_frames as parse
 
 ROOM = 5
-
-
-def frame(obj: object) -> bytes:
-    payload = orjson.dumps(obj)
-    return struct.pack(">I", len(payload)) + payload
-
-
-def parse(data: bytes) -> list[dict]:
-    out, i = [], 0
-    while i < len(data):
-        (n,) = struct.unpack(">I", data[i : i + 4])
-        out.append(orjson.loads(data[i + 4 : i + 4 + n]))
-        i += 4 + n
-    return out
 
 
 class Client:
@@ -414,7 +399,8 @@ def test_dropped_player_reconnects_and_keeps_the_seat() -> None:
     b2.got()
     b2.move()
     assert body(a.got(), "ActionResult")["user_id"] == 2
-    assert h.games.stats()["seats_reclaimed_total"] == 1
+    stats = h.games.stats()
+    assert stats["seats_reclaimed_total"] == 1 and stats["seats_expired_total"] == 0
 
 
 def test_dropped_player_not_back_in_time_is_removed_as_leaver() -> None:

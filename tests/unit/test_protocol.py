@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import struct
 
-import orjson
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -23,21 +22,8 @@ from gamed.protocol import CLOSE_FLUSH_SECONDS, GameFactory, GameProtocol
 from gamed.rooms import RoomService
 from gamed.router import DRAIN_FLUSH_SECONDS, Router
 from gamed.telemetry import ServerMetrics
-
-
-def frame(obj: object) -> bytes:
-    payload = obj if isinstance(obj, bytes) else orjson.dumps(obj)
-    return struct.pack(">I", len(payload)) + payload
-
-
-def parse(data: bytes) -> list[object]:
-    out, i = [], 0
-    while i < len(data):
-        (n,) = struct.unpack(">I", data[i : i + 4])
-        out.append(orjson.loads(data[i + 4 : i + 4 + n]))
-        i += 4 + n
-    assert i == len(data), "server frames must never be split"
-    return out
+from tests.unit.fakes import frame
+from tests.unit.fakes import parse_frames as parse
 
 
 class Client:
