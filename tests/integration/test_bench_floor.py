@@ -19,8 +19,6 @@ import pytest
 
 from gamed.bench.scenarios import BenchConfig, run, run_users
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:

@@ -477,6 +477,7 @@ def test_favourite_rooms_are_bounded_per_user(rig: Rig) -> None:
 # -- memory stays flat ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_100k_users_pass_through_within_the_caps(tmp_path: Path) -> None:
     cap = 5000
     rig = Rig(tmp_path, {"max_users": cap, "max_rooms": 1000, "flush_interval": 2.0})

@@ -6,6 +6,7 @@ import gc
 import sys
 import tracemalloc
 
+import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.logger import Logger
@@ -20,6 +21,7 @@ USERS = 100_000
 CAP = 5_000
 
 
+@pytest.mark.slow
 def test_100k_distinct_users_keep_tables_under_the_cap_and_memory_flat(monkeypatch) -> None:
     # Twisted buffers up to 64k log events until logging begins (twistd begins
     # it; pytest does not): keep that buffer out of the measurement.
