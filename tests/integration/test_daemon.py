@@ -28,24 +28,10 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import TWISTD, WireClient, heartbeat_ok
-
-pytestmark = pytest.mark.slow
+from tests.integration.helpers import TWISTD, WireClient, heartbeat_ok, poll_until
 
 AS_ROOT = os.geteuid() == 0
 START_TIMEOUT = 20.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something true; its value, or AssertionError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:
@@ -137,13 +123,13 @@ class Daemon:
         """Seconds until the daemon has exited."""
         assert self.pid is not None
         pid, started = self.pid, time.monotonic()
-        wait_for(lambda: not alive(pid), timeout, "the daemon to exit")
+        poll_until(lambda: not alive(pid), timeout, "the daemon to exit")
         return time.monotonic() - started
 
     def kill(self) -> None:
         if self.pid is not None and alive(self.pid):
             os.kill(self.pid, signal.SIGKILL)
-            wait_for(lambda: not alive(self.pid), 10, "the killed daemon")
+            poll_until(lambda: not alive(self.pid), 10, "the killed daemon")
 
     # -- talking to it -----------------------------------------------------------------
 
@@ -194,7 +180,7 @@ def stop(d: Daemon, timeout: float = 15.0) -> float:
     """SIGTERM; the seconds it took to exit. The pidfile is gone, the log clean."""
     d.signal(signal.SIGTERM)
     took = d.wait_gone(timeout)
-    wait_for(lambda: not d.pidfile.exists(), 5, "the pidfile to be removed")
+    poll_until(lambda: not d.pidfile.exists(), 5, "the pidfile to be removed")
     log = d.log()
     assert "Server Shut Down." in log
     assert "Traceback" not in log, log
@@ -224,7 +210,7 @@ def test_daemon_serves_as_configured(daemon: Callable[..., Daemon]) -> None:
     assert c.recv() == {"ConnectionAck": {"user_id": 7}}
     assert heartbeat_ok(c)
     c.close()
-    stores = wait_for(lambda: list(d.data_dir.glob("*.sqlite3")), 10, "the SQLite files")
+    stores = poll_until(lambda: list(d.data_dir.glob("*.sqlite3")), 10, "the SQLite files")
     for path in stores:
         assert path.stat().st_mode & 0o027 == 0, f"--umask 027: {path} is {path.stat().st_mode:o}"
     assert d.http("/healthz") == (200, b'{\n  "status": "serving"\n}\n')
@@ -233,7 +219,7 @@ def test_daemon_serves_as_configured(daemon: Callable[..., Daemon]) -> None:
 
 def test_metrics_collect_the_daemons_own_rss_and_cpu(daemon: Callable[..., Daemon]) -> None:
     d = daemon(config="[middleware.metrics]\ncollection_interval = 0.2\n").started()
-    section = wait_for(
+    section = poll_until(
         lambda: (s := d.stats()["metrics"])["collected"] and s, 10, "a metrics collection"
     )
     assert section["memory_mb"] > 0
@@ -255,7 +241,7 @@ def test_sighup_is_logged_and_the_daemon_lives_on(daemon: Callable[..., Daemon])
     d = daemon().started()
     before = d.log().count("reload")
     d.signal(signal.SIGHUP)
-    wait_for(lambda: d.log().count("reload") > before, 10, "a reload line in the log")
+    poll_until(lambda: d.log().count("reload") > before, 10, "a reload line in the log")
     assert alive(d.pid)
     c = d.client(1)
     assert heartbeat_ok(c)
@@ -279,9 +265,9 @@ def test_sigterm_drains_for_the_grace_then_exits(daemon: Callable[..., Daemon]) 
     assert stays.recv() == notice  # ...one stays connected
 
     # /healthz answers 503 (not a refused connection) while the drain lasts.
-    assert wait_for(lambda: d.http("/healthz")[0] == 503, 5, "/healthz 503")
+    assert poll_until(lambda: d.http("/healthz")[0] == 503, 5, "/healthz 503")
     d.signal(signal.SIGTERM)  # an impatient operator: logged, no second stop (no traceback)
-    wait_for(lambda: "SIGTERM while draining" in d.log(), 5, "the second SIGTERM logged")
+    poll_until(lambda: "SIGTERM while draining" in d.log(), 5, "the second SIGTERM logged")
     late = WireClient(d.port)  # the game port still accepts: a new client is told why
     got = late.expect_closed(timeout=5)
     assert got and got[0]["Error"]["code"] == 503, got
@@ -295,7 +281,7 @@ def test_sigterm_drains_for_the_grace_then_exits(daemon: Callable[..., Daemon]) 
             return True  # the HTTP port closed: the drain is over
         return False
 
-    wait_for(healthz_until_gone, grace + 10, "the HTTP port to close")
+    poll_until(healthz_until_gone, grace + 10, "the HTTP port to close")
     served_503_for = time.monotonic() - sent
     assert set(answers) == {503}, answers
     assert served_503_for >= grace - 0.5, f"/healthz 503 only {served_503_for:.2f}s"
@@ -304,7 +290,7 @@ def test_sigterm_drains_for_the_grace_then_exits(daemon: Callable[..., Daemon]) 
     closed_after = time.monotonic() - sent
     assert grace - 0.5 <= closed_after <= grace + 3, closed_after
     took = d.wait_gone(10) + closed_after
-    wait_for(lambda: not d.pidfile.exists(), 5, "the pidfile to be removed")
+    poll_until(lambda: not d.pidfile.exists(), 5, "the pidfile to be removed")
     log = d.log()
     assert "draining: 2 clients told to leave" in log
     assert re.search(r"drained in \d+\.\d\ds", log)
@@ -321,7 +307,7 @@ def test_sigterm_ends_early_when_every_client_leaves(daemon: Callable[..., Daemo
     c.close()
     d.wait_gone(10)
     assert time.monotonic() - sent < 5, "no waiting for the grace once every client has gone"
-    wait_for(lambda: not d.pidfile.exists(), 5, "the pidfile to be removed")
+    poll_until(lambda: not d.pidfile.exists(), 5, "the pidfile to be removed")
     assert "Traceback" not in d.log()
 
 

@@ -13,18 +13,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import TWISTD, GamedProcess, heartbeat_ok
-
-pytestmark = pytest.mark.slow
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from tests.integration.helpers import TWISTD, WireClient, heartbeat_ok, poll_until, two_in_room
 
 
 def test_twistd_lists_gamed_outside_the_repo() -> None:
@@ -56,9 +45,9 @@ def test_daemonized_server_stops_on_sigterm_and_removes_pidfile(tmp_path: Path) 
         timeout=30,
     )
     assert r.returncode == 0, r
-    _wait_for(pidfile.exists, 10, "the pidfile")
+    poll_until(pidfile.exists, 10, "the pidfile")
     pid = int(pidfile.read_text())
-    _wait_for(lambda: "GameFactory starting on" in logfile.read_text(), 10, "the listener")
+    poll_until(lambda: "GameFactory starting on" in logfile.read_text(), 10, "the listener")
     os.kill(pid, signal.SIGTERM)
     started = time.monotonic()
 
@@ -69,7 +58,7 @@ def test_daemonized_server_stops_on_sigterm_and_removes_pidfile(tmp_path: Path) 
             return True
         return False
 
-    _wait_for(gone, 5, "the daemon to exit")
+    poll_until(gone, 5, "the daemon to exit")
     assert time.monotonic() - started < 5
     assert not pidfile.exists()
     assert "Traceback" not in logfile.read_text()
@@ -136,12 +125,11 @@ def test_config_file_applies_and_cli_wins(gamed, tmp_path: Path) -> None:
     assert b.join(1)["Error"]["code"] == 409  # from the file
 
 
-def test_http_side_port(server: GamedProcess) -> None:
-    a, b = server.client(1), server.client(2)
-    a.join(3)
-    b.join(3)
+def test_http_side_port(gamed) -> None:
+    server = gamed()  # its own: the counters below are absolute
+    a, _b = two_in_room(server, 3)
     a.chat(3, "hello")
-    a.recv(), a.recv()
+    assert a.recv()["ChatMessage"]["message"] == "hello"
     a.send_payload(b"garbage")
     a.recv_error(400)
 
@@ -179,8 +167,6 @@ def test_uvloop_reactor_plugin_serves(tmp_path: Path) -> None:
     """`twistd --reactor uvloop gamed` (gamed's reactor plugin) runs and serves."""
     import re
 
-    from tests.integration.conftest import WireClient
-
     log = tmp_path / "uv.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -212,7 +198,7 @@ def test_uvloop_reactor_plugin_serves(tmp_path: Path) -> None:
             port = int(found.group(1)) if found else None
             return port is not None or proc.poll() is not None
 
-        _wait_for(bound, 20, "the uvloop server")
+        poll_until(bound, 20, "the uvloop server")
         assert port is not None, log.read_text()
         assert "AsyncioSelectorReactor" in log.read_text()
         c = WireClient(port)

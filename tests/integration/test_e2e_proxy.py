@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import GamedProcess, WireClient
+from tests.integration.helpers import GamedProcess, WireClient
 
 ETC = Path(__file__).resolve().parents[2] / "etc"
 PROXY_SOURCE = "127.0.0.2"  # haproxy's side of its connections to gamed

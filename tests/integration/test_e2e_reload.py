@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import http.client
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from tests.integration.conftest import GamedProcess
+from tests.integration.helpers import GamedProcess, poll_until
 
 ADMIN = "admin-token-for-reload-tests-0123"
 
@@ -39,13 +38,12 @@ REFUSED = (
 
 def poll_log(srv: GamedProcess, text: str, count: int = 1, timeout: float = 10.0) -> str:
     """The log once ``text`` appears in it ``count`` times (bounded wait)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def seen() -> str | None:
         log = srv.log()
-        if log.count(text) >= count:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not {count}x in the log:\n{srv.log()[-3000:]}")
+        return log if log.count(text) >= count else None
+
+    return poll_until(seen, timeout, f"{text!r} {count}x in the log", detail=srv.log_tail)
 
 
 def admin_reload(srv: GamedProcess) -> tuple[int, Any]:

@@ -14,9 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.integration.conftest import GamedProcess, WireClient, heartbeat_ok
-
-pytestmark = pytest.mark.slow
+from tests.integration.helpers import GamedProcess, WireClient, heartbeat_ok, two_in_room
 
 
 def _bad_traffic(rng: random.Random, kind: int) -> bytes:
@@ -44,10 +42,7 @@ def _bad_traffic(rng: random.Random, kind: int) -> bytes:
 
 
 def test_storm_of_bad_clients_leaves_a_good_room_unaffected(server: GamedProcess) -> None:
-    alice, bob = server.client(1), server.client(2)
-    alice.join(77)
-    bob.join(77)
-    alice.recv()
+    alice, bob = two_in_room(server, 77)
     rng = random.Random(1234)
     bad: list[socket.socket] = []
     for i in range(50):
@@ -157,6 +152,7 @@ async def _crowd(port: int, rooms: int, members: int) -> dict:
     return results
 
 
+@pytest.mark.slow
 def test_2000_connections_in_100_rooms_chat_and_nothing_is_dropped(
     gamed: Any, tmp_path: Path
 ) -> None:

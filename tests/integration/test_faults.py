@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,25 +38,11 @@ import orjson
 import pytest
 
 from gamed.bench.server import GamedServer
-from tests.integration.conftest import TWISTD, WireClient, heartbeat_ok
-
-pytestmark = pytest.mark.slow
+from tests.integration.helpers import TWISTD, WireClient, heartbeat_ok, poll_until
 
 AS_ROOT = os.geteuid() == 0
 ADMIN = "admin-token-for-fault-tests-0123"
 START_TIMEOUT = 30.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something true; its value, or AssertionError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -222,7 +208,9 @@ def test_a_ban_on_a_read_only_data_dir_is_pending_then_durable(base: Path) -> No
         assert "gamed_security_store_pending_changes 1.0" in metrics
 
         hand_to(srv.data, nobody.pw_uid, nobody.pw_gid)  # the operator fixes it
-        wait_for(lambda: srv.stats()["security"]["store"]["pending"] == 0, 20, "the retried write")
+        poll_until(
+            lambda: srv.stats()["security"]["store"]["pending"] == 0, 20, "the retried write"
+        )
         assert srv.stats()["security"]["store"]["state"] == "ok"
         rows = sqlite3.connect(srv.data / "security.sqlite3").execute(
             "SELECT user_id, until, reason FROM user_blocks"
@@ -274,7 +262,7 @@ def test_kill_9_during_traffic_keeps_every_acknowledged_ban(base: Path) -> None:
         t.start()
     acknowledged: list[int] = []
     try:
-        wait_for(lambda: sent[0] > 200, 10, "traffic")
+        poll_until(lambda: sent[0] > 200, 10, "traffic")
         for uid in range(1, 41):
             status, body = srv.admin("POST", f"users/{uid}/ban")
             assert status in (200, 202), body

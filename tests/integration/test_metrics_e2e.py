@@ -1,8 +1,11 @@
-"""The metrics plugin in a real `twistd -n gamed`: /stats, /stats/rooms/{id}, /metrics, the log."""
+"""The metrics plugin in a real `twistd -n gamed`: /stats, /stats/rooms/{id}, /metrics, the log.
+
+Without the plugin, and a room's game state: unit tests on the real service tree
+(tests/unit/test_metrics_plugin.py).
+"""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +13,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import heartbeat_ok
-
-pytestmark = pytest.mark.slow
+from tests.integration.helpers import heartbeat_ok, poll_until, two_in_room
 
 WAIT = 15.0
 
@@ -43,39 +44,33 @@ def value(families: dict[str, Any], sample: str, **labels: str) -> float:
 
 
 def wait_stats(server: Any, ok: Any) -> dict[str, Any]:
-    deadline = time.monotonic() + WAIT
-    stats: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+    def snapshot() -> dict[str, Any] | None:
         stats = server.stats().get("metrics", {})
-        if stats.get("collected") and ok(stats):
-            return stats
-        time.sleep(0.1)
-    raise AssertionError(f"metrics snapshot never matched: {stats}")
+        return stats if stats.get("collected") and ok(stats) else None
+
+    return poll_until(snapshot, WAIT, "a metrics snapshot that matches")
 
 
 def collect_windows(server: Any, messages: int) -> list[dict[str, Any]]:
     """Distinct snapshots until their windows add up to ``messages`` (the traffic
     may straddle a collection)."""
     seen: dict[float, dict[str, Any]] = {}
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
+
+    def added_up() -> bool:
         stats = server.stats().get("metrics", {})
         if stats.get("collected"):
             seen[stats["timestamp"]] = stats
-            if sum(s["messages"] for s in seen.values()) >= messages:
-                return [s for s in seen.values() if s["messages"]]
-        time.sleep(0.05)
-    raise AssertionError(f"windows never added up to {messages} messages: {seen}")
+        return sum(s["messages"] for s in seen.values()) >= messages
+
+    poll_until(added_up, WAIT, f"windows adding up to {messages} messages")
+    return [s for s in seen.values() if s["messages"]]
 
 
 def test_stats_snapshot_and_room_stats(gamed: Any, tmp_path: Path) -> None:
     config = tmp_path / "metrics.toml"
     config.write_text("[middleware.metrics]\ncollection_interval = 1.0\n")
     server = gamed("--middleware", "metrics", "--config", str(config))
-    a, b = server.client(1), server.client(2)
-    a.join(42)
-    b.join(42)
-    a.recv()  # UserJoinedRoom
+    a, b = two_in_room(server, 42)
     for i in range(20):
         a.chat(42, f"hello {i}")
     for _ in range(20):
@@ -138,34 +133,3 @@ def test_metrics_parse_and_move_with_traffic(gamed: Any, tmp_path: Path) -> None
     assert len(rooms) == 3 and "other" in rooms and "100" in rooms  # top-2 + other
     assert value(after, "gamed_room_members") == 6
     assert "Duplicated timeseries" not in server.log()
-
-
-def test_without_metrics_there_is_no_plugin_section(gamed: Any) -> None:
-    server = gamed("--middleware", "none")
-    assert "metrics" not in server.stats()
-    families = scrape(server)
-    assert "gamed_middleware_duration_seconds" not in families
-    assert "gamed_connections" in families
-
-
-def test_room_stats_show_the_running_games_state(gamed: Any) -> None:
-    server = gamed("--middleware", "metrics")
-    a, b = server.client(1), server.client(2)
-    a.join(7)
-    b.join(7)
-
-    def game_state() -> Any:
-        status, body = server.http("/stats/rooms/7")
-        assert status == 200
-        return orjson.loads(body)["metrics"].get("game_state")
-
-    assert game_state() is None  # no game in the room: the field is omitted
-    a.send({"StartGame": {"room_id": 7}})
-    deadline = time.monotonic() + WAIT
-    while game_state() != "Waiting" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert game_state() == "Waiting"
-    b.send({"ToggleReady": {"room_id": 7}})
-    while game_state() != "InProgress" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert game_state() == "InProgress"

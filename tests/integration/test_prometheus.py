@@ -23,9 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import heartbeat_ok
-
-pytestmark = pytest.mark.slow
+from tests.integration.helpers import heartbeat_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 ETC = ROOT / "etc"

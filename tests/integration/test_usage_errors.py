@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 
 from gamed import tap
-from tests.integration.conftest import TWISTD
-
-pytestmark = pytest.mark.slow
+from tests.integration.helpers import TWISTD
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,303 @@
+"""What the end-to-end tests share: a blocking wire client, a gamed process with
+HTTP helpers, ``poll_until``, and the moves of a two-player game.
+
+Every wait here is bounded: a test that waits for something that never comes
+fails with what it saw instead of hanging. The fixtures that start servers are
+in conftest.py.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from gamed.bench.server import TWISTD, GamedServer
+
+T = TypeVar("T")
+
+
+def poll_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str = "",
+    interval: float = 0.05,
+    detail: Callable[[], str] | None = None,
+) -> T:
+    """Call ``predicate`` until it returns something truthy, and return that.
+
+    Fails the test after ``timeout`` seconds, naming ``what`` and the last value
+    (or ``detail()``, e.g. the end of a log, when given).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            seen = detail() if detail is not None else f"last: {value!r}"
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or predicate!r}; {seen}"
+            )
+        time.sleep(interval)
+
+
+class WireClient:
+    """A blocking gamed client for tests: every wait is bounded."""
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timeout = timeout
+        self._buf = b""
+        self.user_id: int | None = None
+
+    # -- sending ---------------------------------------------------------------
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_payload(self, payload: bytes) -> None:
+        self.sock.sendall(struct.pack(">I", len(payload)) + payload)
+
+    def send(self, obj: Any) -> None:
+        self.send_payload(orjson.dumps(obj))
+
+    def connect(self, user_id: int, **extra: Any) -> None:
+        self.send({"Connect": {"room_id": 0, "user_id": user_id, **extra}})
+        assert self.recv() == {"ConnectionAck": {"user_id": user_id}}
+        self.user_id = user_id
+
+    def join(self, room_id: int, nickname: str | None = None) -> Any:
+        self.send(
+            {
+                "RoomJoin": {
+                    "user_id": self.user_id,
+                    "room_id": room_id,
+                    "nickname": nickname or f"u{self.user_id}",
+                }
+            }
+        )
+        return self.recv()
+
+    def chat(self, room_id: int, text: str) -> None:
+        self.send({"ChatMessage": {"user_id": self.user_id, "room_id": room_id, "message": text}})
+
+    # -- receiving ---------------------------------------------------------------
+    def recv(self, timeout: float | None = None) -> Any:
+        """The next frame, decoded; raises TimeoutError, or EOFError when closed."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            if len(self._buf) >= 4:
+                (n,) = struct.unpack(">I", self._buf[:4])
+                if len(self._buf) >= 4 + n:
+                    payload, self._buf = self._buf[4 : 4 + n], self._buf[4 + n :]
+                    return orjson.loads(payload)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no frame from the server")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                raise TimeoutError("no frame from the server") from None
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                raise EOFError("server closed the connection")
+            self._buf += data
+
+    def recv_error(self, code: int) -> str:
+        msg = self.recv()
+        assert "Error" in msg, msg
+        assert msg["Error"]["code"] == code, msg
+        return msg["Error"]["message"]
+
+    def until(self, tag: str, timeout: float = 5.0) -> tuple[Any, list[Any]]:
+        """Read frames until one tagged ``tag``; returns its body and what came before it."""
+        skipped: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {tag} within {timeout}s; got {skipped}"
+            msg = self.recv(left)
+            if isinstance(msg, dict) and tag in msg:
+                return msg[tag], skipped
+            skipped.append(msg)
+
+    def replies(self, n: int, timeout: float = 5.0) -> list[Any]:
+        """Read until ``n`` replies to our own frames (an Error, or our own chat
+        echoed back) have come; returns every frame read, notices included."""
+        got: list[Any] = []
+        deadline = time.monotonic() + timeout
+
+        def is_reply(msg: Any) -> bool:
+            if not isinstance(msg, dict):
+                return False
+            chat = msg.get("ChatMessage")
+            return "Error" in msg or (chat is not None and chat["user_id"] == self.user_id)
+
+        while sum(map(is_reply, got)) < n:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{n} replies not in within {timeout}s; got {got}"
+            got.append(self.recv(left))
+        return got
+
+    def expect_closed(self, timeout: float = 5.0) -> list[Any]:
+        """Read until EOF; returns what came before it."""
+        got = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                got.append(self.recv(deadline - time.monotonic()))
+            except EOFError:
+                return got
+        raise AssertionError(f"connection still open after {timeout}s; got {got}")
+
+    def expect_silence(self, seconds: float = 0.3) -> None:
+        try:
+            msg = self.recv(seconds)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected frame {msg}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def heartbeat_ok(c: WireClient, timeout: float = 5.0) -> bool:
+    """The connection still answers: a HeartBeatResponse arrives (other frames skipped)."""
+    c.send("HeartBeat")
+    c.until("HeartBeatResponse", timeout)
+    return True
+
+
+class GamedProcess(GamedServer):
+    """One running `twistd -n gamed` (gamed.bench.server), plus what the tests ask of it."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        super().__init__(workdir, args)
+        self.clients: list[WireClient] = []
+
+    def client(self, user_id: int | None = None, **kw: Any) -> WireClient:
+        """A new connection (Connect-ed as ``user_id`` if given); closed by the fixture."""
+        c = WireClient(self.port)
+        self.clients.append(c)
+        if user_id is not None:
+            c.connect(user_id, **kw)
+        return c
+
+    def close_clients(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.clients.clear()
+
+    def http(self, path: str, method: str = "GET") -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
+        try:
+            conn.request(method, path)
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def get_json(self, path: str) -> tuple[int, Any]:
+        status, body = self.http(path)
+        return status, orjson.loads(body)
+
+    def stats(self) -> dict[str, Any]:
+        status, body = self.http("/stats")
+        assert status == 200
+        return orjson.loads(body)
+
+    def wait_json(self, path: str, ready: Callable[[Any], bool], timeout: float = 10.0) -> Any:
+        """Poll ``path`` until ``ready(body)`` (the server aggregates in batches); the body."""
+
+        def check() -> Any:
+            status, body = self.get_json(path)
+            return body if status == 200 and ready(body) else None
+
+        return poll_until(check, timeout, f"{path} to be ready")
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
+        poll_until(
+            lambda: text in self.log(), timeout, f"{text!r} in the log", detail=self.log_tail
+        )
+
+    def log_tail(self) -> str:
+        return "the log ends:\n" + self.log()[-3000:]
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Until the server has no connection and no room (after its clients closed)."""
+
+        def idle() -> bool:
+            stats = self.stats()
+            return stats["connections"] == 0 and stats["rooms"]["count"] == 0
+
+        poll_until(idle, timeout, "no connections and no rooms")
+
+
+def two_in_room(
+    server: GamedProcess, room: int, uid_a: int = 1, uid_b: int = 2
+) -> tuple[WireClient, WireClient]:
+    """Users A and B in ``room``, A having been told that B joined; nothing left unread."""
+    a, b = server.client(uid_a), server.client(uid_b)
+    assert "RoomJoinSuccess" in a.join(room)
+    assert "RoomJoinSuccess" in b.join(room)
+    assert a.recv()["UserJoinedRoom"]["user_id"] == uid_b
+    return a, b
+
+
+# -- a two-player game ------------------------------------------------------------------------
+
+GAME_ROOM = 42
+
+
+def act(c: WireClient, action: dict[str, Any], room: int = GAME_ROOM) -> None:
+    c.send({"PlayerAction": {"room_id": room, "action": action}})
+
+
+def move(c: WireClient, x: float = 1.0) -> None:
+    act(c, {"Move": {"x": x, "y": 2.0, "direction": 0.0}})
+
+
+def attack(c: WireClient, target: int, damage: int) -> None:
+    act(c, {"Attack": {"target_id": target, "damage": damage}})
+
+
+def live_game(
+    server: GamedProcess, uid_a: int = 1, uid_b: int = 2
+) -> tuple[WireClient, WireClient]:
+    """Two players in GAME_ROOM with a game InProgress, A to play."""
+    a, b = server.client(uid_a), server.client(uid_b)
+    assert "RoomJoinSuccess" in a.join(GAME_ROOM)
+    assert "RoomJoinSuccess" in b.join(GAME_ROOM)
+    a.until("UserJoinedRoom")
+    a.send({"StartGame": {"room_id": GAME_ROOM}})
+    a.until("GameStarted")
+    b.until("GameStarted")
+    b.send({"ToggleReady": {"room_id": GAME_ROOM}})
+    for c in (a, b):
+        body, _ = c.until("GameInProgress")
+        assert body == {"room_id": GAME_ROOM, "current_turn": uid_a, "round": 1}
+    return a, b
+
+
+__all__ = [
+    "GAME_ROOM",
+    "TWISTD",
+    "GamedProcess",
+    "WireClient",
+    "act",
+    "attack",
+    "heartbeat_ok",
+    "live_game",
+    "move",
+    "poll_until",
+    "two_in_room",
+]
