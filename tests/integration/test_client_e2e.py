@@ -94,28 +94,33 @@ def listen() -> Generator[defer.Deferred, object, object]:
     return port
 
 
-@pytest_twisted.inlineCallbacks
-def test_say_mode_shows_ack_join_and_echo():
+@defer.inlineCallbacks
+def run_against_fake(*args: str) -> Generator[defer.Deferred, object, object]:
+    """Run the client with ``args`` against a FakeServer on a free port."""
     port = yield listen()
     try:
-        out, err, code = yield run_client(
-            "--port",
-            str(port.getHost().port),
-            "--user-id",
-            "7",
-            "--nickname",
-            "neo",
-            "--room",
-            "5",
-            "--say",
-            "hello",
-            "--say",
-            "wörld",
-            "--wait",
-            "0.5",
-        )
+        result = yield run_client("--port", str(port.getHost().port), *args)
     finally:
         yield port.stopListening()
+    return result
+
+
+@pytest_twisted.inlineCallbacks
+def test_say_mode_shows_ack_join_and_echo():
+    out, err, code = yield run_against_fake(
+        "--user-id",
+        "7",
+        "--nickname",
+        "neo",
+        "--room",
+        "5",
+        "--say",
+        "hello",
+        "--say",
+        "wörld",
+        "--wait",
+        "0.5",
+    )
     assert code == 0, (out, err)
     assert out.splitlines() == [
         "* connected as user 7",
@@ -127,14 +132,9 @@ def test_say_mode_shows_ack_join_and_echo():
 
 @pytest_twisted.inlineCallbacks
 def test_json_mode_prints_raw_frames():
-    port = yield listen()
-    try:
-        out, err, code = yield run_client(
-            "--port", str(port.getHost().port), "--user-id", "7", "--room", "5", "--json",
-            "--say", "hi", "--wait", "0.3",
-        )  # fmt: skip
-    finally:
-        yield port.stopListening()
+    out, err, code = yield run_against_fake(
+        "--user-id", "7", "--room", "5", "--json", "--say", "hi", "--wait", "0.3"
+    )
     assert code == 0, (out, err)
     assert out.splitlines() == [
         '{"ConnectionAck":{"user_id":7}}',
@@ -145,14 +145,9 @@ def test_json_mode_prints_raw_frames():
 
 @pytest_twisted.inlineCallbacks
 def test_server_closing_with_error_exits_nonzero():
-    port = yield listen()
-    try:
-        out, err, code = yield run_client(
-            "--port", str(port.getHost().port), "--user-id", str(BAD_TOKEN_USER),
-            "--room", "5", "--say", "hi",
-        )  # fmt: skip
-    finally:
-        yield port.stopListening()
+    out, err, code = yield run_against_fake(
+        "--user-id", str(BAD_TOKEN_USER), "--room", "5", "--say", "hi"
+    )
     assert code == 1
     assert "! Error 401: bad token" in out
     assert "gamed-client: server closed the connection: Error 401: bad token" in err

@@ -75,15 +75,20 @@ def test_router_gets_the_settings(tmp_path: Path) -> None:
     assert router.pipeline.names == ()
 
 
+def listening_ports(service: IService, reactor: MemoryReactorClock) -> list[int]:
+    """The ports bound once ``service`` has started (it is stopped again)."""
+    start(service)
+    try:
+        return [port for port, *_ in reactor.tcpServers]
+    finally:
+        service.stopService()
+
+
 def test_metrics_port_none_gives_only_the_game_listener(tmp_path: Path) -> None:
     service, reactor = memory_service(tmp_path, "--metrics-port", "none")
     with pytest.raises(KeyError):
         service.getServiceNamed("http-listener")
-    start(service)
-    try:
-        assert [port for port, *_ in reactor.tcpServers] == [7001]
-    finally:
-        service.stopService()
+    assert listening_ports(service, reactor) == [7001]
 
 
 def test_make_service_accepts_a_settings_dict(tmp_path: Path) -> None:
@@ -91,11 +96,7 @@ def test_make_service_accepts_a_settings_dict(tmp_path: Path) -> None:
     options.parseOptions(["--port", "tcp:7005", "--metrics-port", "none", "-d", str(tmp_path)])
     reactor = MemoryReactorClock()
     service = tap.makeService({"settings": options.settings}, reactor=reactor)
-    start(service)
-    try:
-        assert [port for port, *_ in reactor.tcpServers] == [7005]
-    finally:
-        service.stopService()
+    assert listening_ports(service, reactor) == [7005]
 
 
 def test_stop_drains_and_fires(tmp_path: Path) -> None:
