@@ -1,16 +1,15 @@
-"""Operating gamed as an operator would: twistd daemon mode, signals, HTTP side port, config."""
+"""Operating gamed as an operator would: twistd finds the plugin, the config file, the HTTP
+side port, the uvloop reactor. Daemon mode, signals and start-up failures are in
+test_daemon.py; usage errors in test_usage_errors.py.
+"""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import orjson
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.helpers import TWISTD, WireClient, heartbeat_ok, poll_until, two_in_room
@@ -21,99 +20,6 @@ def test_twistd_lists_gamed_outside_the_repo() -> None:
         [TWISTD, "--help"], cwd="/", capture_output=True, text=True, timeout=60
     ).stdout
     assert "gamed" in out
-
-
-def test_daemonized_server_stops_on_sigterm_and_removes_pidfile(tmp_path: Path) -> None:
-    pidfile, logfile = tmp_path / "gamed.pid", tmp_path / "gamed.log"
-    r = subprocess.run(
-        [
-            TWISTD,
-            "--pidfile",
-            str(pidfile),
-            "--logfile",
-            str(logfile),
-            "gamed",
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-            "--metrics-port",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=30,
-    )
-    assert r.returncode == 0, r
-    poll_until(pidfile.exists, 10, "the pidfile")
-    pid = int(pidfile.read_text())
-    poll_until(lambda: "GameFactory starting on" in logfile.read_text(), 10, "the listener")
-    os.kill(pid, signal.SIGTERM)
-    started = time.monotonic()
-
-    def gone() -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    poll_until(gone, 5, "the daemon to exit")
-    assert time.monotonic() - started < 5
-    assert not pidfile.exists()
-    assert "Traceback" not in logfile.read_text()
-
-
-def test_port_in_use_fails_with_a_clear_message(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        r = subprocess.run(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile",
-                "",
-                "gamed",
-                "--port",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--metrics-port",
-                "none",
-                "--data-dir",
-                str(tmp_path / "d"),
-            ],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    assert r.returncode != 0
-    assert f"gamed: cannot listen on 127.0.0.1:{port}" in r.stdout + r.stderr
-    assert "Traceback" not in r.stdout + r.stderr
-
-
-@pytest.mark.parametrize(
-    ("args", "needle"),
-    [
-        (["--max-frame-bytes", "lots"], "--max-frame-bytes"),
-        (["--port", "carrier-pigeon:1"], "--port"),
-        (["--middleware", "nosuchplugin"], "--middleware"),
-        (["--idle-timeout", "-3"], "--idle-timeout"),
-    ],
-)
-def test_bad_option_is_a_usage_error_naming_it(
-    tmp_path: Path, args: list[str], needle: str
-) -> None:
-    r = subprocess.run(
-        [TWISTD, "-n", "--pidfile", "", "gamed", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert r.returncode != 0
-    assert needle in r.stdout + r.stderr
 
 
 def test_config_file_applies_and_cli_wins(gamed, tmp_path: Path) -> None:
