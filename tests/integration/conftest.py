@@ -18,13 +18,14 @@ from tests.integration.helpers import GamedProcess
 
 @pytest.fixture
 def gamed(tmp_path: Path) -> Iterator[Callable[..., GamedProcess]]:
-    """A factory: ``gamed("--max-room-users", "2")`` starts a server, stopped at teardown."""
+    """A factory: ``gamed("--max-room-users", "2")`` starts a server, stopped at teardown
+    (``twistd_args=("--reactor", "uvloop")`` go before ``gamed``)."""
     started: list[GamedProcess] = []
 
-    def start(*args: str) -> GamedProcess:
+    def start(*args: str, twistd_args: tuple[str, ...] = ()) -> GamedProcess:
         d = tmp_path / f"server{len(started)}"
         d.mkdir()
-        p = GamedProcess(d, *args)
+        p = GamedProcess(d, *args, twistd_args=twistd_args)
         started.append(p)
         return p
 

@@ -180,8 +180,8 @@ def heartbeat_ok(c: WireClient, timeout: float = 5.0) -> bool:
 class GamedProcess(GamedServer):
     """One running `twistd -n gamed` (gamed.bench.server), plus what the tests ask of it."""
 
-    def __init__(self, workdir: Path, *args: str) -> None:
-        super().__init__(workdir, args)
+    def __init__(self, workdir: Path, *args: str, twistd_args: tuple[str, ...] = ()) -> None:
+        super().__init__(workdir, args, twistd_args)
         self.clients: list[WireClient] = []
 
     def client(self, user_id: int | None = None, **kw: Any) -> WireClient:

@@ -5,14 +5,13 @@ test_daemon.py; usage errors in test_usage_errors.py.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from pathlib import Path
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.helpers import TWISTD, WireClient, heartbeat_ok, poll_until, two_in_room
+from tests.integration.helpers import TWISTD, heartbeat_ok, two_in_room
 
 
 def test_twistd_lists_gamed_outside_the_repo() -> None:
@@ -69,47 +68,8 @@ def test_http_side_port(gamed) -> None:
     assert heartbeat_ok(a)
 
 
-def test_uvloop_reactor_plugin_serves(tmp_path: Path) -> None:
+def test_uvloop_reactor_plugin_serves(gamed) -> None:
     """`twistd --reactor uvloop gamed` (gamed's reactor plugin) runs and serves."""
-    import re
-
-    log = tmp_path / "uv.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile",
-                "",
-                "--reactor",
-                "uvloop",
-                "gamed",
-                "--port",
-                "tcp:0:interface=127.0.0.1",
-                "--metrics-port",
-                "none",
-                "--data-dir",
-                str(tmp_path),
-            ],
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        port = None
-
-        def bound() -> bool:
-            nonlocal port
-            found = re.search(r"GameFactory starting on (\d+)", log.read_text())
-            port = int(found.group(1)) if found else None
-            return port is not None or proc.poll() is not None
-
-        poll_until(bound, 20, "the uvloop server")
-        assert port is not None, log.read_text()
-        assert "AsyncioSelectorReactor" in log.read_text()
-        c = WireClient(port)
-        c.connect(1)
-        assert heartbeat_ok(c)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+    srv = gamed("--metrics-port", "none", twistd_args=("--reactor", "uvloop"))
+    assert "AsyncioSelectorReactor" in srv.log()
+    assert heartbeat_ok(srv.client(1))
