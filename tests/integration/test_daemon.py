@@ -282,17 +282,18 @@ def test_sigterm_drains_for_the_grace_then_exits(daemon: Callable[..., Daemon]) 
         return False
 
     poll_until(healthz_until_gone, grace + 10, "the HTTP port to close")
-    served_503_for = time.monotonic() - sent
     assert set(answers) == {503}, answers
-    assert served_503_for >= grace - 0.5, f"/healthz 503 only {served_503_for:.2f}s"
 
-    assert stays.expect_closed(timeout=10) == []  # closed by the server once the grace ended
+    # When exactly the grace ends is tests/unit/test_drain.py's business (on a Clock);
+    # here: the server closed the client that stayed, and said so, in bounded time.
+    assert stays.expect_closed(timeout=10) == []
     closed_after = time.monotonic() - sent
-    assert grace - 0.5 <= closed_after <= grace + 3, closed_after
+    assert closed_after <= grace + 3, closed_after
     took = d.wait_gone(10) + closed_after
     poll_until(lambda: not d.pidfile.exists(), 5, "the pidfile to be removed")
     log = d.log()
     assert "draining: 2 clients told to leave" in log
+    assert f"1 clients still connected after {grace}s; closing them" in log
     assert re.search(r"drained in \d+\.\d\ds", log)
     assert "Server Shut Down." in log and "Traceback" not in log
     assert took < grace + 5
