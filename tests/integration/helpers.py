@@ -232,7 +232,7 @@ class GamedProcess(GamedServer):
     def log_tail(self) -> str:
         return "the log ends:\n" + self.log()[-3000:]
 
-    def wait_idle(self, timeout: float = 10.0) -> None:
+    def wait_idle(self, timeout: float = 20.0) -> None:
         """Until the server has no connection and no room (after its clients closed)."""
 
         def idle() -> bool:
