@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from gamed import tap
 from gamed.middleware.analytics.middleware import Analytics
@@ -30,19 +29,6 @@ from gamed.middleware.security.store import FILENAME, RETRY_MAX, BlockStore, _wr
 from gamed.service import ServerRoot
 from gamed.store import SqliteStore
 from tests.unit.fakes import FakeServerControl, SecurityPlugin
-
-
-@pytest.fixture
-def logged() -> Any:
-    """Every log line formatted, for the duration of a test."""
-    lines: list[str] = []
-
-    def observer(event: LogEvent) -> None:
-        lines.append(formatEvent(event) or "")
-
-    globalLogPublisher.addObserver(observer)
-    yield lines
-    globalLogPublisher.removeObserver(observer)
 
 
 class Launcher(dict[str, Any]):
