@@ -274,17 +274,19 @@ class ServerRoot(MultiService):
         launcher = self.launcher
         if launcher is None:
             return
+        # The pidfile goes first: once the pipe is written the parent exits 1,
+        # and whoever waited for it must not find a pidfile of a dying process.
+        pidfile = launcher.get("pidfile")
+        if pidfile:
+            try:
+                os.unlink(pidfile)
+            except OSError:
+                pass
         pipe = launcher.get("statusPipe")
         if pipe is not None:
             launcher["statusPipe"] = None  # said once; twistd must not write "0" after it
             try:
                 os.write(pipe, b"1 " + line.encode("ascii", "backslashreplace")[:98])
                 os.close(pipe)
-            except OSError:
-                pass
-        pidfile = launcher.get("pidfile")
-        if pidfile:
-            try:
-                os.unlink(pidfile)
             except OSError:
                 pass

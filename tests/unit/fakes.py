@@ -15,10 +15,12 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
@@ -35,9 +37,15 @@ from gamed.interfaces import (
     IServerControl,
 )
 from gamed.messages import Error, SystemMessage
+from gamed.middleware.analytics import middleware as analytics
+from gamed.middleware.analytics.middleware import Analytics
 from gamed.middleware.registry import PluginEnvironment
 from gamed.middleware.security.middleware import make_plugin, validate
+from gamed.pipeline import Pipeline
 from gamed.protocol import GameFactory, GameProtocol
+from gamed.rooms import RoomService
+from gamed.router import Router
+from gamed.telemetry import ServerMetrics
 
 # -- IConnection / IServerControl fakes (router and plugin tests) ---------------------------
 
@@ -406,3 +414,138 @@ class SecurityPlugin:
                 return 0, None
             out = b"".join(req.written)
         return req.responseCode, orjson.loads(out)
+
+
+# -- GameProtocol + Router on StringTransports (test_protocol, test_protocol_limits) ----
+
+
+class Client:
+    """One fake connection: a protocol on a StringTransport."""
+
+    def __init__(self, harness: Harness, port: int) -> None:
+        self.harness = harness
+        self.transport = StringTransport(
+            peerAddress=IPv4Address("TCP", "127.0.0.1", port),
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 7000),
+        )
+        self.proto: GameProtocol = harness.factory.buildProtocol(self.transport.getPeer())
+        self.proto.makeConnection(self.transport)
+
+    def send(self, *objs: object) -> None:
+        self.proto.dataReceived(b"".join(frame(o) for o in objs))
+
+    def received(self) -> list[object]:
+        out = parse_frames(self.transport.value())
+        self.transport.clear()
+        return out
+
+    def lose(self) -> None:
+        self.proto.connectionLost(Failure(ConnectionError("gone")))
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.disconnecting
+
+    def connect(self, uid: int, **extra: object) -> None:
+        self.send({"Connect": {"room_id": 0, "user_id": uid, **extra}})
+        assert self.received() == [{"ConnectionAck": {"user_id": uid}}]
+
+    def join(self, uid: int, room: int, nick: str = "") -> list[object]:
+        self.send({"RoomJoin": {"user_id": uid, "room_id": room, "nickname": nick or f"n{uid}"}})
+        return self.received()
+
+
+class Harness:
+    def __init__(self, middleware: tuple = (), **settings: object) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.settings = Settings(**settings)
+        self.events = EventBus()
+        self.seen: list[object] = []
+        self.events.subscribe(self.seen.append)
+        self.metrics = ServerMetrics()
+        self.rooms = RoomService(self.clock, self.settings.max_room_users, self.events)
+        self.router = Router(
+            self.settings, self.clock, self.rooms, Pipeline(middleware), self.metrics, self.events
+        )
+        self.factory = GameFactory(self.router, self.clock)
+        self._port = 40000
+
+    def client(self) -> Client:
+        self._port += 1
+        return Client(self, self._port)
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+# -- the analytics plugin as tap wires it (test_analytics, test_analytics_churn) ------
+
+HOUR = 3600.0
+#: 2026-01-01 00:00:00 UTC: the clock starts at midnight, so hour h is DAY + h*HOUR.
+DAY = 1_767_225_600.0
+
+
+class Rig:
+    """The plugin as tap wires it: an EventBus, a Clock, a registry, a data dir."""
+
+    def __init__(self, tmp_path: Path, config: dict[str, Any] | None = None, start: bool = True):
+        self.clock = Clock()
+        self.clock.advance(DAY)
+        self.events = EventBus()
+        self.registry = CollectorRegistry()
+        self.control = FakeServerControl()
+        self.data_dir = tmp_path / "data"
+        settings = Settings(data_dir=str(self.data_dir), shutdown_grace=1.0)
+        env = PluginEnvironment(
+            settings=settings,
+            config=analytics.validate(config or {}, settings),
+            clock=self.clock,
+            events=self.events,
+            registry=self.registry,
+            rooms=None,
+            control=self.control,
+        )
+        self.parts = analytics.make_plugin(env)
+        self.mw = self.parts.middleware
+        self.hub: Analytics = self.mw.hub
+        self.service = self.parts.service
+        if start:
+            self.service.startService()
+
+    def at(self, hour: float) -> float:
+        """Move the clock to ``hour`` hours after midnight; returns the time."""
+        target = DAY + hour * HOUR
+        assert target >= self.clock.seconds()
+        self.clock.advance(target - self.clock.seconds())
+        return target
+
+    def emit(self, event: object) -> None:
+        self.events.emit(event)
+
+    def message(self, user_id: int | None, message: object, result: object = None) -> None:
+        self.mw.after_process(Ctx(user_id=user_id), message, result)
+
+    def user(self, user_id: int) -> dict[str, Any] | None:
+        return deferred_result(self.hub.user(user_id))
+
+    def room(self, room_id: int) -> dict[str, Any] | None:
+        return deferred_result(self.hub.room(room_id))
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+    def stop(self) -> list[Any]:
+        fired: list[Any] = []
+        self.service.stopService().addBoth(fired.append)
+        return fired
+
+
+def deferred_result(d: defer.Deferred[Any]) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred should have fired (InlineStore is synchronous)"
+    if isinstance(out[0], BaseException) or hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]

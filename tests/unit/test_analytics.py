@@ -6,89 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 from twisted.internet import defer
-from twisted.internet.task import Clock
 
 from gamed import events as ev
 from gamed import messages as m
-from gamed.config import PluginConfigError, Settings
+from gamed.config import PluginConfigError
 from gamed.errors import Refusal
-from gamed.events import EventBus
-from gamed.middleware.analytics import middleware as analytics
 from gamed.middleware.analytics.aggregates import EVENT_TYPES, hour_of
-from gamed.middleware.analytics.middleware import Analytics, AnalyticsService, options_from
+from gamed.middleware.analytics.middleware import AnalyticsService, options_from
 from gamed.middleware.analytics.store import InlineStore
-from gamed.middleware.registry import PluginEnvironment
-from tests.unit.fakes import Ctx, FakeServerControl
-
-HOUR = 3600.0
-#: 2026-01-01 00:00:00 UTC: the clock starts at midnight, so hour h is DAY + h*HOUR.
-DAY = 1_767_225_600.0
-
-
-class Rig:
-    """The plugin as tap wires it: an EventBus, a Clock, a registry, a data dir."""
-
-    def __init__(self, tmp_path: Path, config: dict[str, Any] | None = None, start: bool = True):
-        self.clock = Clock()
-        self.clock.advance(DAY)
-        self.events = EventBus()
-        self.registry = CollectorRegistry()
-        self.control = FakeServerControl()
-        self.data_dir = tmp_path / "data"
-        settings = Settings(data_dir=str(self.data_dir), shutdown_grace=1.0)
-        env = PluginEnvironment(
-            settings=settings,
-            config=analytics.validate(config or {}, settings),
-            clock=self.clock,
-            events=self.events,
-            registry=self.registry,
-            rooms=None,
-            control=self.control,
-        )
-        self.parts = analytics.make_plugin(env)
-        self.mw = self.parts.middleware
-        self.hub: Analytics = self.mw.hub
-        self.service = self.parts.service
-        if start:
-            self.service.startService()
-
-    def at(self, hour: float) -> float:
-        """Move the clock to ``hour`` hours after midnight; returns the time."""
-        target = DAY + hour * HOUR
-        assert target >= self.clock.seconds()
-        self.clock.advance(target - self.clock.seconds())
-        return target
-
-    def emit(self, event: object) -> None:
-        self.events.emit(event)
-
-    def message(self, user_id: int | None, message: object, result: object = None) -> None:
-        self.mw.after_process(Ctx(user_id=user_id), message, result)
-
-    def user(self, user_id: int) -> dict[str, Any] | None:
-        return _result(self.hub.user(user_id))
-
-    def room(self, room_id: int) -> dict[str, Any] | None:
-        return _result(self.hub.room(room_id))
-
-    def metric(self, name: str, **labels: str) -> float | None:
-        return self.registry.get_sample_value(name, labels)
-
-    def stop(self) -> list[Any]:
-        fired: list[Any] = []
-        self.service.stopService().addBoth(fired.append)
-        return fired
-
-
-def _result(d: defer.Deferred[Any]) -> Any:
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred should have fired (InlineStore is synchronous)"
-    if isinstance(out[0], BaseException) or hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
+from tests.unit.fakes import DAY, HOUR, Ctx, Rig, deferred_result
 
 
 @pytest.fixture
@@ -439,10 +366,10 @@ def test_top_by_messages_playtime_and_wins(rig: Rig) -> None:
             rig.message(uid, m.ChatMessage(uid, 5, "x"))
     rig.emit(ev.UserDisconnected(3, 99.0, "closed", t))
     rig.emit(ev.GameEnded(5, 1.0, 1, (), t))
-    top = _result(rig.hub.top("messages", 2))
+    top = deferred_result(rig.hub.top("messages", 2))
     assert top == [{"user_id": 2, "messages": 5}, {"user_id": 1, "messages": 3}]
-    assert _result(rig.hub.top("playtime", 10)) == [{"user_id": 3, "playtime": 99.0}]
-    assert _result(rig.hub.top("wins", 10)) == [{"user_id": 1, "wins": 1}]
+    assert deferred_result(rig.hub.top("playtime", 10)) == [{"user_id": 3, "playtime": 99.0}]
+    assert deferred_result(rig.hub.top("wins", 10)) == [{"user_id": 1, "wins": 1}]
 
 
 def test_retention_forgets_inactive_users_and_rooms(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from gamed import events as ev
 from gamed import messages as m
 from gamed.middleware.analytics.aggregates import Aggregates, Caps
-from tests.unit.test_analytics import Rig
+from tests.unit.fakes import Rig
 
 
 def test_one_user_churning_through_rooms_drops_nothing(tmp_path: Path) -> None:

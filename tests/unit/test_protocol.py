@@ -8,83 +8,14 @@ import struct
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from gamed import messages as m
-from gamed.config import Settings
-from gamed.events import EventBus
 from gamed.interfaces import IConnection, IConnectionHandler, IMessageContext
-from gamed.pipeline import Pipeline
-from gamed.protocol import CLOSE_FLUSH_SECONDS, GameFactory, GameProtocol
-from gamed.rooms import RoomService
-from gamed.router import DRAIN_FLUSH_SECONDS, Router
-from gamed.telemetry import ServerMetrics
-from tests.unit.fakes import frame
-from tests.unit.fakes import parse_frames as parse
-
-
-class Client:
-    """One fake connection: a protocol on a StringTransport."""
-
-    def __init__(self, harness: Harness, port: int) -> None:
-        self.harness = harness
-        self.transport = StringTransport(
-            peerAddress=IPv4Address("TCP", "127.0.0.1", port),
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 7000),
-        )
-        self.proto: GameProtocol = harness.factory.buildProtocol(self.transport.getPeer())
-        self.proto.makeConnection(self.transport)
-
-    def send(self, *objs: object) -> None:
-        self.proto.dataReceived(b"".join(frame(o) for o in objs))
-
-    def received(self) -> list[object]:
-        out = parse(self.transport.value())
-        self.transport.clear()
-        return out
-
-    def lose(self) -> None:
-        self.proto.connectionLost(Failure(ConnectionError("gone")))
-
-    @property
-    def closed(self) -> bool:
-        return self.transport.disconnecting
-
-    def connect(self, uid: int, **extra: object) -> None:
-        self.send({"Connect": {"room_id": 0, "user_id": uid, **extra}})
-        assert self.received() == [{"ConnectionAck": {"user_id": uid}}]
-
-    def join(self, uid: int, room: int, nick: str = "") -> list[object]:
-        self.send({"RoomJoin": {"user_id": uid, "room_id": room, "nickname": nick or f"n{uid}"}})
-        return self.received()
-
-
-class Harness:
-    def __init__(self, middleware: tuple = (), **settings: object) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
-        self.settings = Settings(**settings)
-        self.events = EventBus()
-        self.seen: list[object] = []
-        self.events.subscribe(self.seen.append)
-        self.metrics = ServerMetrics()
-        self.rooms = RoomService(self.clock, self.settings.max_room_users, self.events)
-        self.router = Router(
-            self.settings, self.clock, self.rooms, Pipeline(middleware), self.metrics, self.events
-        )
-        self.factory = GameFactory(self.router, self.clock)
-        self._port = 40000
-
-    def client(self) -> Client:
-        self._port += 1
-        return Client(self, self._port)
-
-    def metric(self, name: str, **labels: str) -> float:
-        value = self.metrics.registry.get_sample_value(name, labels)
-        return 0.0 if value is None else value
+from gamed.protocol import CLOSE_FLUSH_SECONDS
+from gamed.router import DRAIN_FLUSH_SECONDS
+from tests.unit.fakes import Harness, frame
 
 
 @pytest.fixture

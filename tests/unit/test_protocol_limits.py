@@ -15,7 +15,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from gamed.protocol import TRIM_DELAY_SECONDS, GameProtocol, PartialFrames, _malloc_trim
-from tests.unit.test_protocol import Harness, frame, parse
+from tests.unit.fakes import Harness, frame
+from tests.unit.fakes import parse_frames as parse
 
 
 class TcpLikeTransport(StringTransport):
