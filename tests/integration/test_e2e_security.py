@@ -6,7 +6,7 @@ on the default.
 
 The admin API's answers to a missing or wrong token, bad ids and methods are
 unit tests (tests/unit/test_security_admin.py); here it is used as an operator would.
-POST /admin/reload end to end: tests/integration/test_e2e_reload.py.
+POST /admin/reload end to end: tests/integration/test_faults.py.
 """
 
 from __future__ import annotations

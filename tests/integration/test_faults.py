@@ -15,7 +15,9 @@ opened before it, and mounting a tiny full filesystem needs privileges this mach
 test runs do not have; disk full is covered by the unit tests with
 ``PRAGMA max_page_count`` (tests/unit/test_fail_closed.py).
 
-SIGHUP with one good and one bad plugin table is tests/integration/test_e2e_reload.py.
+- SIGHUP (and the admin reload) with one good and one bad plugin table: nothing applied,
+  one log line, the old config kept; once fixed, everything applied (the reload's result
+  names the keys).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import orjson
 import pytest
 
 from gamed.bench.server import GamedServer
-from tests.integration.helpers import TWISTD, WireClient, heartbeat_ok, poll_until
+from tests.integration.helpers import TWISTD, GamedProcess, WireClient, heartbeat_ok, poll_until
 
 AS_ROOT = os.geteuid() == 0
 ADMIN = "admin-token-for-fault-tests-0123"
@@ -341,3 +343,94 @@ def test_a_ban_file_the_server_user_cannot_read_refuses_the_start(base: Path) ->
     assert len(said) == 1 and said[0].endswith(f"{line}{nobody.pw_uid})"), r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     assert not (run / "gamed.pid").exists()
+
+
+# -- reload faults: all or nothing -------------------------------------------------------
+
+RELOAD_ADMIN = "admin-token-for-reload-tests-0123"
+
+GOOD = """
+[middleware.security]
+rate_limit_per_minute = 100
+
+[middleware.metrics]
+collection_interval = 5
+"""
+
+# A good security change and a bad metrics key: the reload must apply neither.
+HALF_BAD = """
+[middleware.security]
+rate_limit_per_minute = 5
+
+[middleware.metrics]
+collection_interval = "x"
+"""
+
+REFUSED = (
+    "config reload refused, old config kept: "
+    "[middleware.metrics] collection_interval: expected a number, got 'x'"
+)
+
+
+def poll_log(srv: GamedProcess, text: str, count: int = 1, timeout: float = 10.0) -> str:
+    """The log once ``text`` appears in it ``count`` times (bounded wait)."""
+
+    def seen() -> str | None:
+        log = srv.log()
+        return log if log.count(text) >= count else None
+
+    return poll_until(seen, timeout, f"{text!r} {count}x in the log", detail=srv.log_tail)
+
+
+def admin_reload(srv: GamedProcess) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
+    try:
+        conn.request("POST", "/admin/reload", headers={"Authorization": f"Bearer {RELOAD_ADMIN}"})
+        r = conn.getresponse()
+        return r.status, orjson.loads(r.read())
+    finally:
+        conn.close()
+
+
+def test_sighup_with_a_bad_table_keeps_the_old_config(gamed: Any, tmp_path: Path) -> None:
+    path = tmp_path / "gamed.toml"
+    path.write_text(GOOD)
+    token = tmp_path / "admin.token"
+    token.write_text(RELOAD_ADMIN + "\n")
+    srv = gamed("--config", str(path), "--admin-token-file", str(token))
+    poll_log(srv, "SIGHUP reloads the config")  # the handler is installed in startService
+
+    path.write_text(HALF_BAD)
+    srv.proc.send_signal(signal.SIGHUP)
+    log = poll_log(srv, REFUSED)
+    lines = [line for line in log.splitlines() if "config reload" in line]
+    assert len(lines) == 1 and lines[0].endswith(REFUSED), lines
+    assert "Traceback" not in log
+    stats = srv.stats()
+    assert stats["security"]["rate_limit_per_minute"] == 100  # the good half was not applied
+    assert stats["metrics"]["collection_interval"] == 5.0
+
+    # The admin API runs the same reload and returns the same refusal.
+    status, body = admin_reload(srv)
+    assert (status, body) == (409, {"error": REFUSED})
+    poll_log(srv, REFUSED, count=2)
+    assert srv.stats()["security"]["rate_limit_per_minute"] == 100
+
+    # Fixed: everything is applied, and the reply says what changed.
+    path.write_text(HALF_BAD.replace('"x"', "2") + "\n[server]\nround_limit = 4\n")
+    status, body = admin_reload(srv)
+    assert status == 200, body
+    assert body["changed"] == [
+        "server.round_limit",
+        "middleware.metrics.collection_interval",
+        "middleware.security.rate_limit_per_minute",
+    ]
+    assert body["applied"] == body["changed"]
+    assert body["restart_required"] == []
+    assert body["reloaded"] == ["security", "metrics", "analytics"]
+    poll_log(srv, "config reloaded: changed: server.round_limit")
+    stats = srv.stats()
+    assert stats["security"]["rate_limit_per_minute"] == 5
+    assert stats["metrics"]["collection_interval"] == 2.0
+    assert stats["games"]["round_limit"] == 4
+    assert srv.proc.poll() is None
