@@ -229,7 +229,11 @@ def prune(conn: sqlite3.Connection, older_than: float) -> tuple[int, int]:
 # -- merging a stored row with the delta still in memory -------------------------------------
 
 
-def merge_user(row: dict[str, Any] | None, delta: dict[str, Any] | None) -> dict[str, Any] | None:
+def _merge_base(
+    row: dict[str, Any] | None, delta: dict[str, Any] | None, fresh: dict[str, Any]
+) -> dict[str, Any] | None:
+    """What a merge starts from: the stored row, or (none stored yet) ``fresh`` plus the
+    delta's first/last seen and empty hours; None when there is neither row nor delta."""
     if row is None and delta is None:
         return None
     if row:
@@ -237,18 +241,27 @@ def merge_user(row: dict[str, Any] | None, delta: dict[str, Any] | None) -> dict
     else:
         assert delta is not None  # both None returned above
         base = {
-            **{c: 0 for c in USER_COLUMNS},
+            **fresh,
             "first_seen": delta["first_seen"],
             "last_active": delta["last_active"],
             "hours": [0] * HOURS,
-            "rooms": {},
         }
-    if delta is not None:
-        for c in USER_COLUMNS:
-            base[c] += delta[c]
-        base["first_seen"] = min(base["first_seen"], delta["first_seen"])
-        base["last_active"] = max(base["last_active"], delta["last_active"])
-        base["hours"] = [a + b for a, b in zip(base["hours"], delta["hours"], strict=True)]
+    return base
+
+
+def _merge_common(base: dict[str, Any], delta: dict[str, Any], columns: tuple[str, ...]) -> None:
+    """Add what user and room deltas share into ``base``: counters, first/last seen, hours."""
+    for c in columns:
+        base[c] += delta[c]
+    base["first_seen"] = min(base["first_seen"], delta["first_seen"])
+    base["last_active"] = max(base["last_active"], delta["last_active"])
+    base["hours"] = [a + b for a, b in zip(base["hours"], delta["hours"], strict=True)]
+
+
+def merge_user(row: dict[str, Any] | None, delta: dict[str, Any] | None) -> dict[str, Any] | None:
+    base = _merge_base(row, delta, {**dict.fromkeys(USER_COLUMNS, 0), "rooms": {}})
+    if base is not None and delta is not None:
+        _merge_common(base, delta, USER_COLUMNS)
         rooms = dict(base["rooms"])
         for room, n in delta["rooms"].items():
             rooms[room] = rooms.get(room, 0) + n
@@ -257,29 +270,13 @@ def merge_user(row: dict[str, Any] | None, delta: dict[str, Any] | None) -> dict
 
 
 def merge_room(row: dict[str, Any] | None, delta: dict[str, Any] | None) -> dict[str, Any] | None:
-    if row is None and delta is None:
-        return None
-    if row:
-        base = row
-    else:
-        assert delta is not None  # both None returned above
-        base = {
-            **{c: 0 for c in ROOM_COLUMNS},
-            "peak_users": 0,
-            "last_creator": None,
-            "first_seen": delta["first_seen"],
-            "last_active": delta["last_active"],
-            "hours": [0] * HOURS,
-        }
-    if delta is not None:
-        for c in ROOM_COLUMNS:
-            base[c] += delta[c]
+    fresh = {**dict.fromkeys(ROOM_COLUMNS, 0), "peak_users": 0, "last_creator": None}
+    base = _merge_base(row, delta, fresh)
+    if base is not None and delta is not None:
+        _merge_common(base, delta, ROOM_COLUMNS)
         base["peak_users"] = max(base["peak_users"], delta["peak_users"])
         if delta["last_creator"] is not None:
             base["last_creator"] = delta["last_creator"]
-        base["first_seen"] = min(base["first_seen"], delta["first_seen"])
-        base["last_active"] = max(base["last_active"], delta["last_active"])
-        base["hours"] = [a + b for a, b in zip(base["hours"], delta["hours"], strict=True)]
     return base
 
 
