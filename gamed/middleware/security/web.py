@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 _log = Logger()
 
+#: An admin action on one user or IP: its answer, or None for an action that does not exist.
+_Action = Callable[[Request, Any, bytes], "tuple[int, Any] | None"]
+
 _MAX_U32 = 2**32 - 1
 _MAX_BODY = 4096
 _MAX_DURATION = 10 * 365 * 86400.0
@@ -186,58 +189,65 @@ class AdminResource(Resource):
                 # config on disk conflicts with what the server accepts).
                 return 409, {"error": f"config reload refused, old config kept: {e}"}
             return 200, result
-        if len(path) in (2, 3) and path[0] == b"users":
-            uid = _user_id(path[1])
+        # /users/{id} and /ips/{ip}: GET the view, POST /{action} (an unknown one is a 404).
+        targets: dict[bytes, tuple[Callable[[bytes], Any], Callable[[Any], Any], _Action]] = {
+            b"users": (_user_id, mw.user_view, self._user_action),
+            b"ips": (_ip, mw.ip_view, self._ip_action),
+        }
+        if len(path) in (2, 3) and path[0] in targets:
+            parse, view, act = targets[path[0]]
+            key = parse(path[1])
             if len(path) == 2:
                 need("GET")
-                return 200, mw.user_view(uid)
-            action = path[2]
+                return 200, view(key)
             need("POST")
-            if action == b"unblock":
-                return 200, {"user_id": uid, "unblocked": mw.unblock_user(uid)}
-            if action == b"ban":
-                reason = _reason(_body(request), "admin_ban")
-                kicked = mw.ban_user(uid, reason)
-                return 200, {"user_id": uid, "banned": True, "kicked": kicked}
-            if action == b"kick":
-                if not mw.kick_user(uid):
-                    raise _HTTPError(404, f"user {uid} is not connected")
-                return 200, {"user_id": uid, "kicked": True}
-        if len(path) in (2, 3) and path[0] == b"ips":
-            ip = _ip(path[1])
-            if len(path) == 2:
-                need("GET")
-                return 200, mw.ip_view(ip)
-            action = path[2]
-            need("POST")
-            if action == b"block":
-                body = _body(request)
-                duration = body.get("duration")
-                if duration is None:
-                    seconds = math.inf
-                elif (
-                    isinstance(duration, bool)
-                    or not isinstance(duration, int | float)
-                    or not 0 < duration <= _MAX_DURATION
-                ):
-                    raise _HTTPError(
-                        400, f"duration must be seconds in (0, {_MAX_DURATION:g}] or null"
-                    )
-                else:
-                    seconds = float(duration)
-                n_kicked = mw.block_ip(ip, seconds, _reason(body, "admin_block"))
-                return 200, {
-                    "ip": ip,
-                    "blocked": True,
-                    "duration": None if math.isinf(seconds) else seconds,
-                    "kicked": n_kicked,
-                }
-            if action == b"unblock":
-                lifted = mw.unblock_ip(ip)
-                view = mw.ip_view(ip)
-                return 200, {
-                    "ip": ip,
-                    "unblocked": lifted,
-                    "still_blocklisted": view["blocklisted"],
-                }
+            answer = act(request, key, path[2])
+            if answer is not None:
+                return answer
         raise _HTTPError(404, f"no admin call at /admin/{b'/'.join(path).decode(errors='replace')}")
+
+    def _user_action(self, request: Request, uid: int, action: bytes) -> tuple[int, Any] | None:
+        mw = self.mw
+        if action == b"unblock":
+            return 200, {"user_id": uid, "unblocked": mw.unblock_user(uid)}
+        if action == b"ban":
+            reason = _reason(_body(request), "admin_ban")
+            kicked = mw.ban_user(uid, reason)
+            return 200, {"user_id": uid, "banned": True, "kicked": kicked}
+        if action == b"kick":
+            if not mw.kick_user(uid):
+                raise _HTTPError(404, f"user {uid} is not connected")
+            return 200, {"user_id": uid, "kicked": True}
+        return None
+
+    def _ip_action(self, request: Request, ip: str, action: bytes) -> tuple[int, Any] | None:
+        mw = self.mw
+        if action == b"block":
+            body = _body(request)
+            duration = body.get("duration")
+            if duration is None:
+                seconds = math.inf
+            elif (
+                isinstance(duration, bool)
+                or not isinstance(duration, int | float)
+                or not 0 < duration <= _MAX_DURATION
+            ):
+                raise _HTTPError(400, f"duration must be seconds in (0, {_MAX_DURATION:g}] or null")
+            else:
+                seconds = float(duration)
+            n_kicked = mw.block_ip(ip, seconds, _reason(body, "admin_block"))
+            return 200, {
+                "ip": ip,
+                "blocked": True,
+                "duration": None if math.isinf(seconds) else seconds,
+                "kicked": n_kicked,
+            }
+        if action == b"unblock":
+            lifted = mw.unblock_ip(ip)
+            view = mw.ip_view(ip)
+            return 200, {
+                "ip": ip,
+                "unblocked": lifted,
+                "still_blocklisted": view["blocklisted"],
+            }
+        return None
