@@ -205,6 +205,15 @@ def _num(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+#: Room membership frames: the verb they print, and whether they name another user.
+_MEMBERSHIP = {
+    "RoomJoinSuccess": ("joined", False),
+    "UserJoinedRoom": ("joined", True),
+    "RoomLeaveSuccess": ("left", False),
+    "UserLeftRoom": ("left", True),
+}
+
+
 @dataclass
 class Formatter:
     """Renders server frames as one readable line, remembering nicknames it has seen.
@@ -266,18 +275,14 @@ class Formatter:
             return f"* heartbeat ok (server time {b['timestamp']})"
         if tag == "Error":
             return f"! Error {b['code']}: {b['message']}"
-        if tag == "RoomJoinSuccess":
-            return f"* joined room {b['room_id']} {self._users(b['user_count'])}"
-        if tag == "UserJoinedRoom":
-            self._learn(b["user_id"], b["nickname"])
-            who = self.who(b["user_id"])
-            return f"* {who} joined room {b['room_id']} {self._users(b['user_count'])}"
-        if tag == "RoomLeaveSuccess":
-            return f"* left room {b['room_id']} {self._users(b['user_count'])}"
-        if tag == "UserLeftRoom":
-            self._learn(b["user_id"], b["nickname"])
-            who = self.who(b["user_id"])
-            return f"* {who} left room {b['room_id']} {self._users(b['user_count'])}"
+        if tag in _MEMBERSHIP:
+            # "* joined room 5 (2 users)" for us, "* bob left room 5 (1 user)" for another.
+            verb, other = _MEMBERSHIP[tag]
+            who = ""
+            if other:
+                self._learn(b["user_id"], b["nickname"])
+                who = f"{self.who(b['user_id'])} "
+            return f"* {who}{verb} room {b['room_id']} {self._users(b['user_count'])}"
         if tag == "ChatMessage":
             return f"[room {b['room_id']}] {self.who(b['user_id'])}: {b['message']}"
         if tag == "SystemMessage":
