@@ -32,27 +32,29 @@ MAX_REQUEST_BODY = 64 * 1024
 StatsSection = Callable[[], Any]
 
 
-class MetricsPage(Resource):
+class _SourcePage(Resource):
+    """A leaf page rendered from one source it is given (the registry, the router)."""
+
     isLeaf = True
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, source: Any) -> None:
         super().__init__()
-        self._registry = registry
+        self._source = source
+
+
+class MetricsPage(_SourcePage):
+    _source: CollectorRegistry
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self._registry)
+        return generate_latest(self._source)
 
 
-class HealthPage(Resource):
-    isLeaf = True
-
-    def __init__(self, router: Router) -> None:
-        super().__init__()
-        self._router = router
+class HealthPage(_SourcePage):
+    _source: Router
 
     def render_GET(self, request: Request) -> bytes:
-        if self._router.draining:
+        if self._source.draining:
             return json_response(request, 503, {"status": "draining"})
         return json_response(request, 200, {"status": "serving"})
 
