@@ -59,6 +59,18 @@ def hour_of(at: float) -> int:
     return int(at // 3600) % HOURS
 
 
+#: A user delta's additive counters, also the user table's counter columns.
+USER_COUNTERS = (
+    "sessions",
+    "playtime",
+    "messages",
+    "games_played",
+    "games_won",
+    "errors",
+    "rooms_created",
+)
+
+
 class UserDelta:
     """What changed for one user since the last flush."""
 
@@ -99,29 +111,14 @@ class UserDelta:
 
     def absorb(self, other: UserDelta) -> None:
         """Add ``other`` into this delta (a failed flush is merged back)."""
-        for name in ("sessions", "playtime", "messages", "games_played", "games_won", "errors"):
+        for name in USER_COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.rooms_created += other.rooms_created
-        self.first_seen = min(self.first_seen, other.first_seen)
-        self.last_active = max(self.last_active, other.last_active)
-        self.hours = [a + b for a, b in zip(self.hours, other.hours, strict=True)]
+        _absorb_span(self, other)
         for room, visits in other.rooms.items():
             self.rooms[room] = self.rooms.get(room, 0) + visits
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "sessions": self.sessions,
-            "playtime": self.playtime,
-            "messages": self.messages,
-            "games_played": self.games_played,
-            "games_won": self.games_won,
-            "errors": self.errors,
-            "rooms_created": self.rooms_created,
-            "first_seen": self.first_seen,
-            "last_active": self.last_active,
-            "hours": list(self.hours),
-            "rooms": dict(self.rooms),
-        }
+        return _as_dict(self, _USER_FIELDS)
 
 
 #: A room delta's additive counters, also the room table's counter columns.
@@ -183,30 +180,34 @@ class RoomDelta:
         self.peak_users = max(self.peak_users, other.peak_users)
         if other.last_creator is not None:
             self.last_creator = other.last_creator
-        self.first_seen = min(self.first_seen, other.first_seen)
-        self.last_active = max(self.last_active, other.last_active)
-        self.hours = [a + b for a, b in zip(self.hours, other.hours, strict=True)]
+        _absorb_span(self, other)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "sessions": self.sessions,
-            "completed_sessions": self.completed_sessions,
-            "session_seconds": self.session_seconds,
-            "peak_users": self.peak_users,
-            "messages": self.messages,
-            "games_played": self.games_played,
-            "games_finished": self.games_finished,
-            "game_seconds": self.game_seconds,
-            "times_created": self.times_created,
-            "last_creator": self.last_creator,
-            "first_seen": self.first_seen,
-            "last_active": self.last_active,
-            "hours": list(self.hours),
-        }
+        return _as_dict(self, _ROOM_FIELDS)
 
 
 #: Either delta kind: a flush hands back tables of one kind at a time.
 _Delta = TypeVar("_Delta", UserDelta, RoomDelta)
+
+#: What ``as_dict`` gives for each kind.
+_USER_FIELDS = (*USER_COUNTERS, "first_seen", "last_active", "hours", "rooms")
+_ROOM_FIELDS = (*ROOM_COUNTERS, "peak_users", "last_creator", "first_seen", "last_active", "hours")
+
+
+def _as_dict(delta: UserDelta | RoomDelta, names: tuple[str, ...]) -> dict[str, Any]:
+    """A delta's fields by name; its lists and dicts copied, so the caller owns the result."""
+    out: dict[str, Any] = {}
+    for name in names:
+        value = getattr(delta, name)
+        out[name] = value.copy() if isinstance(value, list | dict) else value
+    return out
+
+
+def _absorb_span(into: _Delta, other: _Delta) -> None:
+    """Add what both delta kinds keep alike: first and last seen, activity by hour."""
+    into.first_seen = min(into.first_seen, other.first_seen)
+    into.last_active = max(into.last_active, other.last_active)
+    into.hours = [a + b for a, b in zip(into.hours, other.hours, strict=True)]
 
 
 @dataclass(slots=True)

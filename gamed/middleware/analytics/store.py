@@ -15,7 +15,13 @@ from typing import Any, TypeVar
 
 from twisted.internet import defer
 
-from gamed.middleware.analytics.aggregates import HOURS, ROOM_COUNTERS, RoomDelta, UserDelta
+from gamed.middleware.analytics.aggregates import (
+    HOURS,
+    ROOM_COUNTERS,
+    USER_COUNTERS,
+    RoomDelta,
+    UserDelta,
+)
 from gamed.store import StoreError, describe_error, precheck, transaction
 
 T = TypeVar("T")
@@ -28,15 +34,7 @@ ROOMS_KEPT_PER_USER = 20
 _H = [f"h{i}" for i in range(HOURS)]
 _H_COLS = ", ".join(f"{h} INTEGER NOT NULL DEFAULT 0" for h in _H)
 
-USER_COLUMNS = (
-    "sessions",
-    "playtime",
-    "messages",
-    "games_played",
-    "games_won",
-    "errors",
-    "rooms_created",
-)
+USER_COLUMNS = USER_COUNTERS
 ROOM_COLUMNS = ROOM_COUNTERS
 
 #: Schema versions, applied in order by SqliteStore.migrate (PRAGMA user_version).
