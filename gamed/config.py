@@ -263,3 +263,29 @@ def build_settings(cli: Mapping[str, Any], config_path: str | None = None) -> Se
     known = {f.name for f in fields(Settings)}
     assert set(values) <= known, set(values) - known
     return Settings(**values)
+
+
+# -- for plugins: checking a [middleware.NAME] table ------------------------------
+
+
+def check_plugin_keys(table: str, config: Mapping[str, Any], known: Mapping[str, Any]) -> None:
+    """Refuse any key of ``[middleware.table]`` that is not one of ``known``'s."""
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise PluginConfigError(
+            table, ", ".join(unknown), f"unknown key; known: {', '.join(known)}"
+        )
+
+
+def plugin_number(
+    table: str, key: str, value: Any, lo: float, hi: float, *, integer: bool = False
+) -> Any:
+    """``value`` of ``[middleware.table] key``, refused unless a number (not a bool) in
+    ``lo..hi``, and with ``integer`` a whole one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PluginConfigError(table, key, f"expected a number, got {value!r}")
+    if integer and value != int(value):
+        raise PluginConfigError(table, key, f"expected an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise PluginConfigError(table, key, f"must be {lo:g}..{hi:g}, got {value}")
+    return value

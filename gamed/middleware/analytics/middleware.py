@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gamed.config import PluginConfigError, Settings
+from gamed.config import Settings, check_plugin_keys, plugin_number
 from gamed.interfaces import IMessageContext, IMiddleware
 from gamed.messages import ClientMessage
 from gamed.middleware.analytics.aggregates import (
@@ -87,20 +87,11 @@ def options_from(config: Mapping[str, Any]) -> dict[str, float]:
 
     Errors are PluginConfigErrors naming ``[middleware.analytics] key``.
     """
-    unknown = sorted(set(config) - set(DEFAULTS))
-    if unknown:
-        raise PluginConfigError(
-            NAME, ", ".join(unknown), f"unknown key; known: {', '.join(DEFAULTS)}"
-        )
-    out: dict[str, float] = {}
-    for key, (default, lo, hi) in DEFAULTS.items():
-        value = config.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise PluginConfigError(NAME, key, f"expected a number, got {value!r}")
-        if not lo <= value <= hi:
-            raise PluginConfigError(NAME, key, f"must be {lo:g}..{hi:g}, got {value}")
-        out[key] = value
-    return out
+    check_plugin_keys(NAME, config, DEFAULTS)
+    return {
+        key: plugin_number(NAME, key, config.get(key, default), lo, hi)
+        for key, (default, lo, hi) in DEFAULTS.items()
+    }
 
 
 def validate(table: Mapping[str, Any], settings: Settings) -> Mapping[str, float]:

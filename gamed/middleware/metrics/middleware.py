@@ -29,7 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gamed.config import PluginConfigError, Settings
+from gamed.config import PluginConfigError, Settings, check_plugin_keys, plugin_number
 from gamed.interfaces import IFrameObserver, IMessageContext, IMiddleware, IServerControl
 from gamed.middleware.metrics.prom import PipelineTimer, RoomSeries
 from gamed.middleware.metrics.window import (
@@ -58,21 +58,11 @@ class MetricsConfig:
     def from_table(cls, table: Mapping[str, Any]) -> MetricsConfig:
         """Validate ``[middleware.metrics]``; errors are PluginConfigErrors naming the key."""
         defaults = {f.name: f.default for f in fields(cls)}
-        unknown = sorted(set(table) - set(defaults))
-        if unknown:
-            raise PluginConfigError(
-                NAME, ", ".join(unknown), f"unknown key; known: {', '.join(defaults)}"
-            )
+        check_plugin_keys(NAME, table, defaults)
 
         def number(key: str, lo: float, hi: float, kind: type) -> Any:
             value = table.get(key, defaults[key])
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise PluginConfigError(NAME, key, f"expected a number, got {value!r}")
-            if kind is int and value != int(value):
-                raise PluginConfigError(NAME, key, f"expected an integer, got {value!r}")
-            if not lo <= value <= hi:
-                raise PluginConfigError(NAME, key, f"must be {lo:g}..{hi:g}, got {value}")
-            return kind(value)
+            return kind(plugin_number(NAME, key, value, lo, hi, integer=kind is int))
 
         log = table.get("log", True)
         if not isinstance(log, bool):
