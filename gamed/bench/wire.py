@@ -8,7 +8,8 @@ sequence and send time out of the client's *own* echoes with a byte search, and 
 hands the rest (acks, errors, game messages) over for a real JSON decode.
 
 Client frames are built from byte templates instead of through ``gamed.codec`` so
-the encoder is not on the load generator's budget either; ``decode`` uses orjson.
+the encoder is not on the load generator's budget either; ``decode`` is the codec's
+loose ``decode_any``, with its errors as ``WireError``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import orjson
+
+from gamed.codec import DecodeError, decode_any
 
 _LEN = struct.Struct(">I")
 #: Both orjson (``{"ChatMessage":{``) and stdlib json (``{"ChatMessage": {``) start so.
@@ -43,15 +46,11 @@ def dumps(obj: Any) -> bytes:
 def decode(payload: bytes) -> tuple[str, Any]:
     """``(tag, body)`` of one server frame; body is None for a unit variant like ``"HeartBeat"``."""
     try:
-        value = orjson.loads(payload)
+        return decode_any(payload)
     except orjson.JSONDecodeError as e:
         raise WireError(f"not JSON: {payload[:80]!r}") from e
-    if isinstance(value, str):
-        return value, None
-    if isinstance(value, dict) and len(value) == 1:
-        ((tag, body),) = value.items()
-        return tag, body
-    raise WireError(f"not an externally tagged message: {payload[:80]!r}")
+    except DecodeError as e:
+        raise WireError(str(e)) from e
 
 
 # -- client messages ------------------------------------------------------------
