@@ -21,6 +21,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -46,31 +47,28 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
 def build_parser() -> argparse.ArgumentParser:
     """One subcommand per scenario; the common flags are accepted by all of them."""
     d = BenchConfig()
+
+    def option(group: Any, name: str, kind: Callable[[str], Any], help: str | None = None) -> None:
+        """``--name`` (dashes for underscores), defaulting to BenchConfig's field ``name``."""
+        group.add_argument(
+            f"--{name.replace('_', '-')}", type=kind, default=getattr(d, name), help=help
+        )
+
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("target and run")
     g.add_argument("--host", default=d.host, help="server address (default %(default)s)")
-    g.add_argument("--port", type=int, default=d.port, help="server port (default %(default)s)")
-    g.add_argument("--warmup", type=_positive(float), default=d.warmup, help="seconds not counted")
-    g.add_argument("--duration", type=_positive(float), default=d.duration, help="seconds measured")
-    g.add_argument(
-        "--connect-timeout",
-        type=_positive(float),
-        default=d.connect_timeout,
-        help="bound on the whole connect+join phase (default %(default)s s)",
+    option(g, "port", int, "server port (default %(default)s)")
+    option(g, "warmup", _positive(float), "seconds not counted")
+    option(g, "duration", _positive(float), "seconds measured")
+    option(
+        g,
+        "connect_timeout",
+        _positive(float),
+        "bound on the whole connect+join phase (default %(default)s s)",
     )
-    g.add_argument(
-        "--connect-concurrency",
-        type=int,
-        default=d.connect_concurrency,
-        help="handshakes in flight at once (default %(default)s)",
-    )
-    g.add_argument(
-        "--user-id-base",
-        type=int,
-        default=d.user_id_base,
-        help="client i uses user_id base+i; keep runs sharing a server apart",
-    )
-    g.add_argument("--room-id-base", type=int, default=d.room_id_base, help="first room id")
+    option(g, "connect_concurrency", int, "handshakes in flight at once (default %(default)s)")
+    option(g, "user_id_base", int, "client i uses user_id base+i; keep runs sharing a server apart")
+    option(g, "room_id_base", int, "first room id")
     g.add_argument(
         "--server-pid",
         type=int,
@@ -80,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one line of JSON, not a table")
     g.add_argument("--out", metavar="PATH", default=None, help="also write the result JSON to PATH")
     g.add_argument("--no-uvloop", action="store_true", help="use asyncio's own loop")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed for jitter and sampling")
+    option(g, "seed", int, "seed for jitter and sampling")
 
     ap = argparse.ArgumentParser(
         prog="gamed-bench",
@@ -90,41 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
 
     f = sub.add_parser("fanout", parents=[common], help="rooms x members chatting")
-    f.add_argument("--rooms", type=int, default=d.rooms, help="default %(default)s")
-    f.add_argument("--members", type=int, default=d.members, help="per room, default %(default)s")
-    f.add_argument(
-        "--window", type=int, default=d.window, help="closed loop: chats in flight per client"
-    )
-    f.add_argument(
-        "--rate",
-        type=_positive(float),
-        default=d.rate,
-        help="open loop: messages/s per client (0 = closed loop)",
-    )
-    f.add_argument(
-        "--message-size", type=int, default=d.message_size, help="chat text bytes (padded)"
-    )
+    option(f, "rooms", int, "default %(default)s")
+    option(f, "members", int, "per room, default %(default)s")
+    option(f, "window", int, "closed loop: chats in flight per client")
+    option(f, "rate", _positive(float), "open loop: messages/s per client (0 = closed loop)")
+    option(f, "message_size", int, "chat text bytes (padded)")
 
     i = sub.add_parser("idle", parents=[common], help="joined connections that only heartbeat")
-    i.add_argument("--connections", type=int, default=d.connections, help="default %(default)s")
+    option(i, "connections", int, "default %(default)s")
     i.add_argument("--rooms", type=int, default=100, help="spread over this many rooms (0: none)")
-    i.add_argument("--heartbeat-interval", type=_positive(float), default=d.heartbeat_interval)
+    option(i, "heartbeat_interval", _positive(float))
 
     gm = sub.add_parser("games", parents=[common], help="2-player games played to the end")
-    gm.add_argument("--games", type=int, default=d.games, help="concurrent games")
+    option(gm, "games", int, "concurrent games")
 
     c = sub.add_parser("churn", parents=[common], help="connect/join/leave/disconnect cycles")
-    c.add_argument("--workers", type=int, default=d.workers, help="concurrent workers")
+    option(c, "workers", int, "concurrent workers")
     c.add_argument("--rooms", type=int, default=10, help="rooms the workers spread over")
 
     u = sub.add_parser(
         "users", parents=[common], help="distinct users sign on and leave; server RSS growth"
     )
-    u.add_argument("--users", type=int, default=d.users, help="default %(default)s")
-    u.add_argument("--workers", type=int, default=d.workers, help="users signing on at once")
-    u.add_argument(
-        "--settle", type=_positive(float), default=d.settle, help="seconds before each RSS reading"
-    )
+    option(u, "users", int, "default %(default)s")
+    option(u, "workers", int, "users signing on at once")
+    option(u, "settle", _positive(float), "seconds before each RSS reading")
     assert set(sub.choices) == set(SCENARIO_NAMES)
     return ap
 
