@@ -99,19 +99,35 @@ def validate(table: Mapping[str, Any], settings: Settings) -> Mapping[str, float
     return MappingProxyType(options_from(table))
 
 
+#: Why analytics drops an event (the ``reason`` label of gamed_analytics_events_dropped).
+DROP_REASONS = ("queue", "storage", "subscriber")
+
+
+def _counter_by(
+    registry: CollectorRegistry, name: str, doc: str, label: str, values: tuple[str, ...]
+) -> Counter:
+    """A Counter with one label, exported at 0 for each of ``values`` from the start."""
+    counter = Counter(name, doc, [label], registry=registry)
+    for value in values:
+        counter.labels(value)
+    return counter
+
+
 class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.events = Counter(
+        self.events = _counter_by(
+            registry,
             "gamed_analytics_events",
             "Analytics events aggregated, by type",
-            ["type"],
-            registry=registry,
+            "type",
+            EVENT_TYPES,
         )
-        self.dropped = Counter(
+        self.dropped = _counter_by(
+            registry,
             "gamed_analytics_events_dropped",
             "Analytics events (or parts of them) dropped: queue full, storage behind, slow subscriber",
-            ["reason"],
-            registry=registry,
+            "reason",
+            DROP_REASONS,
         )
         self.flush = Histogram(
             "gamed_analytics_flush_seconds",
@@ -141,10 +157,6 @@ class _Metrics:
         self.streams = Gauge(
             "gamed_analytics_stream_clients", "Open /analytics/stream clients", registry=registry
         )
-        for t in EVENT_TYPES:
-            self.events.labels(t)
-        for r in ("queue", "storage", "subscriber"):
-            self.dropped.labels(r)
 
 
 class Analytics:
