@@ -6,6 +6,7 @@ option it is about, so ``twistd gamed`` can report it as a UsageError.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -63,6 +64,12 @@ class PluginConfigError(ConfigError):
 class Settings:
     port: str = "tcp:7000"
     metrics_port: str | None = "tcp:9700:interface=127.0.0.1"
+    #: The WebSocket port (and the play page); a player port like ``port``: all interfaces.
+    ws_port: str | None = "tcp:7080"
+    #: Allowed browser ``Origin``s; None: the page's own origin and localhost (gamed.websocket).
+    ws_origins: tuple[str, ...] | None = None
+    #: CIDRs whose X-Forwarded-For / Forwarded headers are believed.
+    ws_trusted_proxies: tuple[str, ...] = ()
     data_dir: str = "./gamed-data"
     max_frame_bytes: int = 65536
     #: Bytes of partly received frames held across all connections (docs/protocol.md).
@@ -179,6 +186,38 @@ def _mode(option: str, value: Any) -> str:
     return text
 
 
+def _origins(option: str, value: Any) -> tuple[str, ...] | None:
+    """A comma list of origins (``scheme://host[:port]``, ``*`` wildcards, or ``*``);
+    ``default`` (or nothing) is the page's own origin and localhost."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    origins = tuple(str(o).strip().lower().rstrip("/") for o in items if str(o).strip())
+    if not origins or origins == ("default",):
+        return None
+    for origin in origins:
+        if origin in ("*", "null"):
+            continue
+        scheme, sep, rest = origin.partition("://")
+        if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+            raise ConfigError(
+                option, f"expected origins like https://game.example.com or *, got {origin!r}"
+            )
+    return origins
+
+
+def _networks(option: str, value: Any) -> tuple[str, ...]:
+    """A comma list of addresses or CIDRs (``10.0.0.0/8, ::1``); empty: trust no proxy."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    networks = []
+    for item in (str(i).strip() for i in items):
+        if not item or item.lower() == "none":
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(option, f"expected an address or CIDR, got {item!r}") from None
+    return tuple(networks)
+
+
 def _path(option: str, value: Any) -> str:
     text = str(value)
     if not text.strip():
@@ -190,6 +229,9 @@ def _path(option: str, value: Any) -> str:
 COERCERS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "port": ("port", _endpoint(None)),
     "metrics-port": ("metrics_port", _endpoint("127.0.0.1", allow_none=True)),
+    "ws-port": ("ws_port", _endpoint(None, allow_none=True)),
+    "ws-origins": ("ws_origins", _origins),
+    "ws-trusted-proxies": ("ws_trusted_proxies", _networks),
     "data-dir": ("data_dir", _path),
     "max-frame-bytes": ("max_frame_bytes", _int_range(64, 16 * 1024 * 1024)),
     "max-partial-bytes": ("max_partial_bytes", _int_range(64 * 1024, 64 * 1024**3)),

@@ -41,7 +41,9 @@ SERVER_KEYS: tuple[str, ...] = tuple(
 #: ``[server]`` keys a running server cannot change: its listeners, its data
 #: directory and the plugin pipeline. Every other server key is applied live
 #: (see ``apply_server`` in gamed.tap and the README's reload section).
-RESTART_KEYS: frozenset[str] = frozenset({"port", "metrics_port", "data_dir", "middleware"})
+RESTART_KEYS: frozenset[str] = frozenset(
+    {"port", "metrics_port", "ws_port", "data_dir", "middleware"}
+)
 
 _MISSING = object()
 

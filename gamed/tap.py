@@ -30,8 +30,9 @@ from gamed.service import (
     twistd_options,
 )
 from gamed.store import StoreError
-from gamed.telemetry import ServerMetrics, TrafficCollector
+from gamed.telemetry import ServerMetrics, TrafficCollector, TransportCollector
 from gamed.web import make_site
+from gamed.ws_site import make_ws_site
 
 _log = Logger()
 
@@ -53,6 +54,28 @@ class Options(usage.Options):
             None,
             f"HTTP endpoint for /metrics, /healthz, /stats; a bare port binds 127.0.0.1; "
             f"'none' disables it [default: {_d.metrics_port}]",
+        ],
+        [
+            "ws-port",
+            None,
+            None,
+            f"WebSocket endpoint: the socket at /ws, the play page at /; a bare port binds "
+            f"every interface like --port; 'none' disables it [default: {_d.ws_port}]",
+        ],
+        [
+            "ws-origins",
+            None,
+            None,
+            "Comma list of browser Origins allowed to open a WebSocket (wildcards like "
+            "https://*.example.com; '*' for any) [default: the page's own origin and "
+            "http://localhost:*, http://127.0.0.1:*]",
+        ],
+        [
+            "ws-trusted-proxies",
+            None,
+            None,
+            "Comma list of proxy addresses/CIDRs whose X-Forwarded-For or Forwarded header "
+            "names the WebSocket client's address [default: none]",
         ],
         ["config", "c", None, "TOML config file (see etc/gamed.toml)"],
         ["data-dir", "d", None, f"Directory for persistent data [default: {_d.data_dir}]"],
@@ -190,7 +213,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     if launcher is not None:
         # Daemon mode: twistd forks before it binds; say "port in use" while
         # the terminal is still ours (gamed.service.probe_listen).
-        ports = [settings.port, settings.metrics_port]
+        ports = [settings.port, settings.metrics_port, settings.ws_port]
         problem = probe_listen([with_backlog(p) for p in ports if p is not None], reactor)
         if problem is not None:
             raise SystemExit(problem)
@@ -270,6 +293,16 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     listener = strports.service(game_endpoint, game_factory, reactor=reactor)
     listener.setName("game-listener")
     listener.setServiceParent(game)
+    ws_factory = None
+    if settings.ws_port is not None:
+        # Under "game": open through the drain like the game port, WebSocket
+        # clients are IConnections in the same router and drained with the rest.
+        ws_site = make_ws_site(router, reactor)
+        ws_factory = ws_site.ws_factory
+        ws = strports.service(with_backlog(settings.ws_port), ws_site, reactor=reactor)
+        ws.setName("ws-listener")
+        ws.setServiceParent(game)
+    metrics.registry.register(TransportCollector(router, ws_factory))
     game.setServiceParent(top)
 
     if settings.metrics_port is not None:
@@ -289,9 +322,10 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         web.setServiceParent(top)
 
     _log.info(
-        "gamed {version}: game on {port}, HTTP on {http}, middleware: {mw}",
+        "gamed {version}: game on {port}, WebSocket on {ws}, HTTP on {http}, middleware: {mw}",
         version=__version__,
         port=settings.port,
+        ws=settings.ws_port,
         http=settings.metrics_port,
         mw=", ".join(names) or "none",
     )

@@ -45,6 +45,8 @@ class GamedServer:
             "tcp:0:interface=127.0.0.1",
             "--metrics-port",
             "tcp:0:interface=127.0.0.1",
+            "--ws-port",
+            "tcp:0:interface=127.0.0.1",
             "--data-dir",
             str(workdir / "data"),
             *args,
@@ -57,17 +59,24 @@ class GamedServer:
             stderr=subprocess.STDOUT,
             preexec_fn=preexec_fn,  # e.g. a lower RLIMIT_NOFILE for a test
         )
+        #: The WebSocket port (the socket at /ws, the play page at /); None: --ws-port none.
+        self.ws_port: int | None = None
         self.port, self.http_port = self._wait_for_ports()
 
+    def _last(self, option: str) -> str:
+        return [self.args[i + 1] for i, a in enumerate(self.args) if a == option][-1]
+
     def _wait_for_ports(self) -> tuple[int, int | None]:
-        metrics = [self.args[i + 1] for i, a in enumerate(self.args) if a == "--metrics-port"]
-        want_http = metrics[-1].lower() != "none"
+        want_http = self._last("--metrics-port").lower() != "none"
+        want_ws = self._last("--ws-port").lower() != "none"
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             text = self.log()
             game = re.search(r"GameFactory(?: \(PROXY\))? starting on (\d+)", text)
             http = re.search(r"QuietSite starting on (\d+)", text)
-            if game and (http or not want_http):
+            ws = re.search(r"WebSocketSite starting on (\d+)", text)
+            if game and (http or not want_http) and (ws or not want_ws):
+                self.ws_port = int(ws.group(1)) if ws else None
                 return int(game.group(1)), int(http.group(1)) if http else None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gamed exited with {self.proc.returncode}:\n{text}")
@@ -85,6 +94,13 @@ class GamedServer:
     def http_get(self, path: str) -> bytes:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
             return r.read()
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket's address (ws://127.0.0.1:PORT/ws)."""
+        if self.ws_port is None:
+            raise RuntimeError("this server runs with --ws-port none")
+        return f"ws://127.0.0.1:{self.ws_port}/ws"
 
     def stats(self) -> dict[str, Any]:
         return orjson.loads(self.http_get("/stats"))

@@ -391,6 +391,8 @@ def gamed_targets(twistd: Path, support: GamedSupport, workdir: Path, quick: boo
     opts = support.options
     if "metrics-port" in opts:
         base += ["--metrics-port", "tcp:0:interface=127.0.0.1"]
+    if "ws-port" in opts:
+        base += ["--ws-port", "none"]  # the TCP rows; the WebSocket row starts its own
     if "rate-limit" in opts:
         base += ["--rate-limit", "0"]
     if "flood-detection" in opts:

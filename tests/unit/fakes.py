@@ -305,7 +305,7 @@ def send(proto: Any, *objs: object) -> None:
 def memory_service(
     tmp_path: Path, *extra: str, reactor: MemoryReactorClock | None = None
 ) -> tuple[MultiService, MemoryReactorClock]:
-    """``makeService`` with test ports 7001/9701 and a data dir under ``tmp_path``."""
+    """``makeService`` with test ports 7001/7081 (WebSocket)/9701 and a data dir under ``tmp_path``."""
     options = tap.Options()
     options.parseOptions(
         [
@@ -313,6 +313,8 @@ def memory_service(
             "tcp:7001",
             "--metrics-port",
             "tcp:9701:interface=127.0.0.1",
+            "--ws-port",
+            "tcp:7081",
             "--data-dir",
             str(tmp_path / "d"),
             *extra,

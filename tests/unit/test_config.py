@@ -259,6 +259,13 @@ BAD_VALUES = [
     ("round-limit", "0", "between 1 and 10000"),
     ("turn-timeout", "0", "between 0.1 and 86400"),
     ("reconnect-grace", "-1", "between 0 and 86400"),
+    ("ws-port", "nope:1", "not a valid endpoint description"),
+    ("ws-port", "70000", "out of range"),
+    ("ws-origins", "game.example.com", "expected origins like"),
+    ("ws-origins", "ftp://x", "expected origins like"),
+    ("ws-origins", "https://x/page", "expected origins like"),
+    ("ws-trusted-proxies", "10.0.0.0/33", "expected an address or CIDR"),
+    ("ws-trusted-proxies", "proxy.local", "expected an address or CIDR"),
 ]
 
 
@@ -616,3 +623,35 @@ def test_a_factory_without_a_validate_step_gets_its_table_as_is(monkeypatch) -> 
     failing = registry.PluginFactory(make=old_style, validate=strict)
     with pytest.raises(PluginConfigError, match=r"^\[middleware\.oldstyle\]: bad thing$"):
         failing.check("oldstyle", {}, Settings())
+
+
+def test_ws_defaults_and_forms() -> None:
+    d = build_settings({})
+    assert (d.ws_port, d.ws_origins, d.ws_trusted_proxies) == ("tcp:7080", None, ())
+    s = build_settings(
+        {
+            "ws-port": "8080",
+            "ws-origins": "https://Game.example.com/, http://localhost:*",
+            "ws-trusted-proxies": "10.0.0.1, 192.168.0.0/16,::1",
+        }
+    )
+    assert listens_on(s.ws_port) == ("tcp", 8080, "")  # a player port: every interface
+    assert s.ws_origins == ("https://game.example.com", "http://localhost:*")
+    assert s.ws_trusted_proxies == ("10.0.0.1/32", "192.168.0.0/16", "::1/128")
+    assert build_settings({"ws-port": "none"}).ws_port is None
+    assert build_settings({"ws-origins": "*"}).ws_origins == ("*",)
+    assert build_settings({"ws-origins": "default"}).ws_origins is None
+
+
+def test_ws_keys_in_the_config_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[server]\nws_port = "tcp:0"\nws_origins = ["https://a.example"]\n'
+        'ws_trusted_proxies = ["10.0.0.0/8"]\n',
+    )
+    s = build_settings({}, str(path))
+    assert (s.ws_port, s.ws_origins, s.ws_trusted_proxies) == (
+        "tcp:0",
+        ("https://a.example",),
+        ("10.0.0.0/8",),
+    )

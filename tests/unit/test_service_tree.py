@@ -17,6 +17,7 @@ from gamed.protocol import GameFactory
 from gamed.router import Router
 from gamed.service import GameService, ServerRoot
 from gamed.web import QuietSite
+from gamed.ws_site import WebSocketSite
 from tests.unit.fakes import memory_service
 
 
@@ -32,18 +33,20 @@ def servers(reactor: MemoryReactorClock) -> dict[int, tuple]:
     }
 
 
-def test_tree_listens_on_both_ports(tmp_path: Path) -> None:
+def test_tree_listens_on_the_three_ports(tmp_path: Path) -> None:
     service, reactor = memory_service(tmp_path)
     assert isinstance(service, ServerRoot)
     assert reactor.tcpServers == []  # nothing binds before the service starts
     start(service)
     try:
         bound = servers(reactor)
-        assert set(bound) == {7001, 9701}
+        assert set(bound) == {7001, 7081, 9701}
         assert bound[9701][2] == "127.0.0.1"
         assert bound[7001][2] == ""  # all interfaces
+        assert bound[7081][2] == ""  # a player port too
         assert isinstance(bound[7001][0], GameFactory)
         assert isinstance(bound[9701][0], QuietSite)
+        assert isinstance(bound[7081][0], WebSocketSite)
         assert service.running
     finally:
         service.stopService()
@@ -61,6 +64,7 @@ def test_named_children(tmp_path: Path) -> None:
     game = service.getServiceNamed("game")
     assert isinstance(game, GameService)
     assert game.getServiceNamed("game-listener") is not None
+    assert game.getServiceNamed("ws-listener") is not None  # drained with the game port
     assert service.getServiceNamed("http-listener") is not None
     assert isinstance(service.router, Router)
     assert game.router is service.router
@@ -85,15 +89,19 @@ def listening_ports(service: IService, reactor: MemoryReactorClock) -> list[int]
 
 
 def test_metrics_port_none_gives_only_the_game_listener(tmp_path: Path) -> None:
-    service, reactor = memory_service(tmp_path, "--metrics-port", "none")
+    service, reactor = memory_service(tmp_path, "--metrics-port", "none", "--ws-port", "none")
     with pytest.raises(KeyError):
         service.getServiceNamed("http-listener")
+    with pytest.raises(KeyError):
+        service.getServiceNamed("game").getServiceNamed("ws-listener")
     assert listening_ports(service, reactor) == [7001]
 
 
 def test_make_service_accepts_a_settings_dict(tmp_path: Path) -> None:
     options = tap.Options()
-    options.parseOptions(["--port", "tcp:7005", "--metrics-port", "none", "-d", str(tmp_path)])
+    options.parseOptions(
+        ["--port", "tcp:7005", "--metrics-port", "none", "--ws-port", "none", "-d", str(tmp_path)]
+    )
     reactor = MemoryReactorClock()
     service = tap.makeService({"settings": options.settings}, reactor=reactor)
     assert listening_ports(service, reactor) == [7005]

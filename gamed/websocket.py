@@ -1,0 +1,471 @@
+"""The WebSocket transport: one browser (or other WebSocket) client as an ``IConnection``.
+
+autobahn does the RFC 6455 work (handshake, framing, fragmentation, UTF-8
+validation, ping/pong, close handshake); this module maps it onto gamed's
+protocol exactly as ``GameProtocol`` maps a TCP stream: one WebSocket text
+message is one protocol message (the JSON, without the 4-byte length), reported
+to the same ``IConnectionHandler`` (the Router). So rooms, games, takeover,
+reconnect grace, the connection cap and every middleware see a WebSocket
+client as they see a TCP one.
+
+The router and rooms hand connections length-prefixed frames; a WebSocket
+connection strips the 4 bytes and writes one text frame. A broadcast hands
+every member the *same* bytes object, so the WebSocket framing of the last
+frame is cached per factory and reused by every WebSocket member: one
+autobahn ``PreparedMessage`` per broadcast, one ``transport.write`` per member.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gamed import codec
+from gamed.interfaces import IConnection, IConnectionHandler
+from gamed.messages import Error, SystemMessage
+from gamed.protocol import CLOSE_FLUSH_SECONDS, ConnectionContext, IStreamTransport
+
+_log = Logger()
+
+#: The close code sent for each ``close(reason)`` (docs/protocol.md, "WebSocket").
+CLOSE_CODES: dict[str, int] = {
+    "closed": 1000,
+    "idle": 1000,
+    "shutdown": 1001,
+    "refused": 1008,
+    "kicked": 1008,
+    "auth": 1008,
+    "replaced": 1008,
+    "binary": 1003,
+    "oversize": 1009,
+    "error": 1011,
+}
+
+#: Origins every server accepts unless ``--ws-origins`` says otherwise (plus the page's own).
+LOCAL_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class _LastFrame:
+    """The WebSocket framing of the last length-prefixed frame sent (a broadcast's)."""
+
+    __slots__ = ("data", "frame")
+
+    def __init__(self) -> None:
+        self.frame: bytes = b""
+        self.data: bytes = b""
+
+
+def text_message(frame: bytes) -> bytes:
+    """One unmasked, unfragmented WebSocket text frame for a length-prefixed protocol frame."""
+    return PreparedMessage(memoryview(frame)[4:], False, False, True).payloadHybi  # type: ignore[arg-type]
+
+
+# -- browser security -------------------------------------------------------------------
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str] | None) -> bool:
+    """Whether a handshake from ``origin`` may open a socket.
+
+    No ``Origin`` header: not a browser (a browser always sends one on a
+    WebSocket handshake), so nothing cross-site to protect. ``allowed`` None is
+    the default: the page's own origin (the ``Host`` it asked for, over http or
+    https) and http://localhost / 127.0.0.1 / [::1] on any port. Otherwise the
+    configured patterns: exact origins, ``*`` wildcards (``https://*.example.com``,
+    ``http://localhost:*``), or ``*`` alone for every origin.
+    """
+    if not origin:  # autobahn reports a missing header as ""
+        return True
+    origin = origin.strip().lower().rstrip("/")
+    if allowed is None:
+        if host and origin in (f"http://{host.lower()}", f"https://{host.lower()}"):
+            return True
+        patterns: Iterable[str] = LOCAL_ORIGINS
+    else:
+        patterns = allowed
+    for pattern in patterns:
+        if pattern == "*" or fnmatchcase(origin, pattern.lower()):
+            return True
+    return False
+
+
+def _strip_port(node: str) -> str:
+    """``1.2.3.4:80`` -> ``1.2.3.4``, ``[::1]:80`` -> ``::1``, ``"quoted"`` unquoted."""
+    node = node.strip().strip('"')
+    if node.startswith("["):
+        return node[1 : node.find("]")] if "]" in node else node
+    if node.count(":") == 1:
+        return node.split(":", 1)[0]
+    return node
+
+
+def forwarded_chain(headers: dict[str, str]) -> list[str]:
+    """Client addresses a proxy chain reports, nearest proxy last (RFC 7239 ``for=`` first)."""
+    forwarded = headers.get("forwarded")
+    if forwarded:
+        chain = []
+        for element in forwarded.split(","):
+            for pair in element.split(";"):
+                key, _, value = pair.strip().partition("=")
+                if key.lower() == "for":
+                    chain.append(_strip_port(value))
+        return chain
+    xff = headers.get("x-forwarded-for")
+    if xff:
+        return [_strip_port(part) for part in xff.split(",") if part.strip()]
+    return []
+
+
+def real_peer(peer: str, headers: dict[str, str], trusted: tuple[Network, ...]) -> str:
+    """The client's address: ``peer``, unless it is a trusted proxy that says who it forwards.
+
+    Walks the forwarded chain from the right (the nearest hop) and stops at the
+    first address that is not a trusted proxy: a client cannot forge its way
+    past a proxy that appends what it saw. Untrusted peers' headers are ignored.
+    """
+    if not trusted or not _in(peer, trusted):
+        return peer
+    for hop in reversed(forwarded_chain(headers)):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return peer  # "unknown", an obfuscated id: no better than the proxy's address
+        if not _in(hop, trusted):
+            return hop
+        peer = hop
+    return peer
+
+
+def _in(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+class ISocketTransport(IStreamTransport, IPushProducer):
+    """What WebSocketConnection uses of its transport: GameProtocol's, plus pausing reads."""
+
+
+# -- the connection -----------------------------------------------------------------------
+
+
+@implementer(IConnection, IPushProducer)
+class WebSocketConnection(WebSocketServerProtocol):
+    """A client on a WebSocket: text messages in, text messages out."""
+
+    factory: GameWebSocketFactory
+    ctx: ConnectionContext
+    # Set by makeConnection (the transport WebSocketResource took over from twisted.web).
+    transport: ISocketTransport
+    #: For the ``transport`` label of gamed_transport_* metrics.
+    transport_name = "ws"
+
+    def __init__(self, handler: IConnectionHandler, clock: IReactorTime) -> None:
+        super().__init__()
+        self.handler = handler
+        self.clock = clock
+        settings = handler.settings
+        self._max_backlog = settings.max_outgoing_bytes
+        self._idle_timeout = settings.idle_timeout
+        self.user_id: int | None = None
+        self.nickname = ""
+        self.closing = False
+        self.close_reason = "closed"
+        self.last_seen = 0.0
+        self.paused = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._backlog = 0
+        self._opened = False  # reported to the handler (connection_made)
+        self._peer_host = "unknown"
+        self._peer_port = 0
+        self._idle_call: IDelayedCall | None = None
+        self._abort_call: IDelayedCall | None = None
+        self.send_frame = self._drop  # type: ignore[method-assign]  # until the handshake
+
+    # -- connection life -------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self._peer_host = getattr(peer, "host", "unknown")
+        self._peer_port = getattr(peer, "port", 0)
+        # twisted.web's HTTPChannel is still the transport's producer after
+        # WebSocketResource took the transport over: we replace it, so that a
+        # client that does not read pauses *us* (back-pressure, slow-client drop).
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self, True)
+        super().connectionMade()
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        settings = self.handler.settings
+        if not origin_allowed(request.origin, request.host, settings.ws_origins):
+            _log.info(
+                "refused a WebSocket handshake from {peer}: origin {origin!r} not allowed",
+                peer=self._peer_host,
+                origin=request.origin,
+            )
+            raise ConnectionDeny(403, "origin not allowed (see --ws-origins)")
+        self._peer_host = real_peer(
+            self._peer_host, request.headers, self.factory.trusted_proxies()
+        )
+
+    def onOpen(self) -> None:
+        self.ctx = ConnectionContext(self, self._peer_host, self._peer_port, self.clock)
+        self.last_seen = self.ctx.connected_at
+        self._opened = True
+        self._route_output()
+        self.handler.connection_made(self)
+        if not self.closing and self._idle_timeout > 0:
+            self._idle_call = self.clock.callLater(self._idle_timeout / 2, self._check_idle)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        for call in (self._idle_call, self._abort_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_call = self._abort_call = None
+        self.closing = True
+        self.send_frame = self._drop  # type: ignore[method-assign]
+        try:
+            super().connectionLost(reason)  # type: ignore[arg-type]
+        finally:
+            if self._opened:
+                self._opened = False
+                self.handler.connection_lost(self, self.close_reason)
+
+    def _check_idle(self) -> None:
+        """Ping a quiet client at half the idle timeout; a pong (or any message) is liveness.
+
+        Browsers answer pings by themselves, so an open page stays connected
+        without sending HeartBeat; a peer that is gone is closed at the timeout.
+        """
+        self._idle_call = None
+        if self.closing:
+            return
+        timeout = self._idle_timeout
+        idle_for = self.clock.seconds() - self.last_seen
+        if idle_for >= timeout:
+            self.send(SystemMessage(f"closing: no message or pong for {timeout:g} seconds"))
+            self.close("idle")
+            return
+        if idle_for >= timeout / 2:
+            self.sendPing()
+            self._idle_call = self.clock.callLater(timeout - idle_for, self._check_idle)
+        else:
+            self._idle_call = self.clock.callLater(timeout / 2 - idle_for, self._check_idle)
+
+    # -- input -----------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        super().dataReceived(data)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.closing:
+            return
+        if isBinary:
+            self.handler.frame_refused(self, "invalid", len(payload))
+            self._close_with(1003, "binary", "send JSON in text messages")
+            return
+        self.last_seen = self.clock.seconds()
+        self.factory.messages += 1
+        self.ctx.frame_size = len(payload)
+        try:
+            self.handler.frame_received(self, payload)
+        except Exception:
+            _log.failure("handling a WebSocket message from {ctx}", ctx=self.ctx)
+            self._close_with(1011, "error", "internal error")
+
+    def onPing(self, payload: bytes) -> None:
+        self.last_seen = self.clock.seconds()
+        super().onPing(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        self.last_seen = self.clock.seconds()
+
+    def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
+        """Over --max-frame-bytes: the same Error 413 as TCP, then close 1009 (autobahn)."""
+        if not self.closing and self._opened:
+            self.handler.frame_refused(self, "oversize", msg_size)
+            self.send_error(
+                413, f"message of {msg_size} bytes exceeds the limit of {max_msg_size} bytes"
+            )
+            self.close_reason = "oversize"
+        self._closing_now()
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
+
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        """autobahn fails the connection (invalid UTF-8: 1007, protocol errors: 1002...)."""
+        if code == 1007 and not self.closing and self._opened:
+            self.handler.frame_refused(self, "invalid", 0)
+        self._closing_now()
+        super()._fail_connection(code, reason)
+
+    # -- output ----------------------------------------------------------------------
+
+    def _write_open(self, frame: bytes) -> None:
+        cache = self.factory.last
+        if frame is not cache.frame:
+            cache.data = text_message(frame)
+            cache.frame = frame  # holds the bytes: its identity cannot be reused meanwhile
+        self.transport.write(cache.data)
+
+    def _write_while_paused(self, frame: bytes) -> None:
+        self._backlog += len(frame)
+        if self._backlog > self._max_backlog:
+            self._too_slow()
+            return
+        self._write_open(frame)
+
+    @staticmethod
+    def _drop(frame: bytes) -> None:
+        pass
+
+    def _route_output(self) -> None:
+        if self.closing or not self._opened:
+            self.send_frame = self._drop  # type: ignore[method-assign]
+        elif self.paused:
+            self.send_frame = self._write_while_paused  # type: ignore[method-assign]
+        else:
+            self.send_frame = self._write_open  # type: ignore[method-assign]
+
+    def send_frame(self, frame: bytes) -> None:  # rebound per state by _route_output
+        self._drop(frame)
+
+    def send(self, message: object) -> None:
+        frame = codec.frame(message)
+        self.bytes_out += len(frame)
+        self.send_frame(frame)
+
+    def send_error(self, code: int, text: str) -> None:
+        self.handler.error_sent(code)
+        self.send(Error(code, text))
+
+    # IPushProducer, for the transport: a client that does not read pauses us.
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.transport.pauseProducing()
+        self._route_output()
+
+    def resumeProducing(self) -> None:
+        self._backlog = 0
+        self.paused = False
+        self.transport.resumeProducing()
+        self._route_output()
+
+    def stopProducing(self) -> None:
+        pass  # the transport is going away; connectionLost does the clean-up
+
+    def _too_slow(self) -> None:
+        _log.info(
+            "dropping {ctx}: more than {limit} bytes queued that it does not read",
+            ctx=self.ctx,
+            limit=self._max_backlog,
+        )
+        self.close_reason = "slow"
+        self.abort()
+
+    # -- closing -----------------------------------------------------------------------
+
+    def disconnect(self, code: int, text: str, reason: str) -> None:
+        """Send Error{code, text}, then close with the reason's close code."""
+        if self.closing:
+            return
+        self.send_error(code, text)
+        self.close(reason)
+
+    def close(self, reason: str) -> None:
+        """Send a close frame (code by ``reason``); abort if the peer does not answer in time."""
+        self._close_with(CLOSE_CODES.get(reason, 1000), reason, reason)
+
+    def _close_with(self, code: int, reason: str, text: str) -> None:
+        if self.closing:
+            return
+        self.close_reason = reason
+        self._closing_now()
+        if self.state == self.STATE_OPEN:
+            # sendCloseFrame, not sendClose: autobahn's public call only takes
+            # 1000 and 3000-4999, and gamed's mapping uses the RFC 6455 codes.
+            self.sendCloseFrame(code=code, reasonUtf8=text.encode()[:123], isReply=False)
+        elif self.state != self.STATE_CLOSING:
+            self.abort()  # not open yet, or already closed: nothing to say
+
+    def _closing_now(self) -> None:
+        """No more output but the close frame; reading goes on for the peer's close reply."""
+        if self.closing:
+            return
+        self.closing = True
+        self._route_output()
+        if self.paused:
+            self.paused = False
+            self.transport.resumeProducing()
+        self._abort_call = self.clock.callLater(CLOSE_FLUSH_SECONDS, self.abort)
+
+    def abort(self) -> None:
+        """Drop the connection now: queued output is lost, nothing more is written."""
+        self.closing = True
+        self._route_output()
+        self.transport.abortConnection()
+
+
+class GameWebSocketFactory(WebSocketServerFactory):
+    """Builds a WebSocketConnection per handshake, all reporting to one handler (the Router)."""
+
+    noisy = False
+
+    def __init__(self, handler: IConnectionHandler, clock: IReactorTime) -> None:
+        super().__init__()
+        self.handler = handler
+        self.clock = clock
+        self.last = _LastFrame()
+        #: Text messages handed to the handler, for gamed_transport_messages_received
+        #: (a plain int, read at scrape time).
+        self.messages = 0
+        self._proxies_key: tuple[str, ...] = ()
+        self._proxies: tuple[Network, ...] = ()
+        settings = handler.settings
+        self.setProtocolOptions(
+            # One limit for both transports: a message over --max-frame-bytes is 1009.
+            maxFramePayloadSize=settings.max_frame_bytes,
+            maxMessagePayloadSize=settings.max_frame_bytes,
+            # Close with a close frame and its code rather than dropping the TCP connection.
+            failByDrop=False,
+            # Timers run on our clock (WebSocketConnection: idle pings, the close
+            # flush), not on autobahn's batched timers on the global reactor.
+            openHandshakeTimeout=0,
+            closeHandshakeTimeout=0,
+            autoPingInterval=0,
+            webStatus=False,
+            # permessage-deflate is not accepted: each member would compress
+            # every broadcast again, and gamed's messages are small.
+            perMessageCompressionAccept=lambda offers: None,
+        )
+
+    def trusted_proxies(self) -> tuple[Network, ...]:
+        """--ws-trusted-proxies as networks, re-parsed only when a reload changed them."""
+        key = self.handler.settings.ws_trusted_proxies
+        if key != self._proxies_key:
+            self._proxies = tuple(ipaddress.ip_network(c, strict=False) for c in key)
+            self._proxies_key = key
+        return self._proxies
+
+    def buildProtocol(self, addr: Any) -> WebSocketConnection:  # type: ignore[override]
+        # A reload may have changed --max-frame-bytes: new connections use the new one.
+        limit = self.handler.settings.max_frame_bytes
+        self.maxFramePayloadSize = self.maxMessagePayloadSize = limit
+        proto = WebSocketConnection(self.handler, self.clock)
+        proto.factory = self
+        return proto
