@@ -43,8 +43,8 @@ class StaticFiles(File):
         ".webmanifest": "application/manifest+json",
     }
 
-    childNotFound = pages.notFound()
-    forbidden = pages.forbidden()
+    childNotFound = pages.notFound()  # type: ignore[assignment]  # escapes its HTML
+    forbidden = pages.forbidden()  # type: ignore[assignment]
 
     def directoryListing(self) -> IResource:
         return pages.notFound()  # a directory without index.html is not a page
