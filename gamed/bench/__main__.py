@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = common.add_argument_group("target and run")
     g.add_argument("--host", default=d.host, help="server address (default %(default)s)")
     option(g, "port", int, "server port (default %(default)s)")
+    g.add_argument(  # choices: not an option() (which takes a type)
+        "--transport",
+        choices=("tcp", "ws"),
+        default=d.transport,
+        help="tcp: the game port's framing; ws: WebSocket text messages on /ws at --port "
+        "(gamed's --ws-port) (default %(default)s)",
+    )
     option(g, "warmup", _positive(float), "seconds not counted")
     option(g, "duration", _positive(float), "seconds measured")
     option(

@@ -9,11 +9,12 @@ silent or broken server turns into a counted failure, never a hang.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Sequence
 from typing import Any, cast
 
-from gamed.bench import wire
+from gamed.bench import wire, wsframe
 from gamed.bench.stats import Counters
 
 
@@ -40,6 +41,11 @@ class BenchClient(asyncio.Protocol):
         self.room_id: int | None = None
         self.transport: asyncio.Transport | None = None
         self.reader = wire.FrameReader(wire.own_marker(user_id) if track_echoes else None)
+        #: WebSocket mode (``use_websocket``): the handshake's outcome, the mask key.
+        self.ws_open: asyncio.Future[None] | None = None
+        self.ws_close_code: int | None = None
+        self._ws_key = b""
+        self._ws_request = self._ws_accept = self._ws_head = b""
         self._waiters: dict[str, asyncio.Future[Any]] = {}
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: True once we started closing, so the loss is not counted as a disconnect.
@@ -56,8 +62,51 @@ class BenchClient(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        if self.ws_open is not None:
+            self.transport.write(self._ws_request)
+
+    def use_websocket(self, host: str, port: int, path: str = "/ws") -> None:
+        """Speak WebSocket (gamed's ``/ws``): same messages, text frames instead of prefixes."""
+        marker = self.reader._marker
+        self.reader = wsframe.WsFrameReader(marker)
+        self._ws_key = os.urandom(4)
+        self._ws_request, self._ws_accept = wsframe.handshake_request(host, port, path)
+        self.ws_open = asyncio.get_running_loop().create_future()
+
+    def _ws_handshake(self, data: bytes) -> bytes | None:
+        """Collect the 101 response; the bytes after it, or None while it is incomplete."""
+        assert self.ws_open is not None
+        head = self._ws_head + data
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            self._ws_head = head
+            return None
+        self._ws_head = b""
+        try:
+            wsframe.check_handshake_response(head[:end], self._ws_accept)
+        except wire.WireError as e:
+            self.ws_open.set_exception(e)
+            self.abort()
+            return None
+        self.ws_open.set_result(None)
+        return head[end + 4 :]
+
+    def _ws_control(self) -> None:
+        control = self.reader.control  # type: ignore[attr-defined]
+        for opcode, payload in control:
+            if opcode == wsframe.PING:
+                self._write(wsframe.encode(wsframe.PONG, payload, self._ws_key))
+            elif opcode == wsframe.CLOSE:
+                self.ws_close_code, _ = wsframe.parse_close(payload)
+                self._write(wsframe.encode(wsframe.CLOSE, payload[:2], self._ws_key))
+        control.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.ws_open is not None and not self.ws_open.done():
+            rest = self._ws_handshake(data)
+            if not rest:
+                return
+            data = rest
         try:
             batch = self.reader.feed(data)
         except wire.WireError as e:
@@ -88,11 +137,16 @@ class BenchClient(asyncio.Protocol):
             if fut is not None and not fut.done():
                 fut.set_result(body)
             self.on_message(tag, body)
+        if self.ws_open is not None and self.reader.control:  # type: ignore[attr-defined]
+            self._ws_control()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closing:
             self.counters.disconnects += 1
         self._fail_waiters(Closed(f"connection lost: {exc}" if exc else "connection closed"))
+        if self.ws_open is not None and not self.ws_open.done():
+            self.ws_open.set_exception(Closed("connection lost during the WebSocket handshake"))
+            self.ws_open.exception()
         if not self.closed.done():
             self.closed.set_result(None)
         self.on_lost()
@@ -114,6 +168,12 @@ class BenchClient(asyncio.Protocol):
     # -- sending and waiting ---------------------------------------------------------
 
     def send(self, data: bytes) -> None:
+        """Send length-prefixed frames (``wire``'s); as text messages in WebSocket mode."""
+        if self.ws_open is not None:
+            data = wsframe.text_frames(data, self._ws_key)
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
         t = self.transport
         if t is not None and not t.is_closing():
             t.write(data)
@@ -157,6 +217,9 @@ class BenchClient(asyncio.Protocol):
     def close(self) -> None:
         self.closing = True
         if self.transport is not None:
+            if self.ws_open is not None and self.ws_open.done():
+                payload = wsframe.close_payload(1000)
+                self._write(wsframe.encode(wsframe.CLOSE, payload, self._ws_key))
             self.transport.close()
 
     def abort(self) -> None:
@@ -166,14 +229,20 @@ class BenchClient(asyncio.Protocol):
 
 
 async def open_client(
-    client: BenchClient, host: str, port: int, timeout: float
+    client: BenchClient, host: str, port: int, timeout: float, transport: str = "tcp"
 ) -> asyncio.Transport:
-    """TCP connect ``client`` to ``host:port`` within ``timeout`` seconds."""
+    """Connect ``client`` to ``host:port`` within ``timeout`` seconds.
+
+    ``transport`` ``ws``: a WebSocket to ``/ws`` on that port, handshake included.
+    """
     loop = asyncio.get_running_loop()
-    transport, _ = await asyncio.wait_for(
-        loop.create_connection(lambda: client, host, port), timeout
-    )
-    return transport
+    started = loop.time()
+    if transport == "ws":
+        client.use_websocket(host, port)
+    tcp, _ = await asyncio.wait_for(loop.create_connection(lambda: client, host, port), timeout)
+    if client.ws_open is not None:
+        await asyncio.wait_for(client.ws_open, max(0.001, timeout - (loop.time() - started)))
+    return tcp
 
 
 async def close_all(clients: Sequence[BenchClient], timeout: float = 5.0) -> None:

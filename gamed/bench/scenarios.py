@@ -40,6 +40,8 @@ class BenchConfig:
     scenario: str = "fanout"
     host: str = "127.0.0.1"
     port: int = 7000
+    #: ``tcp`` (length-prefixed frames) or ``ws`` (text messages on ``/ws`` at ``port``).
+    transport: str = "tcp"
     warmup: float = 1.0
     duration: float = 5.0
     #: Bound on the whole connect+join phase (and on each handshake step in it).
@@ -79,6 +81,8 @@ class BenchConfig:
         return self.warmup + self.duration + self.connect_timeout + TEARDOWN_SLACK
 
     def target(self) -> str:
+        if self.transport == "ws":
+            return f"ws://{self.host}:{self.port}/ws"
         return f"{self.host}:{self.port}"
 
     def id_span(self) -> int:
@@ -227,7 +231,7 @@ async def connect_all(
             left = deadline - loop.time()
             if left <= 0:
                 raise TimeoutError("connect phase timed out")
-            await open_client(c, cfg.host, cfg.port, left)
+            await open_client(c, cfg.host, cfg.port, left, cfg.transport)
             await c.handshake(max(0.001, deadline - loop.time()), room)
             done += 1
             if run.progress is not None and done % 50 == 0:
@@ -696,7 +700,7 @@ async def churn(run: Run) -> dict[str, Any]:
             leftovers.append(c)
             t = time.monotonic_ns()
             try:
-                await open_client(c, cfg.host, cfg.port, step)
+                await open_client(c, cfg.host, cfg.port, step, cfg.transport)
                 await c.handshake(step, room)
                 await c.request(wire.room_leave(uid, room), "RoomLeaveSuccess", step)
                 c.close()
