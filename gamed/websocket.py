@@ -205,7 +205,10 @@ class WebSocketConnection(WebSocketServerProtocol):
         # twisted.web's HTTPChannel is still the transport's producer after
         # WebSocketResource took the transport over: we replace it, so that a
         # client that does not read pauses *us* (back-pressure, slow-client drop).
-        self.transport.unregisterProducer()
+        try:
+            self.transport.unregisterProducer()
+        except RuntimeError:
+            pass  # no producer (a transport that did not come from twisted.web)
         self.transport.registerProducer(self, True)
         super().connectionMade()
 
@@ -449,6 +452,8 @@ class GameWebSocketFactory(WebSocketServerFactory):
             closeHandshakeTimeout=0,
             autoPingInterval=0,
             webStatus=False,
+            # "null" (sandboxed frames, file://) is judged by origin_allowed like any origin.
+            allowNullOrigin=True,
             # permessage-deflate is not accepted: each member would compress
             # every broadcast again, and gamed's messages are small.
             perMessageCompressionAccept=lambda offers: None,

@@ -76,7 +76,7 @@ def make_ws_site(
     factory = GameWebSocketFactory(handler, clock)
     root: Resource = StaticFiles(os.fspath(static_dir), defaultType="application/octet-stream")
     root.putChild(b"ws", WebSocketResource(factory))
-    site = WebSocketSite(root)
+    site = WebSocketSite(root, reactor=clock)
     site.noisy = False
     site.displayTracebacks = False
     site.timeOut = REQUEST_TIMEOUT

@@ -1,0 +1,553 @@
+"""WebSocketConnection (+ the WebSocket Site + Router) over StringTransport and Clock.
+
+The handshake goes through the real twisted.web Site and autobahn's
+WebSocketResource (which takes the transport over), frames are built by the
+client half in gamed.bench.wsframe: no sockets, no sleeps.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.resource import getChildForRequest
+from twisted.web.test._util import _render
+from twisted.web.test.requesthelper import DummyRequest
+from zope.interface.verify import verifyObject
+
+from gamed import codec
+from gamed import messages as m
+from gamed.bench import wsframe
+from gamed.interfaces import IConnection
+from gamed.protocol import CLOSE_FLUSH_SECONDS
+from gamed.router import DRAIN_FLUSH_SECONDS
+from gamed.telemetry import TransportCollector
+from gamed.websocket import (
+    CLOSE_CODES,
+    WebSocketConnection,
+    forwarded_chain,
+    origin_allowed,
+    real_peer,
+    text_message,
+)
+from gamed.ws_site import make_ws_site
+from tests.unit.test_protocol import Harness
+
+KEY = b"\x01\x02\x03\x04"
+
+
+class WsHarness(Harness):
+    """The TCP harness (router, rooms, clock) plus the WebSocket port's Site."""
+
+    def __init__(self, static_dir: Path | None = None, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.site = make_ws_site(self.router, self.clock, static_dir or Path("/nonexistent"))
+        self.ws_factory = self.site.ws_factory
+
+    def ws(self, **kw: Any) -> WsClient:
+        self._port += 1
+        return WsClient(self, self._port, **kw)
+
+
+class WsClient:
+    """A browser-like client on a StringTransport: handshake through the Site, then frames."""
+
+    def __init__(
+        self,
+        h: WsHarness,
+        port: int,
+        origin: str | None = None,
+        host: str = "127.0.0.1:7080",
+        headers: tuple[tuple[str, str], ...] = (),
+        peer: str = "127.0.0.1",
+    ) -> None:
+        self.h = h
+        self.transport = StringTransport(
+            peerAddress=IPv4Address("TCP", peer, port),
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 7080),
+        )
+        channel = h.site.buildProtocol(self.transport.getPeer())
+        self.transport.protocol = channel  # type: ignore[attr-defined]  # as a TCP transport has
+        channel.makeConnection(self.transport)
+        request, accept = wsframe.handshake_request("127.0.0.1", 7080, "/ws", origin)
+        request = request.replace(b"Host: 127.0.0.1:7080", b"Host: " + host.encode())
+        extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers)
+        channel.dataReceived(request[:-2] + extra + b"\r\n")
+        head, _, rest = self.transport.value().partition(b"\r\n\r\n")
+        self.status = int(head.split(b" ", 2)[1])
+        self.proto: WebSocketConnection | None = None
+        if self.status == 101:
+            wsframe.check_handshake_response(head, accept)
+            self.proto = self.transport.protocol  # type: ignore[attr-defined]
+            assert isinstance(self.proto, WebSocketConnection)
+        self.transport.clear()
+        self._pending = rest
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.pings: list[bytes] = []
+        self.pongs: list[bytes] = []
+
+    @property
+    def conn(self) -> WebSocketConnection:
+        assert self.proto is not None, f"handshake refused with {self.status}"
+        return self.proto
+
+    def feed(self, data: bytes) -> None:
+        self.conn.dataReceived(data)
+
+    def send(self, *objs: object) -> None:
+        self.feed(b"".join(wsframe.encode(wsframe.TEXT, dump(o), KEY) for o in objs))
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        """Every frame the server wrote since the last call: (opcode, payload)."""
+        data, self._pending = self._pending + self.transport.value(), b""
+        self.transport.clear()
+        out, i = [], 0
+        while i < len(data):
+            b0, b1 = data[i], data[i + 1]
+            assert not b1 & 0x80, "server frames are not masked"
+            assert b0 & 0x80, "the server does not fragment"
+            n, i = b1 & 0x7F, i + 2
+            if n == 126:
+                (n,), i = struct.unpack(">H", data[i : i + 2]), i + 2
+            elif n == 127:
+                (n,), i = struct.unpack(">Q", data[i : i + 8]), i + 8
+            out.append((b0 & 0x0F, data[i : i + n]))
+            i += n
+        return out
+
+    def received(self) -> list[Any]:
+        """Protocol messages (text frames) since the last call; records close and pings."""
+        msgs = []
+        for opcode, payload in self.frames():
+            if opcode == wsframe.TEXT:
+                msgs.append(orjson.loads(payload))
+            elif opcode == wsframe.CLOSE:
+                code, self.close_reason = wsframe.parse_close(payload)
+                self.close_code = code
+            elif opcode == wsframe.PING:
+                self.pings.append(payload)
+            elif opcode == wsframe.PONG:
+                self.pongs.append(payload)
+            else:
+                raise AssertionError(f"unexpected opcode {opcode}")
+        return msgs
+
+    def connect(self, uid: int, **extra: object) -> None:
+        self.send({"Connect": {"room_id": 0, "user_id": uid, **extra}})
+        assert self.received() == [{"ConnectionAck": {"user_id": uid}}]
+
+    def join(self, uid: int, room: int) -> list[Any]:
+        self.send({"RoomJoin": {"user_id": uid, "room_id": room, "nickname": f"n{uid}"}})
+        return self.received()
+
+    def reply_close(self) -> None:
+        """The client's half of the close handshake; the server then drops the TCP connection."""
+        self.feed(wsframe.encode(wsframe.CLOSE, struct.pack(">H", self.close_code or 1000), KEY))
+
+    def lose(self) -> None:
+        self.conn.connectionLost(Failure(ConnectionError("gone")))
+
+
+def dump(obj: object) -> bytes:
+    return obj if isinstance(obj, bytes) else orjson.dumps(obj)
+
+
+@pytest.fixture
+def h() -> WsHarness:
+    return WsHarness()
+
+
+def error_code(msg: Any) -> int:
+    return msg["Error"]["code"]
+
+
+# -- the connection as the router sees it ---------------------------------------------------
+
+
+def test_a_websocket_is_an_iconnection_with_the_real_peer(h: WsHarness) -> None:
+    c = h.ws()
+    assert c.status == 101
+    assert verifyObject(IConnection, c.conn)
+    assert c.conn in h.router.connections
+    assert (c.conn.ctx.peer_host, c.conn.ctx.peer_port) == ("127.0.0.1", h._port)
+    assert c.conn.bytes_in > 0  # the handshake counts
+
+
+def test_one_text_message_is_one_protocol_message_and_replies_are_text(h: WsHarness) -> None:
+    c = h.ws()
+    c.send({"Connect": {"room_id": 0, "user_id": 7}}, "HeartBeat")
+    assert c.received() == [
+        {"ConnectionAck": {"user_id": 7}},
+        {"HeartBeatResponse": {"timestamp": int(h.clock.seconds())}},
+    ]
+
+
+def test_bad_json_and_bad_shape_get_error_400_as_on_tcp(h: WsHarness) -> None:
+    c = h.ws()
+    c.send(b"{not json", {"Connect": {"user_id": 1}})
+    msgs = c.received()
+    assert [error_code(x) for x in msgs] == [400, 400]
+    assert c.close_code is None
+    assert h.metrics.received["invalid"] == 2
+
+
+def test_a_fragmented_text_message_is_one_protocol_message(h: WsHarness) -> None:
+    c = h.ws()
+    payload = orjson.dumps({"Connect": {"room_id": 0, "user_id": 3}})
+    parts = [payload[:5], payload[5:11], payload[11:]]
+    c.feed(wsframe.encode(wsframe.TEXT, parts[0], KEY, fin=False))
+    c.feed(wsframe.encode(wsframe.PING, b"mid", KEY))  # control frames may interleave
+    c.feed(wsframe.encode(wsframe.CONTINUATION, parts[1], KEY, fin=False))
+    assert c.received() == []  # nothing handled before the last fragment
+    assert c.pongs == [b"mid"]
+    c.feed(wsframe.encode(wsframe.CONTINUATION, parts[2], KEY, fin=True))
+    assert c.received() == [{"ConnectionAck": {"user_id": 3}}]
+
+
+def test_a_broadcast_reaches_tcp_and_websocket_members_alike(h: WsHarness) -> None:
+    tcp, ws1, ws2 = h.client(), h.ws(), h.ws()
+    tcp.connect(1)
+    ws1.connect(2)
+    ws2.connect(3)
+    tcp.join(1, 9)
+    ws1.join(2, 9)
+    ws2.join(3, 9)
+    tcp.received(), ws1.received(), ws2.received()
+    ws1.send({"ChatMessage": {"user_id": 2, "room_id": 9, "message": "hé"}})
+    chat = {"ChatMessage": {"user_id": 2, "room_id": 9, "message": "hé"}}
+    assert tcp.received() == ws1.received() == ws2.received() == [chat]
+
+
+def test_the_last_broadcast_frame_is_framed_once_for_every_websocket_member() -> None:
+    h = WsHarness()
+    frame = codec.frame(m.SystemMessage("x" * 300))
+    cache = h.ws_factory.last
+    a, b = h.ws(), h.ws()
+    a.conn.send_frame(frame)
+    data = cache.data
+    b.conn.send_frame(frame)
+    assert cache.data is data
+    assert cache.data == text_message(frame)
+    assert a.received() == b.received() == [{"SystemMessage": {"message": "x" * 300}}]
+
+
+# -- close codes ----------------------------------------------------------------------------
+
+
+def test_a_binary_message_is_refused_with_1003(h: WsHarness) -> None:
+    c = h.ws()
+    c.feed(wsframe.encode(wsframe.BINARY, b'"HeartBeat"', KEY))
+    assert c.received() == []
+    assert c.close_code == 1003
+    assert h.router.frames_refused["invalid"] == 1
+
+
+def test_invalid_utf8_is_refused_with_1007(h: WsHarness) -> None:
+    c = h.ws()
+    c.feed(wsframe.encode(wsframe.TEXT, b'{"x": "\xff\xfe"}', KEY))
+    c.received()
+    assert c.close_code == 1007
+
+
+def test_a_message_over_max_frame_bytes_gets_413_then_1009() -> None:
+    h = WsHarness(max_frame_bytes=128)
+    c = h.ws()
+    c.feed(wsframe.encode(wsframe.TEXT, b'"' + b"x" * 200 + b'"', KEY))
+    (err,) = c.received()
+    assert error_code(err) == 413
+    assert c.close_code == 1009
+    assert h.router.frames_refused["oversize"] == 1
+    c.reply_close()
+    assert c.transport.disconnecting or c.transport.disconnected
+
+
+def test_a_fragmented_message_over_the_limit_is_1009_too() -> None:
+    h = WsHarness(max_frame_bytes=128)
+    c = h.ws()
+    for _ in range(3):
+        c.feed(wsframe.encode(wsframe.TEXT if _ == 0 else 0, b"y" * 60, KEY, fin=False))
+    c.received()
+    assert c.close_code == 1009
+
+
+def test_a_client_close_is_answered_with_1000_and_reported_as_closed(h: WsHarness) -> None:
+    c = h.ws()
+    c.connect(1)
+    c.feed(wsframe.encode(wsframe.CLOSE, struct.pack(">H", 1000), KEY))
+    c.received()
+    assert c.close_code == 1000
+    c.lose()
+    assert h.router.connections == set()
+    assert h.metric("gamed_disconnects_total", reason="closed") == 1
+
+
+@pytest.mark.parametrize(("reason", "code"), sorted(CLOSE_CODES.items()))
+def test_every_close_reason_has_its_code(h: WsHarness, reason: str, code: int) -> None:
+    c = h.ws()
+    c.conn.close(reason)
+    c.received()
+    assert c.close_code == code
+    assert c.close_reason == reason
+
+
+def test_a_kick_sends_the_error_then_1008(h: WsHarness) -> None:
+    c = h.ws()
+    c.connect(5)
+    assert h.router.kick_user(5, 403, "banned")
+    msgs = c.received()
+    assert [error_code(x) for x in msgs] == [403]
+    assert c.close_code == 1008
+
+
+def test_refused_at_the_cap_gets_503_then_1008() -> None:
+    h = WsHarness(max_connections=1)
+    h.ws()
+    c = h.ws()
+    assert [error_code(x) for x in c.received()] == [503]
+    assert c.close_code == 1008
+    assert c.conn not in h.router.connections
+
+
+def test_takeover_from_tcp_to_websocket_and_back(h: WsHarness) -> None:
+    tcp = h.client()
+    tcp.connect(8)
+    ws = h.ws()
+    ws.connect(8)
+    assert [error_code(x) for x in tcp.received()] == [409]
+    assert tcp.closed
+    assert h.router.sessions[8] is ws.conn
+    tcp2 = h.client()
+    tcp2.connect(8)
+    assert [error_code(x) for x in ws.received()] == [409]
+    assert ws.close_code == 1008 and ws.close_reason == "replaced"
+    assert h.router.sessions[8] is tcp2.proto
+
+
+def test_shutdown_sends_the_notice_then_1001() -> None:
+    h = WsHarness(shutdown_grace=2.0)
+    c = h.ws()
+    c.connect(1)
+    done: list[object] = []
+    h.router.drain().addBoth(done.append)
+    assert c.received() == [{"SystemMessage": {"message": "server is shutting down"}}]
+    h.clock.advance(2.0)
+    c.received()
+    assert c.close_code == 1001
+    c.reply_close()
+    c.lose()
+    assert done == [None]
+    assert h.clock.seconds() < 1_000_000 + 2.0 + DRAIN_FLUSH_SECONDS
+
+
+def test_a_peer_that_never_answers_the_close_is_aborted(h: WsHarness) -> None:
+    c = h.ws()
+    c.conn.close("kicked")
+    assert not c.transport.disconnected
+    h.clock.advance(CLOSE_FLUSH_SECONDS)
+    assert c.transport.disconnected  # StringTransport.abortConnection
+
+
+def test_output_after_close_is_dropped(h: WsHarness) -> None:
+    c = h.ws()
+    c.conn.close("closed")
+    c.received()
+    c.conn.send(m.SystemMessage("late"))
+    c.conn.send_frame(codec.frame(m.SystemMessage("late")))
+    assert c.frames() == []
+
+
+# -- idle time-out and ping/pong ------------------------------------------------------------
+
+
+def test_a_quiet_client_is_pinged_and_a_pong_keeps_it() -> None:
+    h = WsHarness(idle_timeout=30.0)
+    c = h.ws()
+    h.clock.advance(15)
+    c.received()
+    assert len(c.pings) == 1
+    c.feed(wsframe.encode(wsframe.PONG, c.pings[0], KEY))
+    h.clock.advance(20)  # 35 s since open, 20 since the pong
+    c.received()
+    assert c.close_code is None
+    assert len(c.pings) == 2  # pinged again at half the timeout after the pong
+
+
+def test_a_client_that_answers_no_ping_is_closed_at_the_idle_timeout() -> None:
+    h = WsHarness(idle_timeout=30.0)
+    c = h.ws()
+    h.clock.advance(15)
+    h.clock.advance(15)
+    msgs = c.received()
+    assert msgs == [{"SystemMessage": {"message": "closing: no message or pong for 30 seconds"}}]
+    assert c.close_code == 1000 and c.close_reason == "idle"
+
+
+def test_a_client_ping_is_answered_and_counts_as_liveness() -> None:
+    h = WsHarness(idle_timeout=30.0)
+    c = h.ws()
+    h.clock.advance(14)
+    c.feed(wsframe.encode(wsframe.PING, b"hi", KEY))
+    assert c.frames() == [(wsframe.PONG, b"hi")]
+    h.clock.advance(14)
+    assert c.received() == []  # 28 s since open but 14 since the ping: no server ping yet
+
+
+def test_idle_timeout_zero_never_pings() -> None:
+    h = WsHarness(idle_timeout=0.0)
+    c = h.ws()
+    h.clock.advance(10_000)
+    assert c.frames() == []
+
+
+# -- back-pressure ---------------------------------------------------------------------------
+
+
+def test_a_client_that_does_not_read_is_dropped_past_max_outgoing_bytes() -> None:
+    h = WsHarness(max_outgoing_bytes=4096)
+    c = h.ws()
+    c.connect(1)
+    assert c.transport.producer is c.conn  # we replaced twisted.web's HTTPChannel
+    c.conn.pauseProducing()  # what the transport does when its buffer passes the mark
+    assert c.transport.producerState == "paused"  # we stop reading it
+    frame = codec.frame(m.SystemMessage("z" * 1000))  # 1,034 bytes
+    for _ in range(3):
+        c.conn.send_frame(frame)
+    assert not c.transport.disconnected
+    c.conn.send_frame(frame)  # 4,136 queued while paused > 4,096
+    assert c.transport.disconnected  # aborted
+    c.lose()
+    assert h.metric("gamed_disconnects_total", reason="slow") == 1
+
+
+def test_resume_clears_the_backlog() -> None:
+    h = WsHarness(max_outgoing_bytes=4096)
+    c = h.ws()
+    frame = codec.frame(m.SystemMessage("z" * 1000))
+    c.conn.pauseProducing()
+    for _ in range(3):
+        c.conn.send_frame(frame)
+    c.conn.resumeProducing()
+    c.conn.pauseProducing()
+    for _ in range(3):
+        c.conn.send_frame(frame)
+    assert not c.transport.disconnected
+    assert len(c.received()) == 6
+
+
+# -- browser security -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        (None, True),  # not a browser
+        ("http://127.0.0.1:7080", True),  # the page's own origin
+        ("http://localhost:5173", True),  # a dev server on this machine
+        ("http://127.0.0.1:3000", True),
+        ("https://evil.example", False),
+        ("http://localhost.evil.example", False),
+        ("null", False),
+    ],
+)
+def test_default_origins(h: WsHarness, origin: str | None, allowed: bool) -> None:
+    c = h.ws(origin=origin)
+    assert c.status == (101 if allowed else 403)
+    assert len(h.router.connections) == (1 if allowed else 0)
+
+
+def test_the_page_own_origin_is_the_host_it_asked_for(h: WsHarness) -> None:
+    assert h.ws(origin="https://play.example.com", host="play.example.com").status == 101
+    assert h.ws(origin="https://play.example.com", host="other.example.com").status == 403
+
+
+def test_configured_origins_replace_the_default() -> None:
+    h = WsHarness(ws_origins=("https://*.example.com",))
+    assert h.ws(origin="https://play.example.com").status == 101
+    assert h.ws(origin="http://localhost:5173").status == 403
+    assert h.ws(origin="http://127.0.0.1:7080").status == 403  # own origin too: as configured
+    h2 = WsHarness(ws_origins=("*",))
+    assert h2.ws(origin="https://anything.example").status == 101
+
+
+def test_origin_allowed_is_case_insensitive_and_ignores_a_trailing_slash() -> None:
+    assert origin_allowed("HTTPS://Play.Example.com/", None, ("https://play.example.com",))
+    assert not origin_allowed("https://play.example.com.evil", None, ("https://play.example.com",))
+
+
+def test_forwarded_for_is_believed_only_from_a_trusted_proxy() -> None:
+    h = WsHarness(ws_trusted_proxies=("10.0.0.0/8",))
+    xff = (("X-Forwarded-For", "203.0.113.9, 10.0.0.7"),)
+    behind = h.ws(peer="10.0.0.2", headers=xff)
+    assert behind.conn.ctx.peer_host == "203.0.113.9"
+    direct = h.ws(peer="198.51.100.1", headers=xff)
+    assert direct.conn.ctx.peer_host == "198.51.100.1"  # anyone can send the header
+    h.router.kick_host("203.0.113.9", 403, "banned")
+    assert behind.received() and behind.close_code == 1008
+    assert direct.close_code is None
+
+
+def test_forwarded_header_and_spoofed_left_entries() -> None:
+    trusted = (ipaddress.ip_network("10.0.0.0/8"),)
+    headers = {"forwarded": 'for=192.0.2.60;proto=http, for="[2001:db8::1]:4711", for=10.0.0.5'}
+    assert forwarded_chain(headers) == ["192.0.2.60", "2001:db8::1", "10.0.0.5"]
+    assert real_peer("10.0.0.1", headers, trusted) == "2001:db8::1"
+    # The client wrote "1.1.1.1" itself; the proxy appended what it saw: the rightmost wins.
+    spoofed = {"x-forwarded-for": "1.1.1.1, 198.51.100.7"}
+    assert real_peer("10.0.0.1", spoofed, trusted) == "198.51.100.7"
+    assert real_peer("10.0.0.1", {"x-forwarded-for": "unknown"}, trusted) == "10.0.0.1"
+    assert real_peer("10.0.0.1", {}, trusted) == "10.0.0.1"
+    assert real_peer("10.0.0.1", spoofed, ()) == "10.0.0.1"
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+def test_transport_labels_count_connections_and_messages(h: WsHarness) -> None:
+    tcp, ws = h.client(), h.ws()
+    tcp.connect(1)
+    ws.connect(2)
+    ws.send("HeartBeat")
+    h.metrics.registry.register(TransportCollector(h.router, h.ws_factory))
+    assert h.metric("gamed_transport_connections", transport="tcp") == 1
+    assert h.metric("gamed_transport_connections", transport="ws") == 1
+    assert h.metric("gamed_transport_messages_received_total", transport="tcp") == 1
+    assert h.metric("gamed_transport_messages_received_total", transport="ws") == 2
+
+
+# -- the static files -------------------------------------------------------------------------
+
+
+def http_get(h: WsHarness, path: str) -> tuple[int, dict[bytes, bytes], bytes]:
+    """Render ``path`` from the Site's resource tree on a DummyRequest (which drives File's
+    pull producer to the end)."""
+    request = DummyRequest(path.lstrip("/").encode().split(b"/"))
+    request.uri = path.encode()
+    resource = getChildForRequest(h.site.resource, request)
+    _render(resource, request)
+    headers = {k.lower(): v[0] for k, v in request.responseHeaders.getAllRawHeaders()}
+    return request.responseCode or 200, headers, b"".join(request.written)
+
+
+def test_static_files_with_their_types_and_no_listing(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<!doctype html><title>gamed</title>")
+    (tmp_path / "gamed.js").write_text("export const x = 1;\n")
+    (tmp_path / "css").mkdir()
+    h = WsHarness(static_dir=tmp_path)
+    status, headers, body = http_get(h, "/")
+    assert status == 200 and body.startswith(b"<!doctype html>")
+    assert headers[b"content-type"] == b"text/html; charset=utf-8"
+    status, headers, body = http_get(h, "/gamed.js")
+    assert status == 200 and body == b"export const x = 1;\n"
+    assert headers[b"content-type"] == b"text/javascript; charset=utf-8"
+    assert headers[b"x-content-type-options"] == b"nosniff"
+    assert http_get(h, "/css/")[0] == 404  # no directory listing
+    assert http_get(h, "/nope.js")[0] == 404
+    assert http_get(h, "/../setup.cfg")[0] in (400, 403, 404)
