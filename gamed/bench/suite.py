@@ -168,8 +168,8 @@ def suite_scenarios(quick: bool, users: int | None = None) -> list[Scenario]:
                 ("users_per_s", "users/s", True),
                 *err,
             ),
-            # memory per user does not depend on the JSON library or the reactor
-            skip=frozenset({"floor-stdlib", "gamed-uvloop"}),
+            # memory per user does not depend on the JSON library, the reactor or the transport
+            skip=frozenset({"floor-stdlib", "gamed-uvloop", "gamed-ws"}),
             costs=(("rss_growth_mib", "RSS growth added MiB", "diff"),),
         ),
     ]
@@ -208,6 +208,8 @@ class Target:
     port: int = 0
     log_path: Path | None = None
     problem: str = ""
+    #: How the load generator talks to ``port``: ``tcp`` frames or ``ws`` (gamed's /ws).
+    transport: str = "tcp"
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     def alive(self) -> bool:
@@ -420,6 +422,14 @@ def gamed_targets(twistd: Path, support: GamedSupport, workdir: Path, quick: boo
         return Target(name, argv + extra, cwd=workdir)
 
     out = [make("gamed", [])]
+    if "ws-port" in opts:
+        # The same server (default plugins), loaded over its WebSocket port: the
+        # game port binds a port of its own choosing, {port} is the WebSocket's.
+        ws = make("gamed-ws", [])
+        ws.argv[ws.argv.index("tcp:{port}:interface=127.0.0.1")] = "tcp:0:interface=127.0.0.1"
+        ws.argv[ws.argv.index("--ws-port") + 1] = "tcp:{port}:interface=127.0.0.1"
+        ws.transport = "ws"
+        out.append(ws)
     if "middleware" in opts:
         out.append(make("gamed-none", ["--middleware", "none"]))
         if not quick:
@@ -552,7 +562,12 @@ def run_scenario(
     def config(t: Target) -> BenchConfig:
         pid = t.proc.pid if t.proc else None
         return replace(
-            sc.cfg, port=t.port, user_id_base=user_base, room_id_base=room_base, server_pid=pid
+            sc.cfg,
+            port=t.port,
+            transport=t.transport,
+            user_id_base=user_base,
+            room_id_base=room_base,
+            server_pid=pid,
         )
 
     if sc.cfg.scenario == "users":
@@ -568,6 +583,49 @@ def run_scenario(
             continue
         yield t, run(config(t))
         time.sleep(0.3)  # let the server finish the disconnects
+#: The issue's WebSocket targets: fan-out throughput >= 0.6x TCP, idle memory <= 2x TCP.
+WS_FANOUT_TARGET = 0.6
+WS_MEMORY_TARGET = 2.0
+
+
+def websocket_summary(medians: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """gamed over WebSocket against the same run's gamed over TCP (both with every plugin)."""
+    tcp, ws = medians.get("gamed", {}), medians.get("gamed-ws", {})
+    out: dict[str, Any] = {}
+    fan_key = next((k for k in ws if k.startswith("fanout 50x20")), None)
+    if fan_key and fan_key in tcp:
+        a, b = ws[fan_key].get("deliveries_per_s"), tcp[fan_key].get("deliveries_per_s")
+        if a and b:
+            out["fanout_50x20_ws_per_s"] = a
+            out["fanout_50x20_tcp_per_s"] = b
+            out["fanout_ratio"] = round(a / b, 3)
+    idle_key = next((k for k in ws if k.startswith("idle")), None)
+    if idle_key and idle_key in tcp:
+        a, b = ws[idle_key].get("rss_per_conn_kib"), tcp[idle_key].get("rss_per_conn_kib")
+        if a and b:
+            out["idle_kib_per_ws_conn"] = a
+            out["idle_kib_per_tcp_conn"] = b
+            out["idle_memory_ratio"] = round(a / b, 3)
+    return out
+
+
+def describe_websocket(summary: dict[str, Any]) -> str:
+    lines = ["WebSocket vs TCP (gamed, every plugin, same run):"]
+    if "fanout_ratio" in summary:
+        r = summary["fanout_ratio"]
+        lines.append(
+            f"  fan-out 50x20 deliveries/s: ws {human(summary['fanout_50x20_ws_per_s'])} / "
+            f"tcp {human(summary['fanout_50x20_tcp_per_s'])} = {r:.2f}x "
+            f"(target >= {WS_FANOUT_TARGET}x: {'met' if r >= WS_FANOUT_TARGET else 'MISSED'})"
+        )
+    if "idle_memory_ratio" in summary:
+        r = summary["idle_memory_ratio"]
+        lines.append(
+            f"  idle memory: {summary['idle_kib_per_ws_conn']:.1f} KiB per ws connection / "
+            f"{summary['idle_kib_per_tcp_conn']:.1f} KiB per tcp = {r:.2f}x "
+            f"(target <= {WS_MEMORY_TARGET}x: {'met' if r <= WS_MEMORY_TARGET else 'MISSED'})"
+        )
+    return "\n".join(lines)
 
 
 def run_suite(args: argparse.Namespace) -> int:
@@ -638,6 +696,9 @@ def run_suite(args: argparse.Namespace) -> int:
         if costs:
             print()
             print(render_costs(costs))
+        ws_summary = websocket_summary(medians)
+        if ws_summary:
+            print(describe_websocket(ws_summary))
         for t in targets:
             if t.problem:
                 print(f"{t.name}: {t.problem}")
@@ -654,6 +715,7 @@ def run_suite(args: argparse.Namespace) -> int:
             "scenarios": {sc.key: orjson.loads(orjson.dumps(sc.cfg)) for sc in scenarios},
             "medians": medians,
             "plugin_costs": costs,
+            "websocket": ws_summary,
             "runs": runs,
         }
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -70,20 +70,26 @@ def test_gamed_variants_follow_the_supported_options(
     monkeypatch.setattr(suite, "_has_uvloop", lambda: True)
     support = suite.GamedSupport(
         True,
-        {"port", "metrics-port", "data-dir", "middleware", "rate-limit"},
+        {"port", "metrics-port", "ws-port", "data-dir", "middleware", "rate-limit"},
         ["security", "metrics"],
     )
     targets = suite.gamed_targets(Path("/x/twistd"), support, tmp_path, quick=False)
     names = [t.name for t in targets]
     assert names == [
         "gamed",
+        "gamed-ws",
         "gamed-none",
         "gamed-no-security",
         "gamed-no-metrics",
         "gamed-uvloop",
     ]
     assert targets[-1].argv[:6] == ["/x/twistd", "--reactor", "uvloop", "-n", "--pidfile=", "gamed"]
-    argv = targets[2].argv
+    tcp, ws = targets[0], targets[1]
+    assert tcp.transport == "tcp" and tcp.argv[tcp.argv.index("--ws-port") + 1] == "none"
+    assert ws.transport == "ws"
+    assert ws.argv[ws.argv.index("--ws-port") + 1] == "tcp:{port}:interface=127.0.0.1"
+    assert ws.argv[ws.argv.index("--port") + 1] == "tcp:0:interface=127.0.0.1"
+    argv = targets[3].argv
     assert argv[:4] == ["/x/twistd", "-n", "--pidfile=", "gamed"]
     assert "tcp:{port}:interface=127.0.0.1" in argv
     assert argv[argv.index("--middleware") + 1] == "metrics"
@@ -213,3 +219,23 @@ def test_plugin_costs_pair_runs_of_one_repeat() -> None:
     table = suite.render_costs(costs)
     assert table.splitlines()[0].split()[-2:] == ["metrics", "all"]
     assert "+10.0" in table and "-0.5" in table
+
+
+def test_websocket_summary_is_a_ratio_to_the_same_runs_tcp() -> None:
+    medians = {
+        "gamed": {
+            "fanout 50x20 w2": {"deliveries_per_s": 100_000.0},
+            "idle 5000": {"rss_per_conn_kib": 10.0},
+        },
+        "gamed-ws": {
+            "fanout 50x20 w2": {"deliveries_per_s": 80_000.0},
+            "idle 5000": {"rss_per_conn_kib": 25.0},
+        },
+    }
+    summary = suite.websocket_summary(medians)
+    assert summary["fanout_ratio"] == 0.8
+    assert summary["idle_memory_ratio"] == 2.5
+    text = suite.describe_websocket(summary)
+    assert "0.80x (target >= 0.6x: met)" in text
+    assert "2.50x (target <= 2.0x: MISSED)" in text
+    assert suite.websocket_summary({"gamed": {}}) == {}
