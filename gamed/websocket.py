@@ -23,7 +23,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.protocol import PreparedMessage, TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -55,6 +55,29 @@ CLOSE_CODES: dict[str, int] = {
 LOCAL_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Handshake state autobahn keeps on the connection but never reads once it is open.
+_HANDSHAKE_ONLY = frozenset(
+    {
+        "http_headers",
+        "http_request_data",
+        "http_request_host",
+        "http_request_params",
+        "http_request_path",
+        "http_request_uri",
+        "http_response_data",
+        "http_status_line",
+        "websocket_extensions",
+        "websocket_origin",
+        "websocket_protocols",
+        "_wskey",
+        "_transport_details",
+        "is_open",
+    }
+)
+#: Values a connection may share with its class while they are equal (see ``_compact``).
+_IMMUTABLE = (type(None), bool, int, float, str, bytes, tuple)
+_MISSING = object()
 
 
 class _LastFrame:
@@ -172,6 +195,21 @@ class WebSocketConnection(WebSocketServerProtocol):
     transport: ISocketTransport
     #: For the ``transport`` label of gamed_transport_* metrics.
     transport_name = "ws"
+    # What the handshake-only attributes read as once ``_compact`` dropped them.
+    http_headers: dict[str, str] = {}
+    http_request_data = ""
+    http_response_data = b""
+    http_request_host = http_request_path = http_request_uri = http_status_line = ""
+    http_request_params: dict[str, Any] = {}
+    websocket_extensions: list[Any] = []
+    websocket_protocols: list[str] = []
+    websocket_origin = ""
+    _wskey = ""
+    _transport_details: Any = None
+    is_open: Any = None
+    #: autobahn queues writes only for ``sync``/``chopsize`` sends, which gamed never makes:
+    #: one shared empty queue instead of a deque per connection.
+    send_queue: Any = ()
 
     def __init__(self, handler: IConnectionHandler, clock: IReactorTime) -> None:
         super().__init__()
@@ -233,6 +271,45 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.handler.connection_made(self)
         if not self.closing and self._idle_timeout > 0:
             self._idle_call = self.clock.callLater(self._idle_timeout / 2, self._check_idle)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Shrink this open connection's ``__dict__`` to what differs between connections.
+
+        autobahn keeps ~100 attributes per connection (its options copied from the
+        factory, handshake data, flags), too many for CPython's key-sharing
+        instance dicts: ~3.3 KB of dict per connection, where a GameProtocol's
+        is 0.2 KB. Once open, the handshake data goes, the traffic counters are
+        the factory's, and every attribute whose value is immutable or a
+        factory option is moved to this factory's own subclass the first time it
+        is seen, and dropped from any later connection whose value is the same:
+        reads give the same value, and a write makes it an instance attribute
+        again. (Idle memory per WebSocket connection: docs/performance.md.)
+        """
+        cls = type(self)
+        options = self.factory.option_names
+        keep: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            if key in _HANDSHAKE_ONLY:
+                continue
+            if key == "trafficStats":
+                value = self.factory.traffic  # one for all: gamed never reads them apart
+            elif key == "send_queue" and not value:
+                continue  # the class's shared empty queue
+            shared = getattr(cls, key, _MISSING)
+            if shared is _MISSING:
+                # Not functions: on a class they would become methods.
+                if type(value) in _IMMUTABLE or (key in options and not callable(value)):
+                    setattr(cls, key, value)
+                    continue
+            elif shared is value or (
+                type(value) in _IMMUTABLE and type(shared) is type(value) and shared == value
+            ):
+                continue
+            keep[key] = value
+        state = self.__dict__
+        state.clear()
+        state.update(keep)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         for call in (self._idle_call, self._abort_call):
@@ -434,6 +511,12 @@ class GameWebSocketFactory(WebSocketServerFactory):
         self.handler = handler
         self.clock = clock
         self.last = _LastFrame()
+        #: This factory's own subclass: what its connections share (``_compact``).
+        self.connection_class: type[WebSocketConnection] = type(
+            "WebSocketConnection", (WebSocketConnection,), {"__module__": __name__}
+        )
+        self.option_names = frozenset(WebSocketServerProtocol.CONFIG_ATTRS)
+        self.traffic = TrafficStats()
         #: Text messages handed to the handler, for gamed_transport_messages_received
         #: (a plain int, read at scrape time).
         self.messages = 0
@@ -471,6 +554,6 @@ class GameWebSocketFactory(WebSocketServerFactory):
         # A reload may have changed --max-frame-bytes: new connections use the new one.
         limit = self.handler.settings.max_frame_bytes
         self.maxFramePayloadSize = self.maxMessagePayloadSize = limit
-        proto = WebSocketConnection(self.handler, self.clock)
+        proto = self.connection_class(self.handler, self.clock)
         proto.factory = self
         return proto

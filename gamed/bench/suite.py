@@ -588,9 +588,22 @@ WS_FANOUT_TARGET = 0.6
 WS_MEMORY_TARGET = 2.0
 
 
-def websocket_summary(medians: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """gamed over WebSocket against the same run's gamed over TCP (both with every plugin)."""
+def websocket_summary(
+    medians: dict[str, dict[str, dict[str, Any]]],
+    runs: dict[str, dict[str, list[dict[str, Any]]]] | None = None,
+) -> dict[str, Any]:
+    """gamed over WebSocket against the same run's gamed over TCP (both with every plugin).
+
+    Idle memory comes from the first idle run of each server (``runs``): it is the
+    one on a fresh process; later repeats reuse the memory the first one freed.
+    """
     tcp, ws = medians.get("gamed", {}), medians.get("gamed-ws", {})
+    if runs:
+        for name, per in (("gamed", tcp), ("gamed-ws", ws)):
+            for key, results in runs.get(name, {}).items():
+                if key.startswith("idle") and results and key in per:
+                    first = results[0]["metrics"].get("rss_per_conn_kib")
+                    per[key] = {**per[key], "rss_per_conn_kib": first}
     out: dict[str, Any] = {}
     fan_key = next((k for k in ws if k.startswith("fanout 50x20")), None)
     if fan_key and fan_key in tcp:
@@ -696,7 +709,7 @@ def run_suite(args: argparse.Namespace) -> int:
         if costs:
             print()
             print(render_costs(costs))
-        ws_summary = websocket_summary(medians)
+        ws_summary = websocket_summary(medians, runs)
         if ws_summary:
             print(describe_websocket(ws_summary))
         for t in targets:

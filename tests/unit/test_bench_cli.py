@@ -239,3 +239,8 @@ def test_websocket_summary_is_a_ratio_to_the_same_runs_tcp() -> None:
     assert "0.80x (target >= 0.6x: met)" in text
     assert "2.50x (target <= 2.0x: MISSED)" in text
     assert suite.websocket_summary({"gamed": {}}) == {}
+    fresh = {  # the first idle run is on a fresh process: that one counts
+        name: {"idle 5000": [{"metrics": {"rss_per_conn_kib": kib}}, {"metrics": {}}]}
+        for name, kib in (("gamed", 5.0), ("gamed-ws", 7.5))
+    }
+    assert suite.websocket_summary(medians, fresh)["idle_memory_ratio"] == 1.5

@@ -181,6 +181,21 @@ def test_a_websocket_is_an_iconnection_with_the_real_peer(h: WsHarness) -> None:
     assert c.conn.bytes_in > 0  # the handshake counts
 
 
+def test_connections_after_the_first_open_like_it(h: WsHarness) -> None:
+    """What _compact shares with the class must not change later handshakes (a browser
+    offers permessage-deflate: refused, the socket opens without it)."""
+    deflate = (("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),)
+    first = h.ws(headers=deflate)
+    first.connect(1)
+    second = h.ws(headers=deflate)
+    assert second.status == 101
+    assert b"permessage-deflate" not in second.transport.value()
+    second.connect(2)
+    assert len(vars(second.conn)) < 40  # compacted: autobahn alone sets ~100
+    second.send("HeartBeat")
+    assert "HeartBeatResponse" in second.received()[0]
+
+
 def test_one_text_message_is_one_protocol_message_and_replies_are_text(h: WsHarness) -> None:
     c = h.ws()
     c.send({"Connect": {"room_id": 0, "user_id": 7}}, "HeartBeat")
