@@ -197,8 +197,8 @@ class WebSocketConnection(WebSocketServerProtocol):
     transport_name = "ws"
     # What the handshake-only attributes read as once ``_compact`` dropped them.
     http_headers: dict[str, str] = {}
-    http_request_data = ""
-    http_response_data = b""
+    http_request_data = b""
+    http_response_data = ""
     http_request_host = http_request_path = http_request_uri = http_status_line = ""
     http_request_params: dict[str, Any] = {}
     websocket_extensions: list[Any] = []
