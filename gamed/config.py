@@ -152,6 +152,12 @@ def _endpoint(
             endpoint = serverFromString(None, text)
         except (ValueError, TypeError, KeyError) as e:
             raise ConfigError(option, f"not a valid endpoint description {text!r}: {e}") from None
+        except ImportError as e:  # ssl: without pyOpenSSL
+            raise ConfigError(
+                option, f"{text!r} needs TLS support ({e}): pip install 'twisted[tls]'"
+            ) from None
+        except OSError as e:  # ssl: reads its key and certificate files here
+            raise ConfigError(option, f"{text!r}: cannot read {e.filename}: {e.strerror}") from None
         # haproxy: wraps the endpoint under it; check that one's port.
         endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)
         port = getattr(endpoint, "_port", None)

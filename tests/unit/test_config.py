@@ -655,3 +655,12 @@ def test_ws_keys_in_the_config_file(tmp_path: Path) -> None:
         ("https://a.example",),
         ("10.0.0.0/8",),
     )
+
+
+def test_a_tls_endpoint_problem_is_one_line() -> None:
+    """ssl: endpoints load pyOpenSSL and read their files while parsing: either failure names
+    the option instead of a traceback."""
+    with pytest.raises(ConfigError) as e:
+        build_settings({"ws-port": "ssl:8443:privateKey=/nonexistent/key.pem"})
+    assert e.value.option == "ws-port"
+    assert "twisted[tls]" in str(e.value) or "cannot read" in str(e.value)
