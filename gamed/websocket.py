@@ -72,7 +72,7 @@ _HANDSHAKE_ONLY = frozenset(
         "websocket_protocols",
         "_wskey",
         "_transport_details",
-        "is_open",
+        "is_open",  # fired by then (``_compact`` runs as its callback)
     }
 )
 #: Values a connection may share with its class while they are equal (see ``_compact``).
@@ -271,9 +271,10 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.handler.connection_made(self)
         if not self.closing and self._idle_timeout > 0:
             self._idle_call = self.clock.callLater(self._idle_timeout / 2, self._check_idle)
-        self._compact()
+        # autobahn fires is_open right after onOpen returns: compact then, not before.
+        self.is_open.addCallback(self._compact)
 
-    def _compact(self) -> None:
+    def _compact(self, result: object = None) -> object:
         """Shrink this open connection's ``__dict__`` to what differs between connections.
 
         autobahn keeps ~100 attributes per connection (its options copied from the
@@ -310,6 +311,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         state = self.__dict__
         state.clear()
         state.update(keep)
+        return result
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         for call in (self._idle_call, self._abort_call):

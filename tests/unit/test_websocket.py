@@ -7,6 +7,7 @@ client half in gamed.bench.wsframe: no sockets, no sleeps.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import struct
 from pathlib import Path
@@ -16,6 +17,7 @@ import orjson
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.resource import getChildForRequest
 from twisted.web.test._util import _render
@@ -194,6 +196,25 @@ def test_connections_after_the_first_open_like_it(h: WsHarness) -> None:
     assert len(vars(second.conn)) < 40  # compacted: autobahn alone sets ~100
     second.send("HeartBeat")
     assert "HeartBeatResponse" in second.received()[0]
+
+
+def test_opening_logs_no_error(h: WsHarness) -> None:
+    """Nothing fails inside autobahn's handshake callbacks (they would only show up as
+    "Unhandled error in Deferred" when the Deferred is collected)."""
+    errors: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("isError") or event.get("log_failure") is not None:
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        for uid in (1, 2, 3):
+            h.ws().connect(uid)
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert errors == []
 
 
 def test_one_text_message_is_one_protocol_message_and_replies_are_text(h: WsHarness) -> None:
