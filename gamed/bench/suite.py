@@ -612,6 +612,12 @@ def websocket_summary(
             out["fanout_50x20_ws_per_s"] = a
             out["fanout_50x20_tcp_per_s"] = b
             out["fanout_ratio"] = round(a / b, 3)
+        a = ws[fan_key].get("server_cpu_us_per_delivery")
+        b = tcp[fan_key].get("server_cpu_us_per_delivery")
+        if a and b:
+            out["fanout_cpu_us_per_delivery_ws"] = a
+            out["fanout_cpu_us_per_delivery_tcp"] = b
+            out["fanout_cpu_ratio"] = round(b / a, 3)  # > 1 would mean ws is cheaper
     idle_key = next((k for k in ws if k.startswith("idle")), None)
     if idle_key and idle_key in tcp:
         a, b = ws[idle_key].get("rss_per_conn_kib"), tcp[idle_key].get("rss_per_conn_kib")
@@ -630,6 +636,12 @@ def describe_websocket(summary: dict[str, Any]) -> str:
             f"  fan-out 50x20 deliveries/s: ws {human(summary['fanout_50x20_ws_per_s'])} / "
             f"tcp {human(summary['fanout_50x20_tcp_per_s'])} = {r:.2f}x "
             f"(target >= {WS_FANOUT_TARGET}x: {'met' if r >= WS_FANOUT_TARGET else 'MISSED'})"
+        )
+    if "fanout_cpu_ratio" in summary:
+        lines.append(
+            f"  server CPU per delivery: ws {summary['fanout_cpu_us_per_delivery_ws']:.2f} us / "
+            f"tcp {summary['fanout_cpu_us_per_delivery_tcp']:.2f} us: throughput bound "
+            f"{summary['fanout_cpu_ratio']:.2f}x (steadier than deliveries/s on a shared host)"
         )
     if "idle_memory_ratio" in summary:
         r = summary["idle_memory_ratio"]
