@@ -583,6 +583,8 @@ def run_scenario(
             continue
         yield t, run(config(t))
         time.sleep(0.3)  # let the server finish the disconnects
+
+
 #: The issue's WebSocket targets: fan-out throughput >= 0.6x TCP, idle memory <= 2x TCP.
 WS_FANOUT_TARGET = 0.6
 WS_MEMORY_TARGET = 2.0
