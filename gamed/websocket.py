@@ -380,11 +380,17 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.message_data = None  # type: ignore[assignment]  # as autobahn does
 
     def onPing(self, payload: bytes) -> None:
-        self.last_seen = self.clock.seconds()
+        self._alive()
         super().onPing(payload)
 
     def onPong(self, payload: bytes) -> None:
-        self.last_seen = self.clock.seconds()
+        self._alive()
+
+    def _alive(self) -> None:
+        """A ping or pong is liveness, but not while a message is half received: as on
+        TCP, a partial message does not keep a connection (and its buffer) open."""
+        if not self.inside_message and not self.data:
+            self.last_seen = self.clock.seconds()
 
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
         """Over --max-frame-bytes: the same Error 413 as TCP, then close 1009 (autobahn)."""

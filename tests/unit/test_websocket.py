@@ -436,6 +436,18 @@ def test_a_client_ping_is_answered_and_counts_as_liveness() -> None:
     assert c.received() == []  # 28 s since open but 14 since the ping: no server ping yet
 
 
+def test_pongs_do_not_keep_a_half_received_message_open() -> None:
+    h = WsHarness(idle_timeout=30.0)
+    c = h.ws()
+    c.feed(wsframe.encode(wsframe.TEXT, b'{"Connect":', KEY, fin=False))
+    h.clock.advance(15)
+    c.received()
+    c.feed(wsframe.encode(wsframe.PONG, c.pings[0], KEY))
+    h.clock.advance(15)
+    c.received()
+    assert c.close_code == 1000 and c.close_reason == "idle"
+
+
 def test_idle_timeout_zero_never_pings() -> None:
     h = WsHarness(idle_timeout=0.0)
     c = h.ws()
