@@ -314,7 +314,7 @@ def test_sigterm_ends_early_when_every_client_leaves(daemon: Callable[..., Daemo
     assert "Traceback" not in d.log()
 
 
-@pytest.mark.parametrize("which", ["--port", "--metrics-port"])
+@pytest.mark.parametrize("which", ["--port", "--metrics-port", "--ws-port"])
 def test_a_taken_port_exits_1_with_one_line_and_no_pidfile(
     daemon: Callable[..., Daemon], which: str
 ) -> None:

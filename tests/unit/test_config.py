@@ -405,6 +405,8 @@ def test_options_good_values(tmp_path: Path) -> None:
         "7001",
         "--metrics-port",
         "none",
+        "--ws-port",
+        "none",
         "--data-dir",
         str(tmp_path / "d"),
         "--max-frame-bytes",

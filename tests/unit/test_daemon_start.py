@@ -80,6 +80,8 @@ def test_make_service_in_daemon_mode_exits_before_the_fork(tmp_path: Path, taken
         f"tcp:{taken}:interface=127.0.0.1",
         "--metrics-port",
         "none",
+        "--ws-port",
+        "none",
         "--data-dir",
         str(tmp_path / "d"),
     )
