@@ -74,7 +74,7 @@ class GamedServer:
             text = self.log()
             game = re.search(r"GameFactory(?: \(PROXY\))? starting on (\d+)", text)
             http = re.search(r"QuietSite starting on (\d+)", text)
-            ws = re.search(r"WebSocketSite starting on (\d+)", text)
+            ws = re.search(r"WebSocketSite(?: \(PROXY\))? starting on (\d+)", text)
             if game and (http or not want_http) and (ws or not want_ws):
                 self.ws_port = int(ws.group(1)) if ws else None
                 return int(game.group(1)), int(http.group(1)) if http else None

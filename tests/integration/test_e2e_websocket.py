@@ -411,3 +411,42 @@ def test_the_port_serves_files_and_no_listing(server: GamedProcess) -> None:
     with pytest.raises(urllib.error.HTTPError) as plain:
         urllib.request.urlopen(f"{base}/ws", timeout=5)  # not an upgrade
     assert plain.value.code in (400, 426)
+
+
+def test_a_proxy_protocol_ws_port_sees_the_real_client(gamed: Any, tmp_path: Path) -> None:
+    """--ws-port haproxy:...: the address in the PROXY header is the client's, for the
+    security plugin's IP rules as for everything else."""
+    cfg = tmp_path / "gamed.toml"
+    cfg.write_text('[middleware.security]\nblocked_ips = ["203.0.113.0/24"]\n')
+    srv = gamed("--config", str(cfg), "--ws-port", "haproxy:tcp:0:interface=127.0.0.1")
+
+    def through_proxy(source: str) -> RawWs:
+        sock = socket.create_connection(("127.0.0.1", srv.ws_port), timeout=5)
+        sock.sendall(f"PROXY TCP4 {source} 127.0.0.1 40000 {srv.ws_port}\r\n".encode())
+        raw = RawWs.__new__(RawWs)
+        raw.sock = sock
+        request, accept = wsframe.handshake_request("127.0.0.1", srv.ws_port)  # type: ignore[arg-type]
+        sock.sendall(request)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(1)
+            assert chunk, "closed during the handshake"
+            head += chunk
+        wsframe.check_handshake_response(head[:-4], accept)
+        raw.reader = wsframe.WsFrameReader()
+        raw.send({"Connect": {"room_id": 0, "user_id": 1}})
+        return raw
+
+    msgs, control = through_proxy("203.0.113.7").read_until_closed(timeout=3)
+    assert msgs[0]["Error"]["code"] == 403 and "ip_blocklist" in msgs[0]["Error"]["message"]
+    assert wsframe.parse_close(control[-1][1]) == (1008, "refused")
+    allowed = through_proxy("198.51.100.7")
+    deadline = time.monotonic() + 5
+    while server_connections(srv) != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server_connections(srv) == 1
+    allowed.sock.close()
+
+
+def server_connections(srv: GamedProcess) -> int:
+    return int(srv.stats()["connections"])
