@@ -20,10 +20,21 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from gamed.bench import wsframe
-from tests.integration.conftest import GamedProcess, WireClient, heartbeat_ok
-from tests.integration.test_e2e_games import ROOM, attack, move, until
+from tests.integration.helpers import GAME_ROOM as ROOM
+from tests.integration.helpers import GamedProcess, WireClient, attack, heartbeat_ok, move
 
-pytestmark = pytest.mark.slow
+
+def until(c: Any, tag: str, timeout: float = 5.0) -> tuple[Any, list[Any]]:
+    """Read (TCP or WebSocket client) until a message tagged ``tag``; its body and the skipped."""
+    skipped: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {tag} within {timeout}s; got {skipped}"
+        msg = c.recv(left)
+        if isinstance(msg, dict) and tag in msg:
+            return msg[tag], skipped
+        skipped.append(msg)
 
 
 class WsClient:

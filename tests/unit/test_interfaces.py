@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementedBy, providedBy
 from zope.interface.verify import verifyObject
 
 import gamed
-from gamed.bench import hot_path_micro
+from gamed.bench import hot_path_micro, wsframe
 from gamed.events import EventBus
 from gamed.games import Games, NullGames
 from gamed.middleware.analytics.middleware import AnalyticsMiddleware
@@ -36,6 +38,7 @@ from gamed.middleware.security.middleware import SecurityMiddleware
 from gamed.protocol import ConnectionContext, GameProtocol
 from gamed.rooms import RoomService
 from gamed.router import Router
+from gamed.websocket import GameWebSocketFactory, WebSocketConnection
 from tests.unit.fakes import (
     Ctx,
     FakeConnection,
@@ -56,6 +59,18 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MemoryServer]:
     server.stop()
 
 
+def websocket(tree: MemoryServer) -> WebSocketConnection:
+    """An open WebSocket connection: autobahn's handshake on a StringTransport."""
+    factory = GameWebSocketFactory(tree.router, tree.router.clock)
+    proto = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    proto.makeConnection(transport)
+    request, _accept = wsframe.handshake_request("127.0.0.1", 7080)
+    proto.dataReceived(request)
+    assert transport.value().startswith(b"HTTP/1.1 101"), transport.value()
+    return proto
+
+
 def plugin(tree: MemoryServer, cls: type) -> Any:
     (found,) = [mw for mw in tree.router.pipeline.middleware if isinstance(mw, cls)]
     return found
@@ -69,6 +84,7 @@ CASES: dict[type, Callable[[MemoryServer], Any]] = {
     NullGames: lambda tree: NullGames(),
     EventBus: lambda tree: tree.router.events,
     GameProtocol: lambda tree: tree.client(),
+    WebSocketConnection: websocket,
     ConnectionContext: lambda tree: tree.client().ctx,
     SecurityMiddleware: lambda tree: plugin(tree, SecurityMiddleware),
     MetricsMiddleware: lambda tree: plugin(tree, MetricsMiddleware),
@@ -88,7 +104,9 @@ CASES: dict[type, Callable[[MemoryServer], Any]] = {
 @pytest.mark.parametrize("cls", list(CASES), ids=lambda cls: cls.__name__)
 def test_provides_every_interface_it_declares(tree: MemoryServer, cls: type) -> None:
     obj = CASES[cls](tree)
-    assert type(obj) is cls
+    # A WebSocketConnection is an instance of its factory's own direct subclass
+    # (what its connections share: gamed.websocket, _compact).
+    assert type(obj) is cls or type(obj).__bases__ == (cls,)
     interfaces = list(providedBy(obj))
     assert interfaces, f"{cls.__name__} declares no interface"
     for iface in interfaces:

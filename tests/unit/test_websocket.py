@@ -40,7 +40,7 @@ from gamed.websocket import (
     text_message,
 )
 from gamed.ws_site import make_ws_site
-from tests.unit.test_protocol import Harness
+from tests.unit.fakes import Harness
 
 KEY = b"\x01\x02\x03\x04"
 
