@@ -21,7 +21,7 @@ from websockets.sync.client import connect as ws_connect
 
 from gamed.bench import wsframe
 from tests.integration.helpers import GAME_ROOM as ROOM
-from tests.integration.helpers import GamedProcess, WireClient, attack, heartbeat_ok, move
+from tests.integration.helpers import GamedProcess, attack, heartbeat_ok, move
 
 
 def until(c: Any, tag: str, timeout: float = 5.0) -> tuple[Any, list[Any]]:
@@ -49,6 +49,7 @@ class WsClient:
         self.ws: ClientConnection = ws_connect(srv.ws_url, **kw).__enter__()
         self.timeout = timeout
         self.user_id: int | None = None
+        srv.clients.append(self)  # type: ignore[arg-type]  # closed by the fixtures, as TCP ones
 
     def send_text(self, text: str | bytes) -> None:
         if isinstance(text, bytes):
@@ -362,8 +363,7 @@ def test_takeover_across_transports(server: GamedProcess) -> None:
     assert "replaced" in tcp.recv_error(409)
     tcp.expect_closed()
     assert heartbeat_ok(server.client(6))
-    again = WireClient(server.port)
-    again.connect(5)
+    server.client(5)  # the TCP takeover
     assert "replaced" in ws.recv_error(409)
     ws.expect_closed()
     assert ws.close_code == 1008 and ws.close_reason == "replaced"
