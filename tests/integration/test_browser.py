@@ -1,0 +1,360 @@
+"""The play page in a real browser: headless Chromium driven by Selenium against a real
+``twistd -n gamed`` (its WebSocket port serves the page at / and the socket at /ws).
+
+Debian's ``chromium`` and ``chromium-driver`` are required (`.ci/install-deps.sh` installs them
+during ``make test``): without them these tests fail, they are never skipped. Selenium is told
+where the driver and the browser are, and runs offline, so it never downloads anything. Every wait
+is a bounded WebDriverWait. Screenshots of the page go to ``test-artifacts/`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gamed import token as gamed_token
+from tests.integration.conftest import GamedProcess, WireClient
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT = 15.0  # seconds: the bound of every wait on the page
+# The flags this machine (and CI) needs: no sandbox as root, no GPU, nothing fetched.
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+)
+
+
+def _require_browser() -> None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        pytest.fail(
+            f"the browser tests need Debian's chromium and chromium-driver ({', '.join(missing)} "
+            "missing): run `bash .ci/install-deps.sh` (make test does) or "
+            "`apt-get install chromium chromium-driver`",
+            pytrace=False,
+        )
+
+
+# -- the server and the browsers ------------------------------------------------------------
+
+
+def ws_port(server: GamedProcess) -> int:
+    """The bound WebSocket port: GamedServer's, else read from twistd's log."""
+    port = getattr(server, "ws_port", None)
+    if port:
+        return int(port)
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        found = re.search(r"WebSocketSite starting on (\d+)", server.log())
+        if found:
+            return int(found.group(1))
+        time.sleep(0.05)
+    raise AssertionError(f"no WebSocket port in the log:\n{server.log()}")
+
+
+@pytest.fixture
+def start_server(gamed: Any) -> Callable[..., tuple[GamedProcess, str]]:
+    """``start_server(*args)``: a gamed with its WebSocket port on 127.0.0.1; (server, page URL)."""
+
+    def start(*args: str) -> tuple[GamedProcess, str]:
+        server = gamed("--ws-port", "tcp:0:interface=127.0.0.1", *args)
+        return server, f"http://127.0.0.1:{ws_port(server)}/"
+
+    return start
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Page]]:
+    """``browser(url)``: a new headless Chromium (its own profile) on the page; all quit at teardown."""
+    _require_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager: never download a driver
+    drivers: list[Any] = []
+
+    def open_page(url: str, width: int = 1280, height: int = 900, phone: bool = False) -> Page:
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in CHROMIUM_FLAGS:
+            options.add_argument(flag)
+        profile = tmp_path / f"chromium-profile-{len(drivers)}"
+        options.add_argument(f"--user-data-dir={profile}")
+        if phone:  # a window cannot be that narrow: emulate the phone's screen instead
+            metrics = {"width": width, "height": height, "pixelRatio": 1.0, "mobile": True}
+            options.add_experimental_option("mobileEmulation", {"deviceMetrics": metrics})
+        else:
+            options.add_argument(f"--window-size={width},{height}")
+        service = Service(
+            executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")
+        )
+        driver = webdriver.Chrome(service=service, options=options)
+        drivers.append(driver)
+        driver.set_page_load_timeout(WAIT)
+        driver.set_script_timeout(WAIT)
+        driver.get(url)
+        return Page(driver)
+
+    yield open_page
+    for d in drivers:
+        d.quit()
+
+
+class Page:
+    """The play page in one browser, through its element ids (gamed/static/index.html)."""
+
+    def __init__(self, driver: Any) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver = driver
+        self.wait = WebDriverWait(driver, WAIT)
+        self.wait.until(lambda d: d.execute_script("return !!window.gamed"), "page did not load")
+
+    # -- reading -------------------------------------------------------------
+    def el(self, id_: str) -> Any:
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_element(By.ID, id_)
+
+    def text(self, id_: str) -> str:
+        return str(self.el(id_).text)
+
+    def lines(self, id_: str) -> list[str]:
+        from selenium.webdriver.common.by import By
+
+        return [li.text for li in self.el(id_).find_elements(By.TAG_NAME, "li")]
+
+    def until(self, what: str, cond: Callable[[], Any]) -> Any:
+        """Wait (bounded) for cond() to be truthy; the failure says what and shows the page."""
+        from selenium.common.exceptions import TimeoutException
+
+        try:
+            return self.wait.until(lambda _d: cond())
+        except TimeoutException:
+            raise AssertionError(
+                f"waited {WAIT:g}s for {what}; status={self.text('status')!r} "
+                f"errors={self.lines('errors')} chat={self.lines('chat-log')[-8:]}"
+            ) from None
+
+    def until_text(self, id_: str, expected: str) -> None:
+        self.until(f"#{id_} to contain {expected!r}", lambda: expected in self.text(id_))
+
+    def until_line(self, id_: str, expected: str) -> None:
+        self.until(
+            f"a line of #{id_} with {expected!r}",
+            lambda: any(expected in line for line in self.lines(id_)),
+        )
+
+    # -- acting ---------------------------------------------------------------
+    def click(self, id_: str) -> None:
+        self.until(f"#{id_} to be enabled", lambda: self.el(id_).is_enabled())
+        self.el(id_).click()
+
+    def fill(self, id_: str, value: object) -> None:
+        el = self.el(id_)
+        el.clear()
+        el.send_keys(str(value))
+
+    def connect(self, user_id: int, nickname: str, token: str = "") -> None:
+        self.fill("user-id", user_id)
+        self.fill("nickname", nickname)
+        self.fill("token", token)
+        self.click("connect-btn")
+
+    def join(self, room: int) -> None:
+        self.fill("room-id", room)
+        self.click("join-btn")
+
+    def say(self, text: str) -> None:
+        self.until("the chat input to be enabled", lambda: self.el("chat-input").is_enabled())
+        self.fill("chat-input", text)
+        self.click("chat-send")
+
+    def screenshot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / name
+        self.driver.execute_script("window.scrollTo(0, 0)")
+        assert self.driver.save_screenshot(str(path)), f"no screenshot at {path}"
+        return path
+
+
+def connected(page: Page, user_id: int, nickname: str, room: int) -> None:
+    page.connect(user_id, nickname)
+    page.until_text("status", "connected")
+    page.join(room)
+    page.until_text("room-name", str(room))
+
+
+# -- the scenarios ------------------------------------------------------------------------------
+
+
+def test_two_pages_chat_and_play_a_game_to_the_end(
+    start_server: Any, browser: Callable[..., Page]
+) -> None:
+    _server, url = start_server("--round-limit", "2")
+    ann = browser(url)
+    bob = browser(url)
+
+    connected(ann, 1, "ann", 5)
+    ann.until_text("user-count", "1")
+    connected(bob, 2, "bob", 5)
+    # Each sees the other: ann through UserJoinedRoom, bob from the count (and later the game).
+    ann.until_text("user-count", "2")
+    ann.until_text("members", "bob (2)")
+    bob.until_text("user-count", "2")
+
+    # Chat both ways; both see both lines, in the same order. (A chat carries the sender's
+    # id, not the nickname: bob, who joined after ann, learns her name when the game starts.)
+    ann.say("hello from ann")
+    bob.until_line("chat-log", "(1): hello from ann")
+    bob.until_text("members", "(1)")  # bob knows ann is here now
+    bob.say("hi ann, bob here")
+    ann.until_line("chat-log", "bob (2): hi ann, bob here")
+    for page in (ann, bob):
+        chats = [
+            line.split(": ", 1)[1] for line in page.lines("chat-log") if not line.startswith("*")
+        ]
+        assert chats == ["hello from ann", "hi ann, bob here"], chats
+
+    # ann starts (the starter is ready); bob readies: the game is on, ann's turn, round 1.
+    ann.click("start-btn")
+    for page in (ann, bob):
+        page.until_text("game-status", "Waiting")
+    bob.click("ready-btn")
+    for page in (ann, bob):
+        page.until_text("game-status", "InProgress")
+        page.until_text("round", "1")
+        page.until_text("turn", "ann (1)")
+    ann.until("ann's 'your turn'", lambda: ann.el("your-turn").is_displayed())
+    assert not bob.el("move-btn").is_enabled(), "not bob's turn: his actions are disabled"
+
+    # Round 1: ann moves, bob attacks ann for 3.
+    ann.fill("move-x", 1.5)
+    ann.fill("move-y", 2)
+    ann.click("move-btn")
+    for page in (ann, bob):
+        page.until_line("chat-log", "ann (1) moves to (1.5, 2)")
+        page.until_text("turn", "bob (2)")
+    bob.fill("attack-damage", 3)
+    bob.click("attack-btn")
+    for page in (ann, bob):
+        page.until_line("chat-log", "bob (2) attacks ann (1) for 3")
+        page.until_text("round", "2")
+        page.until_text("turn", "ann (1)")
+    ann.until_text("players", "-3")
+    ann.until("ann's 'your turn'", lambda: ann.el("your-turn").is_displayed())
+    ann.screenshot("play-page-in-game.png")  # the one in docs/play-page.png
+
+    # Round 2 (the last): ann uses an item, bob moves: the game ends, bob wins (0 > -3).
+    ann.fill("item-id", "potion")
+    ann.click("use-btn")
+    bob.until_text("turn", "bob (2)")
+    bob.click("move-btn")
+    for page in (ann, bob):
+        page.until_text("game-status", "Finished")
+        page.until_text("game-result", "Winner: bob (2)")
+        page.until_text("game-result", "ann (1) -3")
+        assert page.lines("errors") == [], page.lines("errors")
+    ann.until("Start to be enabled again", lambda: ann.el("start-btn").is_enabled())
+    ann.screenshot("play-page-game-over.png")
+
+
+def test_the_page_shows_the_errors_it_receives(
+    start_server: Any, browser: Callable[..., Page]
+) -> None:
+    _server, url = start_server()
+    page = browser(url)
+    page.connect(3, "cat")
+    page.until_text("status", "connected")
+
+    page.join(0)  # room ids are 1..1,000,000
+    page.until_line("errors", "422")
+    (line,) = page.lines("errors")
+    assert line.startswith("422 ") and line.endswith("(RoomJoin)"), line
+    assert page.text("room-name") == "—"
+
+    # A refused request does not stall the ones after it: join a real room, then a game
+    # alone is refused (409) and shown too.
+    page.join(9)
+    page.until_text("room-name", "9")
+    page.click("start-btn")
+    page.until_line("errors", "409")
+    assert page.lines("errors")[-1].endswith("(StartGame)"), page.lines("errors")
+    page.screenshot("play-page-errors.png")
+
+
+def test_a_tcp_client_and_a_browser_share_a_room(
+    start_server: Any, browser: Callable[..., Page]
+) -> None:
+    server, url = start_server()
+    page = browser(url)
+    connected(page, 10, "webby", 7)
+
+    tcp = server.client(11)
+    try:
+        assert tcp.join(7, "tcpy") == {"RoomJoinSuccess": {"room_id": 7, "user_count": 2}}
+        page.until_text("members", "tcpy (11)")
+        page.until_text("user-count", "2")
+
+        page.say("from the browser")
+        assert tcp.recv() == {
+            "ChatMessage": {"user_id": 10, "room_id": 7, "message": "from the browser"}
+        }
+        tcp.chat(7, "from tcp")
+        page.until_line("chat-log", "tcpy (11): from tcp")
+        assert tcp.recv()["ChatMessage"]["message"] == "from tcp"  # its own echo
+    finally:
+        tcp.close()
+    page.until_text("user-count", "1")
+    page.until_line("chat-log", "tcpy (11) left")
+
+
+def test_auth_token_from_the_page(
+    start_server: Any, browser: Callable[..., Page], tmp_path: Path
+) -> None:
+    secret = tmp_path / "auth.secret"
+    secret.write_bytes(b"s" * 32)
+    _server, url = start_server("--auth-secret-file", str(secret))
+    good = gamed_token.mint(secret.read_bytes(), 21, int(time.time()) + 600)
+
+    page = browser(url)
+    page.connect(21, "tok", token="not-a-token")
+    page.until_line("errors", "401")
+    page.until("the refused session to be closed", lambda: page.text("status") == "closed")
+
+    page.connect(21, "tok", token=good)
+    page.until_text("status", "connected")
+    page.join(4)
+    page.until_text("room-name", "4")
+
+
+def test_phone_sized_page(start_server: Any, browser: Callable[..., Page]) -> None:
+    """The page fits a phone: one column, nothing wider than the screen."""
+    _server, url = start_server()
+    page = browser(url, width=390, height=844, phone=True)
+    connected(page, 30, "phone", 2)
+    page.say("from a phone")
+    page.until_line("chat-log", "from a phone")
+    overflow = page.driver.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
+    page.screenshot("play-page-phone.png")
