@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from gamed import token as gamed_token
-from tests.integration.conftest import GamedProcess, WireClient
+from tests.integration.conftest import GamedProcess
 
 pytestmark = pytest.mark.slow
 
