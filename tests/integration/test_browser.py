@@ -358,3 +358,36 @@ def test_phone_sized_page(start_server: Any, browser: Callable[..., Page]) -> No
     )
     assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
     page.screenshot("play-page-phone.png")
+
+
+def test_a_dropped_page_reconnects_and_keeps_its_seat(
+    start_server: Any, browser: Callable[..., Page]
+) -> None:
+    """gamed.js reopens a socket that closed under it, sends Connect again, and gets its
+    seat in the running game back (the server's reconnect grace)."""
+    _server, url = start_server()
+    ann = browser(url)
+    bob = browser(url)
+    connected(ann, 41, "ann", 6)
+    connected(bob, 42, "bob", 6)
+    ann.until_text("user-count", "2")
+    ann.click("start-btn")
+    bob.until_text("game-status", "Waiting")
+    bob.click("ready-btn")
+    ann.until_text("turn", "ann (41)")
+
+    # The socket drops under the page (as a network drop would): no close() by the page.
+    ann.driver.execute_script("window.gamed._ws.close(4001, 'test: drop')")
+    # (The room hears "away" first if the server saw the close before the new Connect;
+    # either way the seat is kept.)
+    ann.until_line("chat-log", "reconnecting in")
+    ann.until_line("chat-log", "* reconnected")
+    ann.until_text("status", "connected")
+    bob.until_line("chat-log", "is back")
+    ann.until_text("room-name", "6")
+    ann.until_text("turn", "ann (41)")
+    ann.click("move-btn")  # still ann's turn, still her seat
+    bob.until_text("turn", "bob (42)")
+    ann.say("back again")
+    bob.until_line("chat-log", "(41): back again")
+    assert ann.lines("errors") == [], ann.lines("errors")
