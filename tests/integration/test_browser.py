@@ -10,7 +10,6 @@ is a bounded WebDriverWait. Screenshots of the page go to ``test-artifacts/`` (g
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,27 +55,14 @@ def _require_browser() -> None:
 # -- the server and the browsers ------------------------------------------------------------
 
 
-def ws_port(server: GamedProcess) -> int:
-    """The bound WebSocket port: GamedServer's, else read from twistd's log."""
-    port = getattr(server, "ws_port", None)
-    if port:
-        return int(port)
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        found = re.search(r"WebSocketSite starting on (\d+)", server.log())
-        if found:
-            return int(found.group(1))
-        time.sleep(0.05)
-    raise AssertionError(f"no WebSocket port in the log:\n{server.log()}")
-
-
 @pytest.fixture
 def start_server(gamed: Any) -> Callable[..., tuple[GamedProcess, str]]:
-    """``start_server(*args)``: a gamed with its WebSocket port on 127.0.0.1; (server, page URL)."""
+    """``start_server(*args)``: a gamed (its WebSocket port on 127.0.0.1); (server, page URL)."""
 
     def start(*args: str) -> tuple[GamedProcess, str]:
-        server = gamed("--ws-port", "tcp:0:interface=127.0.0.1", *args)
-        return server, f"http://127.0.0.1:{ws_port(server)}/"
+        server = gamed(*args)
+        assert server.ws_port, "gamed started without its WebSocket port"
+        return server, f"http://127.0.0.1:{server.ws_port}/"
 
     return start
 
@@ -98,6 +84,7 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callabl
             options.add_argument(flag)
         profile = tmp_path / f"chromium-profile-{len(drivers)}"
         options.add_argument(f"--user-data-dir={profile}")
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console
         if phone:  # a window cannot be that narrow: emulate the phone's screen instead
             metrics = {"width": width, "height": height, "pixelRatio": 1.0, "mobile": True}
             options.add_experimental_option("mobileEmulation", {"deviceMetrics": metrics})
@@ -114,8 +101,19 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callabl
         return Page(driver)
 
     yield open_page
+    # A script error on any page fails the test (its console, read before the browser quits).
+    errors: list[str] = []
     for d in drivers:
-        d.quit()
+        try:
+            errors += [e["message"] for e in d.get_log("browser") if _is_script_error(e)]
+        finally:
+            d.quit()
+    assert not errors, f"errors in the page's console: {errors}"
+
+
+def _is_script_error(entry: dict[str, Any]) -> bool:
+    # "javascript" and "console-api" sources; a refused or closed socket is "network".
+    return entry.get("level") == "SEVERE" and entry.get("source") != "network"
 
 
 class Page:
@@ -149,6 +147,7 @@ class Page:
         try:
             return self.wait.until(lambda _d: cond())
         except TimeoutException:
+            self.screenshot(f"failed-{int(time.time() * 1000)}.png")
             raise AssertionError(
                 f"waited {WAIT:g}s for {what}; status={self.text('status')!r} "
                 f"errors={self.lines('errors')} chat={self.lines('chat-log')[-8:]}"
