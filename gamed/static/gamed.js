@@ -287,7 +287,8 @@ export class GamedClient {
         return ack;
       },
       (err) => {
-        if (err.kind === "server") this._final = true; // refused (bad token, full...): stop
+        // Refused (a bad token...): stop. 503 (full, or shutting down for a restart): retry.
+        if (err.kind === "server" && err.code !== 503) this._final = true;
         throw err;
       },
     );

@@ -10,6 +10,7 @@ is a bounded WebDriverWait. Screenshots of the page go to ``test-artifacts/`` (g
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -390,3 +391,27 @@ def test_a_dropped_page_reconnects_and_keeps_its_seat(
     ann.say("back again")
     bob.until_line("chat-log", "(41): back again")
     assert ann.lines("errors") == [], ann.lines("errors")
+
+
+def test_the_example_in_docs_clients_md_runs(
+    start_server: Any, browser: Callable[..., Page]
+) -> None:
+    """The ten-line gamed.js example of docs/clients.md, as written, in a page of the server."""
+    doc = (ROOT / "docs" / "clients.md").read_text()
+    found = re.search(r'```html\n<script type="module">\n(.*?)</script>\n```', doc, re.S)
+    assert found, "no gamed.js example in docs/clients.md"
+    code = found.group(1).replace(
+        'import { GamedClient } from "/gamed.js";',
+        'const { GamedClient } = await import("/gamed.js");',
+    )
+    assert "await import" in code
+    _server, url = start_server()
+    page = browser(url)
+    logs = page.driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "const logs = [];"
+        "const console = {log: (...a) => logs.push(a.join(' ')),"
+        "                 warn: (...a) => logs.push('warn ' + a.join(' '))};"
+        f"(async () => {{ {code} }})().then(() => done(logs), (e) => done([...logs, 'failed ' + e]));"
+    )
+    assert logs == ["in room 5 with 0 others", "7: hello"], logs
