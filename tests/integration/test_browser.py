@@ -415,3 +415,27 @@ def test_the_example_in_docs_clients_md_runs(
         f"(async () => {{ {code} }})().then(() => done(logs), (e) => done([...logs, 'failed ' + e]));"
     )
     assert logs == ["in room 5 with 0 others", "7: hello"], logs
+
+
+def test_the_page_comes_back_after_a_server_restart(
+    gamed: Any, start_server: Any, browser: Callable[..., Page]
+) -> None:
+    """SIGTERM: the page hears the shutdown, its socket closes (1001), gamed.js retries with
+    backoff while nothing listens, and reconnects and rejoins its room on the new server."""
+    server, url = start_server("--shutdown-grace", "1")
+    page = browser(url)
+    connected(page, 50, "phoenix", 3)
+    port = server.ws_port
+    server.stop()
+    page.until_line("chat-log", "server is shutting down")
+    page.until_line("chat-log", "reconnecting in")
+    again = gamed("--ws-port", f"tcp:{port}:interface=127.0.0.1")
+    assert again.ws_port == port
+    page.until_line("chat-log", "* reconnected")
+    page.until_text("status", "connected")
+    joined = "* you joined room 3 (1 user)"
+    page.until("the rejoin", lambda: page.lines("chat-log").count(joined) == 2)
+    page.until_text("room-name", "3")
+    page.say("still here")
+    page.until_line("chat-log", "phoenix (50): still here")
+    assert page.lines("errors") == [], page.lines("errors")
