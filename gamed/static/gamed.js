@@ -252,6 +252,15 @@ export class GamedClient {
   }
 
   _open() {
+    if (this._ws) {
+      // A socket still opening (connect() again before it opened): drop it quietly.
+      const old = this._ws;
+      const onclose = old.onclose;
+      this._ws = null;
+      old.onopen = old.onmessage = old.onclose = null;
+      old.close(1000);
+      if (onclose) onclose({ code: 1000, reason: "superseded" }); // rejects its open()
+    }
     this.state = this._acked ? "reconnecting" : "connecting";
     return new Promise((resolve, reject) => {
       const ws = new this.options.WebSocket(this.url);
@@ -266,9 +275,9 @@ export class GamedClient {
       };
       ws.onmessage = (ev) => this._received(ev.data);
       ws.onclose = (ev) => {
-        if (this._ws !== ws) return; // already handled (heartbeat timeout, close())
-        this._closed(ev.code, ev.reason);
         if (!opened) reject(new GamedError(0, `cannot open ${this.url} (${ev.code})`, "closed"));
+        if (this._ws !== ws) return; // already handled (heartbeat timeout, close(), superseded)
+        this._closed(ev.code, ev.reason);
       };
     });
   }
@@ -297,7 +306,11 @@ export class GamedClient {
   _closed(code, reason) {
     const ws = this._ws;
     this._ws = null;
-    if (ws) ws.onopen = ws.onmessage = ws.onclose = null;
+    if (ws) {
+      const onclose = ws.onclose;
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      if (onclose) onclose({ code, reason }); // settles an open() still waiting
+    }
     clearInterval(this._heartbeatTimer);
     for (const e of this._pending.splice(0)) {
       clearTimeout(e.timer);

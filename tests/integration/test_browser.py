@@ -439,3 +439,136 @@ def test_the_page_comes_back_after_a_server_restart(
     page.say("still here")
     page.until_line("chat-log", "phoenix (50): still here")
     assert page.lines("errors") == [], page.lines("errors")
+
+
+# gamed.js against a scripted fake socket, in the browser: the reply matching, time-outs,
+# backoff and the no-reconnect cases, which a real server does not produce on demand.
+GAMED_JS_UNIT = r"""
+const done = arguments[arguments.length - 1];
+(async () => {
+  const { GamedClient } = await import("/gamed.js");
+  const sockets = [];
+  class FakeSocket {
+    constructor(url) { this.url = url; this.readyState = 0; this.sent = []; sockets.push(this);
+                       setTimeout(() => { this.readyState = 1; this.onopen && this.onopen(); }, 0); }
+    send(text) { this.sent.push(JSON.parse(text)); }
+    close(code) { this.readyState = 3; setTimeout(() => this.onclose && this.onclose({ code, reason: "" }), 0); }
+    reply(obj) { this.onmessage({ data: JSON.stringify(obj) }); }
+    drop(code) { this.readyState = 3; this.onclose({ code, reason: "" }); }
+  }
+  const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
+  const opened = async (n) => {  // the n-th socket (0-based) is open: at most 5 s
+    for (let t = 0; t < 500 && !(sockets[n] && sockets[n].readyState === 1); t++) await tick(10);
+    if (!(sockets[n] && sockets[n].readyState === 1)) throw new Error(`socket ${n} never opened`);
+    return sockets[n];
+  };
+  const outcome = (p) => p.then((v) => ["ok", v], (e) => [e.kind, e.code, e.request]);
+  const results = {};
+  const c = new GamedClient("ws://fake/ws", { WebSocket: FakeSocket, heartbeatMs: 0,
+    requestTimeoutMs: 300, initialDelayMs: 40, maxDelayMs: 100 });
+  const delays = [];
+  c.on("reconnecting", ({ delayMs }) => delays.push(delayMs));
+
+  const ack = c.connect({ userId: 7, nickname: "neo", token: "tok" });
+  await tick();
+  const ws = sockets[0];
+  results.connect_sent = ws.sent[0];
+  ws.reply({ ConnectionAck: { user_id: 7 } });
+  results.connect = await outcome(ack);
+
+  // An Error answers the oldest request; the next one still gets its own reply.
+  const chat = outcome(c.chat("hi", 5));
+  const join = outcome(c.joinRoom(5));
+  ws.reply({ Error: { code: 404, message: "not in room 5" } });
+  ws.reply({ UserJoinedRoom: { room_id: 5, user_id: 8, nickname: "x", user_count: 2 } });
+  ws.reply({ RoomJoinSuccess: { room_id: 5, user_count: 2 } });
+  results.chat_then_join = [await chat, await join];
+
+  // Another member's chat and GameStarted do not settle ours.
+  const mine = outcome(c.chat("mine"));
+  ws.reply({ ChatMessage: { user_id: 8, room_id: 5, message: "other" } });
+  ws.reply({ ChatMessage: { user_id: 7, room_id: 5, message: "mine" } });
+  results.own_chat = await mine;
+  const start = outcome(c.startGame());
+  ws.reply({ GameStarted: { room_id: 5, players: [{ user_id: 8, ready: true }, { user_id: 7, ready: false }] } });
+  ws.reply({ Error: { code: 409, message: "a game is already waiting in room 5" } });
+  results.start_race = await start;
+
+  // A reply to a later request: the earlier one got none.
+  const hb = outcome(c.heartbeat());
+  const leave = outcome(c.leaveRoom());
+  ws.reply({ RoomLeaveSuccess: { room_id: 5, user_count: 1 } });
+  results.no_reply = [await hb, await leave];
+  results.room_after_leave = c.roomId;
+
+  // No answer: a time-out, and the queue moves on.
+  results.timeout = await outcome(c.joinRoom(6));
+  const join7 = outcome(c.joinRoom(7));
+  ws.reply({ RoomJoinSuccess: { room_id: 7, user_count: 1 } });
+  results.after_timeout = await join7;
+
+  // A drop: waiting requests fail, the client reconnects with Connect then RoomJoin.
+  const lost = outcome(c.chat("lost"));
+  ws.drop(1006);
+  results.lost = await lost;
+  const ws2 = await opened(1);
+  results.resent = ws2.sent.slice();
+  ws2.reply({ ConnectionAck: { user_id: 7 } });
+  await tick();
+  results.rejoin = ws2.sent.slice(1);
+  ws2.reply({ RoomJoinSuccess: { room_id: 7, user_count: 1 } });
+
+  // Backoff grows (with jitter) and is capped; it resets after an ack.
+  for (let i = 0; i < 4; i++) { const n = sockets.length; sockets[n - 1].drop(1006); await opened(n); }
+  results.delays = delays.slice();
+
+  // A takeover stops the reconnects.
+  const last = sockets[sockets.length - 1];
+  last.reply({ ConnectionAck: { user_id: 7 } });
+  await tick();
+  const before = sockets.length;
+  last.reply({ Error: { code: 409, message: "replaced by a new connection" } });
+  last.drop(1006);  // even a close that would be retried
+  const state = c.state;  // no retry scheduled: "closed" at once
+  await tick(200);  // (twice maxDelayMs: a retry would have opened a socket by now)
+  results.after_takeover = [sockets.length - before, state];
+  return results;
+})().then(done, (e) => done({ failed: String(e && e.stack || e) }));
+"""
+
+
+def test_gamed_js_matches_replies_and_reconnects(
+    start_server: Any, browser: Callable[..., Page]
+) -> None:
+    _server, url = start_server()
+    page = browser(url)
+    r = page.driver.execute_async_script(GAMED_JS_UNIT)
+    assert "failed" not in r, r.get("failed")
+    assert r["connect_sent"] == {
+        "Connect": {"room_id": 0, "user_id": 7, "token": "tok", "nickname": "neo"}
+    }
+    assert r["connect"] == ["ok", {"user_id": 7}]
+    assert r["chat_then_join"] == [
+        ["server", 404, "ChatMessage"],
+        ["ok", {"room_id": 5, "user_count": 2}],
+    ]
+    assert r["own_chat"] == ["ok", {"user_id": 7, "room_id": 5, "message": "mine"}]
+    assert r["start_race"] == ["server", 409, "StartGame"]
+    assert r["no_reply"] == [
+        ["no-reply", 0, "HeartBeat"],
+        ["ok", {"room_id": 5, "user_count": 1}],
+    ]
+    assert r["room_after_leave"] is None
+    assert r["timeout"] == ["timeout", 0, "RoomJoin"]
+    assert r["after_timeout"] == ["ok", {"room_id": 7, "user_count": 1}]
+    assert r["lost"] == ["closed", 0, "ChatMessage"]
+    assert r["resent"] == [
+        {"Connect": {"room_id": 0, "user_id": 7, "token": "tok", "nickname": "neo"}}
+    ]
+    assert r["rejoin"] == [{"RoomJoin": {"user_id": 7, "room_id": 7, "nickname": "neo"}}]
+    delays = r["delays"]
+    assert len(delays) == 5, delays
+    assert 20 <= delays[0] <= 40, delays  # initialDelayMs 40, half of it jitter
+    assert 20 <= delays[1] <= 40, delays  # the ack in between reset the attempts
+    assert 40 <= delays[2] <= 80 and 50 <= delays[3] <= 100 and 50 <= delays[4] <= 100, delays
+    assert r["after_takeover"] == [0, "closed"]
