@@ -30,10 +30,19 @@ function line(list, text, cls, max = 200) {
 
 const system = (text) => line($("chat-log"), text, "system");
 
+let lastErrorTimer = null;
+
 function showError(code, message, request) {
-  const li = line($("errors"), `${code || "—"} ${message}${request ? ` (${request})` : ""}`, "error");
+  const text = `${code || "—"} ${message}${request ? ` (${request})` : ""}`;
+  const li = line($("errors"), text, "error");
   li.dataset.code = String(code);
   $("errors-panel").classList.add("has-errors");
+  // The newest error also shows at the top for a few seconds (the list is far down on a phone).
+  const banner = $("last-error");
+  banner.textContent = text;
+  banner.hidden = false;
+  clearTimeout(lastErrorTimer);
+  lastErrorTimer = setTimeout(() => (banner.hidden = true), 6000);
 }
 
 function renderStatus() {
@@ -78,6 +87,7 @@ function renderGame() {
   $("round").textContent = game && game.round ? String(game.round) : "—";
   $("turn").textContent = game?.current_turn != null ? nick(game.current_turn) : "—";
   $("your-turn").hidden = !myTurn;
+  $("players").hidden = !game?.players.length;
   const tbody = $("players").tBodies[0];
   tbody.replaceChildren();
   const select = $("attack-target");
@@ -277,6 +287,7 @@ $("use-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   client.useItem($("item-id").value).catch(local);
 });
+$("last-error").addEventListener("click", () => ($("last-error").hidden = true));
 $("errors-clear").addEventListener("click", () => {
   $("errors").replaceChildren();
   $("errors-panel").classList.remove("has-errors");

@@ -289,6 +289,7 @@ def test_the_page_shows_the_errors_it_receives(
     page.until_line("errors", "422")
     (line,) = page.lines("errors")
     assert line.startswith("422 ") and line.endswith("(RoomJoin)"), line
+    assert page.el("last-error").is_displayed() and page.text("last-error") == line
     assert page.text("room-name") == "—"
 
     # A refused request does not stall the ones after it: join a real room, then a game
