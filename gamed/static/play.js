@@ -238,20 +238,43 @@ const local = (err) => {
 };
 const num = (id) => Number($(id).value);
 
+// This tab's session, kept across a reload (sessionStorage is per tab): who, and which room.
+const SESSION = "gamed.session";
+const stored = () => JSON.parse(sessionStorage.getItem(SESSION) || "null");
+const store = (changes) =>
+  sessionStorage.setItem(SESSION, JSON.stringify({ ...stored(), ...changes }));
+
+function connect(userId, nickname, token, room = null) {
+  store({ userId, nickname, token, connected: true, room });
+  client.connect({ userId, nickname, token }).then(
+    () => {
+      renderStatus();
+      if (room !== null) client.joinRoom(room).catch(local); // a held seat answers it too
+    },
+    (err) => {
+      local(err);
+      store({ connected: false });
+      renderStatus();
+    },
+  );
+  renderStatus();
+}
+
+client.on("RoomJoinSuccess", (m) => store({ room: m.room_id }));
+client.on("RoomLeaveSuccess", (m) => {
+  if (stored()?.room === m.room_id) store({ room: null });
+});
+client.on("close", ({ reconnectIn }) => {
+  if (reconnectIn === null) store({ connected: false }); // closed for good
+});
+
 $("connect-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
-  const userId = num("user-id");
-  const nickname = $("nickname").value.trim();
-  const token = $("token").value.trim() || null;
-  localStorage.setItem("gamed.identity", JSON.stringify({ userId, nickname }));
-  client.connect({ userId, nickname, token }).then(renderStatus, (err) => {
-    local(err);
-    renderStatus();
-  });
-  renderStatus();
+  connect(num("user-id"), $("nickname").value.trim(), $("token").value.trim() || null);
 });
 
 $("disconnect-btn").addEventListener("click", () => {
+  store({ connected: false });
   client.close();
   shownRoom = null;
   members.clear();
@@ -293,10 +316,16 @@ $("errors-clear").addEventListener("click", () => {
   $("errors-panel").classList.remove("has-errors");
 });
 
-// A first visit gets a random identity; a later one, the last it used (URL parameters win).
-const saved = JSON.parse(localStorage.getItem("gamed.identity") || "null");
+// A new tab gets a random identity (so two tabs are two players). A reload keeps the tab's,
+// and a tab that was connected connects again and rejoins its room: a player mid-game takes
+// the seat back (the server's reconnect grace). URL parameters win.
+const saved = stored();
 const id = params.get("user") ?? saved?.userId ?? 1000 + Math.floor(Math.random() * 9000);
 $("user-id").value = String(id);
 $("nickname").value = params.get("nick") ?? saved?.nickname ?? `player${id}`;
-if (params.get("room")) $("room-id").value = params.get("room");
+$("token").value = saved?.token ?? "";
+if (params.get("room") || saved?.room) $("room-id").value = params.get("room") ?? saved.room;
 renderStatus();
+if (saved?.connected && !params.get("user")) {
+  connect(saved.userId, saved.nickname, saved.token ?? null, saved.room ?? null);
+}

@@ -390,7 +390,7 @@ def test_phone_sized_page(start_server: Any, browser: Callable[..., Page]) -> No
     page.screenshot("play-page-phone.png")
 
 
-def test_a_dropped_page_reconnects_and_keeps_its_seat(
+def test_a_dropped_or_reloaded_page_keeps_its_seat(
     start_server: Any, browser: Callable[..., Page]
 ) -> None:
     """gamed.js reopens a socket that closed under it, sends Connect again, and gets its
@@ -420,6 +420,25 @@ def test_a_dropped_page_reconnects_and_keeps_its_seat(
     bob.until_text("turn", "bob (42)")
     ann.say("back again")
     bob.until_line("chat-log", "(41): back again")
+    assert ann.lines("errors") == [], ann.lines("errors")
+
+    # A reload: the tab connects again by itself (its session is kept per tab) and gets the
+    # seat and the game's state back.
+    ann.driver.refresh()
+    ann = Page(ann.driver)
+    ann.until_text("status", "connected")
+    bob.until(
+        "ann back a second time",
+        lambda: sum("is back" in line for line in bob.lines("chat-log")) == 2,
+    )
+    ann.until_text("room-name", "6")
+    ann.until_text("game-status", "InProgress")
+    ann.until_text("turn", "bob (42)")
+    bob.click("move-btn")
+    ann.until_text("round", "2")
+    ann.until_text("turn", "ann (41)")
+    ann.click("move-btn")
+    bob.until_text("turn", "bob (42)")
     assert ann.lines("errors") == [], ann.lines("errors")
 
 
