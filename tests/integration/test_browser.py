@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
 
 from gamed import token as gamed_token
 from tests.integration.conftest import GamedProcess, WireClient
@@ -72,11 +78,9 @@ def start_server(gamed: Any) -> Callable[..., tuple[GamedProcess, str]]:
 def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Page]]:
     """``browser(url)``: a new headless Chromium (its own profile) on the page; all quit at teardown."""
     _require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
 
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager: never download a driver
-    drivers: list[Any] = []
+    drivers: list[webdriver.Chrome] = []
 
     def open_page(url: str, width: int = 1280, height: int = 900, phone: bool = False) -> Page:
         options = webdriver.ChromeOptions()
@@ -107,6 +111,8 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callabl
     for d in drivers:
         try:
             errors += [e["message"] for e in d.get_log("browser") if _is_script_error(e)]
+        except Exception as e:  # a browser that died: say so, and still quit the others
+            errors.append(f"could not read the console: {e!r}")
         finally:
             d.quit()
     assert not errors, f"errors in the page's console: {errors}"
@@ -120,31 +126,23 @@ def _is_script_error(entry: dict[str, Any]) -> bool:
 class Page:
     """The play page in one browser, through its element ids (gamed/static/index.html)."""
 
-    def __init__(self, driver: Any) -> None:
-        from selenium.webdriver.support.ui import WebDriverWait
-
+    def __init__(self, driver: webdriver.Chrome) -> None:
         self.driver = driver
         self.wait = WebDriverWait(driver, WAIT)
         self.wait.until(lambda d: d.execute_script("return !!window.gamed"), "page did not load")
 
     # -- reading -------------------------------------------------------------
-    def el(self, id_: str) -> Any:
-        from selenium.webdriver.common.by import By
-
+    def el(self, id_: str) -> WebElement:
         return self.driver.find_element(By.ID, id_)
 
     def text(self, id_: str) -> str:
         return str(self.el(id_).text)
 
     def lines(self, id_: str) -> list[str]:
-        from selenium.webdriver.common.by import By
-
         return [li.text for li in self.el(id_).find_elements(By.TAG_NAME, "li")]
 
     def until(self, what: str, cond: Callable[[], Any]) -> Any:
         """Wait (bounded) for cond() to be truthy; the failure says what and shows the page."""
-        from selenium.common.exceptions import TimeoutException
-
         try:
             return self.wait.until(lambda _d: cond())
         except TimeoutException:
