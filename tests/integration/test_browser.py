@@ -25,7 +25,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from gamed import token as gamed_token
-from tests.integration.conftest import GamedProcess, WireClient
+from tests.integration.helpers import GamedProcess
 
 pytestmark = pytest.mark.slow
 
@@ -300,14 +300,6 @@ def test_the_page_shows_the_errors_it_receives(
     page.screenshot("play-page-errors.png")
 
 
-def _next(tcp: WireClient, tag: str) -> Any:
-    """The TCP client's next message of type ``tag`` (others skipped; bounded by its time-out)."""
-    while True:
-        msg = tcp.recv()
-        if tag in msg:
-            return msg[tag]
-
-
 def test_a_tcp_client_and_a_browser_share_a_room(
     start_server: Any, browser: Callable[..., Page]
 ) -> None:
@@ -332,19 +324,19 @@ def test_a_tcp_client_and_a_browser_share_a_room(
 
         # A game, browser against TCP: the page starts, TCP readies, each plays a turn.
         page.click("start-btn")
-        assert [p["user_id"] for p in _next(tcp, "GameStarted")["players"]] == [10, 11]
+        assert [p["user_id"] for p in tcp.until("GameStarted")[0]["players"]] == [10, 11]
         tcp.send({"ToggleReady": {"room_id": 7}})
-        assert _next(tcp, "GameInProgress") == {"room_id": 7, "current_turn": 10, "round": 1}
+        assert tcp.until("GameInProgress")[0] == {"room_id": 7, "current_turn": 10, "round": 1}
         page.until_text("turn", "webby (10)")
         page.fill("move-x", 3)
         page.click("move-btn")
-        moved = _next(tcp, "ActionResult")
+        moved = tcp.until("ActionResult")[0]
         assert moved["action"] == {"Move": {"x": 3.0, "y": 0.0, "direction": 0.0}}, moved
         page.until_text("turn", "tcpy (11)")
         tcp.send(
             {"PlayerAction": {"room_id": 7, "action": {"Attack": {"target_id": 10, "damage": 5}}}}
         )
-        ended = _next(tcp, "GameEnded")
+        ended = tcp.until("GameEnded")[0]
         assert ended["winner"]["user_id"] == 11, ended
         page.until_line("chat-log", "tcpy (11) attacks webby (10) for 5")
         page.until_text("game-result", "Winner: tcpy (11)")
