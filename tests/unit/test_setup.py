@@ -17,7 +17,13 @@ def debian_packages() -> list[str]:
 
 
 def test_the_debian_package_list_is_the_only_one() -> None:
-    assert debian_packages() == ["prometheus", "haproxy", "chromium", "chromium-driver", "fonts-liberation"]
+    assert debian_packages() == [
+        "prometheus",
+        "haproxy",
+        "chromium",
+        "chromium-driver",
+        "fonts-liberation",
+    ]
     for path in (ROOT / ".ci" / "install-deps.sh", ROOT / ".ci" / "run", ROOT / "Makefile"):
         text = path.read_text()
         assert not re.search(r"apt-get install[^\n]*(prometheus|haproxy|chromium)", text), path
