@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""CPU per chat on the fan-out hot path, in-process: a real service tree, no sockets.
+
+    .venv/bin/python -m gamed.bench.fanout_micro [--rooms 50 --members 20] [--chats 20000]
+        [--middleware none] [--repeat 5] [--json]
+
+``makeService`` builds gamed as ``twistd gamed`` would (the suite's bench flags: rate
+limits and flood detection off, nothing allowlisted, so every security check runs), on
+a stand-in reactor. Each client is a ``GameProtocol`` on a ``FileDescriptor`` transport
+whose writes are buffered exactly as Twisted's TCP transports buffer them (the producer
+check and all), but never sent: the buffers are emptied between rounds, as ``doWrite``
+would. Member 0 of each room sends chats in turn; the time is the process CPU per chat
+(frame parsing, decode, plugins, the broadcast's writes), min/median/max over rounds.
+
+Instruction counts (repeatable on a loaded machine): run it under
+``valgrind --tool=callgrind`` with a small ``--chats``; to compare two checkouts,
+run each with ``PYTHONPATH=<checkout>`` in turn (ABAB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from typing import Any
+
+import orjson
+from twisted.internet import abstract
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+
+
+class _Reactor(Clock):
+    """A Clock with the reader/writer registry a FileDescriptor needs (all no-ops)."""
+
+    def addReader(self, r: object) -> None:
+        pass
+
+    def removeReader(self, r: object) -> None:
+        pass
+
+    def addWriter(self, w: object) -> None:
+        pass
+
+    def removeWriter(self, w: object) -> None:
+        pass
+
+
+class BenchTransport(abstract.FileDescriptor):
+    """Twisted's buffered writer (``FileDescriptor.write``), with no socket behind it."""
+
+    def __init__(self, reactor: _Reactor, port: int) -> None:
+        super().__init__(reactor)
+        self.connected = 1
+        self._peer = IPv4Address("TCP", "127.0.0.1", port)
+
+    def getPeer(self) -> IPv4Address:
+        return self._peer
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 7000)
+
+    def setTcpNoDelay(self, on: bool) -> None:
+        pass
+
+    def drain(self) -> int:
+        """Forget what was written (as a completed ``doWrite`` would); the bytes dropped."""
+        n = len(self.dataBuffer) - self.offset + self._tempDataLen
+        self.dataBuffer = b""
+        self.offset = 0
+        self._tempDataBuffer = []
+        self._tempDataLen = 0
+        return n
+
+
+def _frame(obj: object) -> bytes:
+    payload = orjson.dumps(obj)
+    return struct.pack(">I", len(payload)) + payload
+
+
+def build(middleware: str | None, data_dir: str) -> tuple[Any, Any, _Reactor]:
+    from gamed.protocol import GameFactory
+    from gamed.tap import Options, makeService
+
+    reactor = _Reactor()
+    reactor.advance(1_700_000_000)
+    toml = f"{data_dir}/bench.toml"
+    with open(toml, "w") as f:
+        f.write("[middleware.security]\nallowlist = []\nip_max_connections = 1000000\n")
+    argv = ["--port", "tcp:0:interface=127.0.0.1", "--rate-limit", "0"]
+    argv += ["--flood-detection", "off", "--config", toml, "--data-dir", data_dir]
+    if middleware is not None:
+        argv += ["--middleware", middleware]
+    opts = Options()
+    opts.parseOptions(argv)
+    top = makeService(opts, reactor)
+    router = top.router
+    return router, GameFactory(router, reactor), reactor
+
+
+def setup(factory: Any, reactor: _Reactor, rooms: int, members: int) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    uid = 1
+    for r in range(rooms):
+        room: list[Any] = []
+        for _ in range(members):
+            t = BenchTransport(reactor, 10000 + uid)
+            p = factory.buildProtocol(t.getPeer())
+            t.protocol = p
+            p.makeConnection(t)
+            p.dataReceived(_frame({"Connect": {"room_id": 0, "user_id": uid}}))
+            p.dataReceived(
+                _frame({"RoomJoin": {"user_id": uid, "room_id": r + 1, "nickname": f"u{uid}"}})
+            )
+            room.append((p, t, uid))
+            uid += 1
+        out.append(room)
+    for room in out:
+        for _, t, _ in room:
+            t.drain()
+    return out
+
+
+def run_round(rooms: list[list[Any]], reactor: _Reactor, chats: int, router: Any) -> float:
+    senders = [(room[0][0], room[0][2], i + 1) for i, room in enumerate(rooms)]
+    frames = [
+        _frame({"ChatMessage": {"user_id": uid, "room_id": rid, "message": "x" * 64}})
+        for _, uid, rid in senders
+    ]
+    transports = [t for room in rooms for _, t, _ in room]
+    hub_queue = _analytics_queue(router)
+    n = 0
+    elapsed = 0.0
+    while n < chats:
+        t0 = time.process_time()
+        for (p, _, _), data in zip(senders, frames, strict=True):
+            p.dataReceived(data)
+        elapsed += time.process_time() - t0
+        n += len(senders)
+        reactor.advance(0.002)
+        for t in transports:
+            t.drain()
+        if hub_queue is not None:
+            hub_queue.clear()  # the analytics batch would take them
+    return elapsed / n
+
+
+def _analytics_queue(router: Any) -> Any:
+    for mw in router.pipeline.middleware:
+        q = getattr(mw, "_queue", None)
+        if q is not None:
+            return q
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gamed.bench.fanout_micro")
+    ap.add_argument("--rooms", type=int, default=50)
+    ap.add_argument("--members", type=int, default=20)
+    ap.add_argument("--chats", type=int, default=20000)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--middleware", default=None, help="as gamed's --middleware (default: all)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="gamed-micro-") as d:
+        router, factory, reactor = build(args.middleware, d)
+        rooms = setup(factory, reactor, args.rooms, args.members)
+        run_round(rooms, reactor, min(args.chats, 2000), router)  # warm-up
+        gc.collect()
+        times = [run_round(rooms, reactor, args.chats, router) for _ in range(args.repeat)]
+    us = sorted(t * 1e6 for t in times)
+    out = {
+        "rooms": args.rooms,
+        "members": args.members,
+        "middleware": args.middleware or "default",
+        "us_per_chat": {"min": us[0], "median": statistics.median(us), "max": us[-1]},
+    }
+    if args.json:
+        print(orjson.dumps(out).decode())
+    else:
+        u = out["us_per_chat"]
+        print(
+            f"{args.rooms}x{args.members} middleware={out['middleware']}: "
+            f"{u['median']:.2f} us/chat (min {u['min']:.2f}, max {u['max']:.2f})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
