@@ -18,6 +18,7 @@ from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
     IPushProducer,
+    IReactorFDSet,
     IReactorTime,
     ITCPTransport,
 )
@@ -109,6 +110,127 @@ class ConnectionContext:
 
 class IStreamTransport(ITCPTransport, IConsumer):
     """What GameProtocol uses of its transport: writes, closes and aborts, a producer slot."""
+
+
+#: How often the factory looks for clients that do not read what is sent to them.
+SWEEP_SECONDS = 0.1
+
+
+def buffered_bytes(transport: object) -> int | None:
+    """Bytes a Twisted ``FileDescriptor`` holds unsent; None for another kind of transport."""
+    try:
+        t: Any = transport
+        n: int = len(t.dataBuffer) - t.offset + t._tempDataLen
+        return n
+    except AttributeError:
+        return None
+
+
+class OutputSweep:
+    """Finds clients that do not read: a periodic look at the transports with output queued.
+
+    Twisted keeps what a socket would not take in the transport's buffer. Instead of
+    registering every connection as its transport's streaming producer (which made
+    Twisted compare the buffer with its high-water mark on every write), this looks
+    every ``SWEEP_SECONDS`` at the transports the reactor is waiting to write to
+    (``IReactorFDSet.getWriters``: none at all when every client keeps up) and at the
+    connections it paused. Over the transport's ``bufferSize`` (its high-water mark)
+    the connection is paused as before: its input is no longer read and what is still
+    sent to it counts against ``--max-outgoing-bytes`` (``GameProtocol.send_frame``);
+    back under the mark it is resumed and the count starts over. A buffer already past
+    the mark by more than the limit is dropped at once.
+    """
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._reactor = reactor
+        self._fds: Any = reactor if IReactorFDSet.providedBy(reactor) else None
+        self._call: IDelayedCall | None = None
+        #: Connections paused by the sweep (or by a transport), with the transport that
+        #: holds their bytes.
+        self.paused: dict[GameProtocol, object] = {}
+
+    def start(self) -> None:
+        if self._call is None and self._fds is not None:
+            self._call = self._reactor.callLater(SWEEP_SECONDS, self._tick)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _tick(self) -> None:
+        self._call = None
+        try:
+            self.sweep()
+        finally:
+            self._call = self._reactor.callLater(SWEEP_SECONDS, self._tick)
+
+    def sweep(self) -> None:
+        for transport in self._fds.getWriters() if self._fds is not None else ():
+            proto = getattr(transport, "protocol", None)
+            while proto is not None and not isinstance(proto, GameProtocol):
+                proto = getattr(proto, "wrappedProtocol", None)  # TLS, PROXY protocol
+            if proto is not None and proto not in self.paused:
+                self.check(proto, transport)
+        for proto, transport in list(self.paused.items()):
+            self.check(proto, transport)
+
+    def check(self, proto: GameProtocol, transport: object) -> None:
+        if proto.closing:
+            self.paused.pop(proto, None)
+            return
+        held = buffered_bytes(transport)
+        if held is None:
+            return
+        mark: int = getattr(transport, "bufferSize", 0)
+        if held > mark:
+            if held - mark > proto._max_backlog:
+                proto._too_slow()
+            elif not proto.paused:
+                self.paused[proto] = transport
+                proto.pauseProducing()
+        elif proto.paused:
+            proto.resumeProducing()
+
+
+#: How often idle connections are looked for: a connection is closed between
+#: ``idle_timeout`` and ``idle_timeout + IDLE_SWEEP_SECONDS`` after its last frame.
+IDLE_SWEEP_SECONDS = 1.0
+
+
+class IdleSweep:
+    """The idle time-out of every connection of a factory, one timer for all.
+
+    A timer per connection (a ``DelayedCall`` re-armed as frames arrive) cost about
+    0.5 KiB of each idle connection; this looks at every watched connection's
+    ``last_seen`` once a second instead, while any is watched.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self.conns: set[GameProtocol] = set()
+        self._call: IDelayedCall | None = None
+
+    def watch(self, conn: GameProtocol) -> None:
+        self.conns.add(conn)
+        if self._call is None:
+            self._call = self._clock.callLater(IDLE_SWEEP_SECONDS, self._tick)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _tick(self) -> None:
+        self._call = None
+        now = self._clock.seconds()
+        for conn in list(self.conns):
+            if conn.closing:
+                self.conns.discard(conn)
+            else:
+                conn.check_idle(now)
+        if self.conns:
+            self._call = self._clock.callLater(IDLE_SWEEP_SECONDS, self._tick)
 
 
 class PartialFrames:
@@ -214,6 +336,21 @@ class GameProtocol(Int32StringReceiver):
     #: Bytes of a partial frame this connection holds, as last told to ``partials``.
     partial_bytes = 0
 
+    # Per-connection state that most connections never change lives here, on the
+    # class, until it does: an instance dict with fewer keys is smaller (idle memory
+    # per connection, docs/performance.md).
+    user_id: int | None = None
+    nickname = ""
+    closing = False
+    close_reason = "closed"
+    last_seen = 0.0
+    _backlog = 0  # bytes written while the transport's buffer was over its high mark
+    _abort_call: IDelayedCall | None = None
+    # Per-connection byte counts (folded into the router's totals on close):
+    # an attribute add per write is cheaper than a locked Prometheus counter.
+    bytes_in = 0
+    bytes_out = 0
+
     def __init__(
         self,
         handler: IConnectionHandler,
@@ -223,22 +360,19 @@ class GameProtocol(Int32StringReceiver):
         self.handler = handler
         self.clock = clock
         self._partials = partials or PartialFrames(lambda: handler.settings.max_partial_bytes)
-        settings = handler.settings
+        # The settings when the connection opened: its frame, backlog and idle limits
+        # (a reload applies to connections opened after it). One reference, not a copy
+        # of each limit.
+        self._settings = settings = handler.settings
         self.MAX_LENGTH = settings.max_frame_bytes
-        self._max_backlog = settings.max_outgoing_bytes
-        self._idle_timeout = settings.idle_timeout
-        self.user_id: int | None = None
-        self.nickname = ""
-        self.closing = False
-        self.close_reason = "closed"
-        self.last_seen = 0.0
-        self._backlog = 0  # bytes written while the transport's buffer was over its high mark
-        self._idle_call: IDelayedCall | None = None
-        self._abort_call: IDelayedCall | None = None
-        # Per-connection byte counts (folded into the router's totals on close):
-        # an attribute add per write is cheaper than a locked Prometheus counter.
-        self.bytes_in = 0
-        self.bytes_out = 0
+
+    @property
+    def _max_backlog(self) -> int:
+        return self._settings.max_outgoing_bytes
+
+    @property
+    def _idle_timeout(self) -> float:
+        return self._settings.idle_timeout
 
     # -- connection life -------------------------------------------------------
 
@@ -253,21 +387,26 @@ class GameProtocol(Int32StringReceiver):
             self, getattr(peer, "host", "unknown"), getattr(peer, "port", 0), self.clock
         )
         self.last_seen = self.ctx.connected_at
-        # We are our transport's streaming producer: when its write buffer passes
-        # its high-water mark we stop reading from this client (it is not
-        # keeping up) and start counting what we still queue for it.
-        transport.registerProducer(self, True)
+        # Slow clients are found by the factory's sweep (``OutputSweep``), not by
+        # registering as the transport's producer: that made Twisted check the
+        # buffer on every write (7.4% of the reactor thread in fan-out).
         self._route_output()
         self.handler.connection_made(self)
-        if not self.closing and self._idle_timeout > 0:
-            self._idle_call = self.clock.callLater(self._idle_timeout, self._check_idle)
+        factory = self.factory
+        if not self.closing and self._idle_timeout > 0 and isinstance(factory, GameFactory):
+            factory.idle.watch(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        for call in (self._idle_call, self._abort_call):
-            if call is not None and call.active():
+        call = self._abort_call
+        if call is not None:
+            if call.active():
                 call.cancel()
-        self._idle_call = self._abort_call = None
+            self._abort_call = None
         self._unprocessed = b""
+        factory = self.factory
+        if isinstance(factory, GameFactory):
+            factory.sweep.paused.pop(self, None)
+            factory.idle.conns.discard(self)
         if self.partial_bytes:
             self._partials.update(self, 0)
         self.handler.connection_lost(self, self.close_reason)
@@ -277,20 +416,15 @@ class GameProtocol(Int32StringReceiver):
         # to the transport) go; a context a plugin still holds is inert.
         self.ctx._conn = None
         self.send_frame = self._drop  # type: ignore[method-assign]
-        factory = self.factory
         if isinstance(factory, GameFactory):
             factory.connection_closed()
 
-    def _check_idle(self) -> None:
-        self._idle_call = None
-        if self.closing:
-            return
-        idle_for = self.clock.seconds() - self.last_seen
-        if idle_for >= self._idle_timeout:
-            self.send(SystemMessage(f"closing: no frame for {self._idle_timeout:g} seconds"))
+    def check_idle(self, now: float) -> None:
+        """Close with a notice after ``idle_timeout`` seconds without a frame (``IdleSweep``)."""
+        timeout = self._idle_timeout
+        if not self.closing and now - self.last_seen >= timeout:
+            self.send(SystemMessage(f"closing: no frame for {timeout:g} seconds"))
             self.close("idle")
-        else:
-            self._idle_call = self.clock.callLater(self._idle_timeout - idle_for, self._check_idle)
 
     # -- input ----------------------------------------------------------------------
 
@@ -376,6 +510,9 @@ class GameProtocol(Int32StringReceiver):
         self._route_output()
 
     def resumeProducing(self) -> None:
+        factory = self.factory
+        if isinstance(factory, GameFactory):
+            factory.sweep.paused.pop(self, None)
         self._backlog = 0
         if not self.closing:
             super().resumeProducing()
@@ -409,7 +546,6 @@ class GameProtocol(Int32StringReceiver):
         self.closing = True
         self.close_reason = reason
         self._route_output()
-        self.transport.unregisterProducer()
         self.transport.loseConnection()
         self._abort_call = self.clock.callLater(CLOSE_FLUSH_SECONDS, self.abort)
 
@@ -442,6 +578,8 @@ class GameFactory(Factory):
         # One budget for every connection of this listener; the limit is read live
         # (a reload changes it for the next check).
         self.partials = PartialFrames(lambda: handler.settings.max_partial_bytes, clock)
+        self.sweep = OutputSweep(clock)
+        self.idle = IdleSweep(clock)
         self.fd_limit = fd_limit  # None: read (and raised) when the listener starts
         self.open = 0  # protocols built and not yet lost
         self.fd_refused = 0  # connections closed at accept to keep descriptors free
@@ -459,9 +597,12 @@ class GameFactory(Factory):
                     old=self.fd_limit.raised_from,
                     new=self.fd_limit.soft,
                 )
+        self.sweep.start()
 
     def stopFactory(self) -> None:
         self.partials.stop()
+        self.sweep.stop()
+        self.idle.stop()
 
     def connection_closed(self) -> None:
         self.open -= 1

@@ -31,9 +31,12 @@ from typing import Any
 import orjson
 from twisted.internet import abstract
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 
+@implementer(IReactorFDSet)
 class _Reactor(Clock):
     """A Clock with the reader/writer registry a FileDescriptor needs (all no-ops)."""
 
@@ -49,9 +52,20 @@ class _Reactor(Clock):
     def removeWriter(self, w: object) -> None:
         pass
 
+    def getReaders(self) -> list[Any]:
+        return []
+
+    def getWriters(self) -> list[Any]:
+        return []
+
+    def removeAll(self) -> list[Any]:
+        return []
+
 
 class BenchTransport(abstract.FileDescriptor):
     """Twisted's buffered writer (``FileDescriptor.write``), with no socket behind it."""
+
+    protocol: Any = None
 
     def __init__(self, reactor: _Reactor, port: int) -> None:
         super().__init__(reactor)
@@ -98,7 +112,7 @@ def build(middleware: str | None, data_dir: str) -> tuple[Any, Any, _Reactor]:
     opts = Options()
     opts.parseOptions(argv)
     top = makeService(opts, reactor)
-    router = top.router
+    router = top.router  # type: ignore[attr-defined]
     return router, GameFactory(router, reactor), reactor
 
 
