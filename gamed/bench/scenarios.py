@@ -420,9 +420,12 @@ async def fanout(run: Run) -> dict[str, Any]:
         before = run.counters.snapshot()
         run.recording = True
         m0 = loop.time()
+        own0 = time.process_time()
         await phase(run, cfg.duration, "measure")
         after = run.counters.snapshot()
         measured = loop.time() - m0
+        # The load generator's own CPU (cores busy): near 1.0 it, not the server, is the limit.
+        own_cores = round((time.process_time() - own0) / measured, 2) if measured > 0 else None
         cpu1 = read_cpu_s(pid) if pid else None
         run.recording = False
         run.sending = False
@@ -439,6 +442,7 @@ async def fanout(run: Run) -> dict[str, Any]:
             "sends_per_s": per_second(win["sends"], measured),
             "fanout": round(win["deliveries"] / win["sends"], 2) if win["sends"] else None,
             "server_cpu_us_per_delivery": cpu_per_delivery,
+            "loadgen_cpu_cores": own_cores,
         }
         metrics.update(latency_metrics("echo", run.latency))
         return finish(run, metrics, win, measured, loop.time() - t_start, params)

@@ -80,7 +80,11 @@ def suite_scenarios(quick: bool, users: int | None = None) -> list[Scenario]:
     idle_n = 1000 if quick else 5000
     n_games = 100 if quick else 1000
     n_users = users if users is not None else (5000 if quick else 50_000)
-    lat = (("echo_p50_ms", "echo p50 ms", True), ("echo_p99_ms", "echo p99 ms", True))
+    lat = (
+        ("echo_p50_ms", "echo p50 ms", True),
+        ("echo_p99_ms", "echo p99 ms", True),
+        ("loadgen_cpu_cores", "load generator CPU (cores)", False),
+    )
     err = (("errors", "errors", False),)
     return [
         Scenario(
@@ -462,17 +466,39 @@ def median_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def ratio_cell(value: Any, base: Any) -> str:
+def spread_metrics(runs: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Per numeric metric, (min, max) over repeats: the spread beside each median."""
+    out: dict[str, tuple[float, float]] = {}
+    for k in {k for r in runs for k in r["metrics"]}:
+        vals = [r["metrics"].get(k) for r in runs]
+        nums = [v for v in vals if isinstance(v, int | float) and not isinstance(v, bool)]
+        if nums:
+            out[k] = (min(nums), max(nums))
+    return out
+
+
+def ratio_cell(value: Any, base: Any, spread: tuple[float, float] | None = None) -> str:
     text = human(value)
+    if spread is not None and spread[0] != spread[1]:
+        text += f" [{human(spread[0])}..{human(spread[1])}]"
     if isinstance(value, int | float) and isinstance(base, int | float) and base:
         return f"{text} ({value / base:.2f}x)"
     return text
 
 
+Spreads = dict[str, dict[str, dict[str, tuple[float, float]]]]
+
+
 def render(
-    scenarios: list[Scenario], targets: list[Target], medians: dict[str, dict[str, dict[str, Any]]]
+    scenarios: list[Scenario],
+    targets: list[Target],
+    medians: dict[str, dict[str, dict[str, Any]]],
+    spreads: Spreads | None = None,
 ) -> str:
-    """Rows = scenario/metric, columns = targets; non-floor cells carry the ratio to the floor."""
+    """Rows = scenario/metric, columns = targets; non-floor cells carry the ratio to the floor.
+
+    With ``spreads`` (several repeats), each median is followed by [min..max].
+    """
     names = [t.name for t in targets]
     rows: list[list[Any]] = []
     for sc in scenarios:
@@ -485,9 +511,69 @@ def render(
                     row.append("n/a")
                     continue
                 v = m.get(key)
-                row.append(ratio_cell(v, base) if ratio and name != BASELINE else human(v))
+                sp = (spreads or {}).get(name, {}).get(sc.key, {}).get(key)
+                row.append(ratio_cell(v, base if ratio and name != BASELINE else None, sp))
             rows.append(row)
     return format_table(["scenario | metric", *names], rows)
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One row of issue 14's target table: ``target``'s metric against the floor's (or alone)."""
+
+    label: str
+    scenario: str  # a prefix of the scenario key ("fanout 50x20", "idle", ...)
+    metric: str
+    target: str  # the gamed variant
+    op: str  # "ratio>=", "ratio<=", "<=", "report"
+    bound: float = 0.0
+
+
+GOALS: tuple[Goal, ...] = (
+    Goal("fan-out 50x20 W=2, all plugins, vs orjson floor", "fanout 50x20", "deliveries_per_s",
+         "gamed", "ratio>=", 0.85),
+    Goal("fan-out 50x20 W=2, no plugins, vs orjson floor", "fanout 50x20", "deliveries_per_s",
+         "gamed-none", "ratio>=", 0.95),
+    Goal("fan-out 500x2 W=2, all plugins, vs orjson floor", "fanout 500x2", "deliveries_per_s",
+         "gamed", "ratio>=", 0.75),
+    Goal("open loop 1000 x 5/s f20, p99 vs floor's", "open 1000x5", "echo_p99_ms", "gamed",
+         "ratio<=", 1.3),
+    Goal("idle, KiB per joined connection, all plugins", "idle", "rss_per_conn_kib", "gamed",
+         "<=", 3.5),
+    Goal("games, games/s, all plugins", "games", "games_per_s", "gamed", "report"),
+)  # fmt: skip
+
+
+def goal_rows(
+    goals: Sequence[Goal], medians: dict[str, dict[str, dict[str, Any]]], spreads: Spreads
+) -> list[list[Any]]:
+    """[goal, target, measured (median, [min..max]), verdict] per goal whose scenario ran."""
+    rows: list[list[Any]] = []
+    for g in goals:
+        key = next((k for k in medians.get(g.target, {}) if k.startswith(g.scenario)), None)
+        if key is None:
+            continue
+        value = medians[g.target][key].get(g.metric)
+        sp = spreads.get(g.target, {}).get(key, {}).get(g.metric)
+        shown = ratio_cell(value, None, sp)
+        verdict = "report"
+        if g.op.startswith("ratio"):
+            base = medians.get(BASELINE, {}).get(key, {}).get(g.metric)
+            if not isinstance(value, int | float) or not isinstance(base, int | float) or not base:
+                rows.append([g.label, f"{g.op[5:]} {g.bound}x", shown, "n/a"])
+                continue
+            r = value / base
+            ok = r >= g.bound if g.op == "ratio>=" else r <= g.bound
+            shown = f"{r:.2f}x ({shown} vs {human(base)})"
+            verdict = "met" if ok else f"MISSED by {abs(r - g.bound):.2f}x"
+            rows.append([g.label, f"{g.op[5:]} {g.bound}x", shown, verdict])
+            continue
+        if g.op == "<=" and isinstance(value, int | float):
+            verdict = "met" if value <= g.bound else f"MISSED by {value - g.bound:.2f}"
+            rows.append([g.label, f"<= {g.bound}", shown, verdict])
+            continue
+        rows.append([g.label, "no lower than before", shown, verdict])
+    return rows
 
 
 def plugin_costs(
@@ -701,6 +787,8 @@ def run_suite(args: argparse.Namespace) -> int:
             for si, sc in enumerate(scenarios):
                 user_base, room_base = bases[rep * len(scenarios) + si]
                 todo = [t for t in live if t.name not in sc.skip]
+                if rep % 2:  # ABC CBA ...: drift over a repeat hits every target alike
+                    todo.reverse()
                 for t, res in run_scenario(sc, todo, user_base, room_base):
                     n += 1
                     if res is None:
@@ -718,7 +806,14 @@ def run_suite(args: argparse.Namespace) -> int:
         medians = {
             name: {k: median_metrics(v) for k, v in per.items()} for name, per in runs.items()
         }
-        print(render(scenarios, targets, medians))
+        spreads = {
+            name: {k: spread_metrics(v) for k, v in per.items()} for name, per in runs.items()
+        }
+        print(render(scenarios, targets, medians, spreads))
+        goals = goal_rows(GOALS, medians, spreads)
+        if goals:
+            print()
+            print(format_table(["issue 14 target", "target", "measured", "verdict"], goals))
         costs = plugin_costs(scenarios, runs)
         if costs:
             print()
@@ -741,6 +836,8 @@ def run_suite(args: argparse.Namespace) -> int:
             },
             "scenarios": {sc.key: orjson.loads(orjson.dumps(sc.cfg)) for sc in scenarios},
             "medians": medians,
+            "spreads": spreads,
+            "goals": goals,
             "plugin_costs": costs,
             "websocket": ws_summary,
             "runs": runs,

@@ -244,3 +244,29 @@ def test_websocket_summary_is_a_ratio_to_the_same_runs_tcp() -> None:
         for name, kib in (("gamed", 5.0), ("gamed-ws", 7.5))
     }
     assert suite.websocket_summary(medians, fresh)["idle_memory_ratio"] == 1.5
+
+
+def test_issue_targets_get_a_verdict_with_their_spread() -> None:
+    runs = {
+        suite.BASELINE: {"fanout 50x20 w2": [{"metrics": {"deliveries_per_s": 400.0}}] * 3},
+        "gamed": {
+            "fanout 50x20 w2": [
+                {"metrics": {"deliveries_per_s": v}} for v in (330.0, 350.0, 360.0)
+            ],
+            "idle 5000": [{"metrics": {"rss_per_conn_kib": 3.6}}],
+        },
+    }
+    medians = {
+        name: {k: {"deliveries_per_s": None, **suite.median_metrics([{**r, "errors": 0} for r in v])}
+               for k, v in per.items()}
+        for name, per in runs.items()
+    }  # fmt: skip
+    spreads = {n: {k: suite.spread_metrics(v) for k, v in per.items()} for n, per in runs.items()}
+    rows = suite.goal_rows(suite.GOALS, medians, spreads)
+    by_label = {r[0]: r for r in rows}
+    fan = by_label["fan-out 50x20 W=2, all plugins, vs orjson floor"]
+    assert fan[2].startswith("0.88x (350 [330..360] vs 400")
+    assert fan[3] == "met"
+    idle = by_label["idle, KiB per joined connection, all plugins"]
+    assert idle[3] == "MISSED by 0.10"
+    assert "fan-out 500x2 W=2, all plugins, vs orjson floor" not in by_label  # did not run
