@@ -7,9 +7,12 @@ connection, or the reactor, down with it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
+from types import TracebackType
+from typing import Any, TypeVar
 
 from twisted.logger import Logger
 
@@ -25,6 +28,60 @@ _log = Logger()
 
 #: With a timer installed, plugin calls are timed for one message in this many.
 TIMER_SAMPLE = 16
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def noop_hook(method: _F) -> _F:
+    """Mark a plugin's ``before_process`` or ``after_process`` as doing nothing.
+
+    The pipeline then does not call it at all (a plugin that only acts after a
+    message need not be called before it). Only for a method that does nothing.
+    """
+    method.gamed_noop = True  # type: ignore[attr-defined]
+    return method
+
+
+def _is_noop(hook: Callable[..., Any]) -> bool:
+    return bool(getattr(hook, "gamed_noop", False))
+
+
+#: Lines of generated code per hook in a fused call (the first hook's call is on line 2).
+_LINES_PER_HOOK = {"before": 5, "after": 1}
+
+
+def _compile(phase: str, hooks: Sequence[Callable[..., Any]]) -> Callable[..., Any]:
+    """One function that calls every hook in order, unrolled.
+
+    ``before``: each hook may hand back a replacement message or a Veto (which ends
+    the run); ``after``: each is called with the result. No try/except per hook: the
+    caller puts one around the whole call and, when a hook raised, finds which one
+    from the traceback's line (each call is on a line of its own) and goes on with
+    the next hook (``Pipeline._isolate_before``/``_isolate_after``).
+    """
+    env: dict[str, Any] = {"Veto": Veto}
+    if phase == "before":
+        lines = ["def fused(ctx, message):"]
+        for i, hook in enumerate(hooks):
+            env[f"h{i}"] = hook
+            lines += [
+                f"    o = h{i}(ctx, message)",
+                "    if o is not None:",
+                "        if isinstance(o, Veto):",
+                f"            return o, {i}",
+                "        message = o",
+            ]
+        lines.append("    return message, -1")
+    else:
+        lines = ["def fused(ctx, message, result):"]
+        for i, hook in enumerate(hooks):
+            env[f"h{i}"] = hook
+            lines.append(f"    h{i}(ctx, message, result)")
+        lines.append("    return None")
+    code = compile("\n".join(lines), f"<gamed pipeline {phase}>", "exec")
+    exec(code, env)
+    fused: Callable[..., Any] = env["fused"]
+    return fused
 
 
 @dataclass(slots=True, frozen=True)
@@ -52,6 +109,18 @@ class Pipeline:
         self.failures: dict[tuple[str, str], int] = {}
         #: Called as on_failure(plugin_name, phase) -- the metrics hook.
         self.on_failure: Callable[[str, str], None] | None = None
+        #: ``bool(pipeline)`` as a plain attribute, for the per-frame test.
+        self.active = bool(self.middleware)
+        # The hooks that do something (noop_hook-marked ones are left out), each with
+        # its plugin, and the fused call of each phase (see _compile).
+        self._befores = tuple(
+            (mw, mw.before_process) for mw in self.middleware if not _is_noop(mw.before_process)
+        )
+        self._afters = tuple(
+            (mw, mw.after_process) for mw in self.middleware if not _is_noop(mw.after_process)
+        )
+        self._fused_before = _compile("before", [h for _, h in self._befores])
+        self._fused_after = _compile("after", [h for _, h in self._afters])
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -77,39 +146,76 @@ class Pipeline:
             self._timing = not self._tick % TIMER_SAMPLE
             if self._timing:
                 return self._timed_before(timer, ctx, message)
-        for mw in self.middleware:
+        try:
+            outcome, vetoed_by = self._fused_before(ctx, message)
+        except Exception:
+            outcome, vetoed_by = self._isolate_before(ctx, message, sys.exc_info()[2])
+        if vetoed_by >= 0 and timer is not None:
+            timer.middleware_vetoed(self._befores[vetoed_by][0].name)
+        return outcome
+
+    def _failed_at(self, tb: TracebackType | None) -> tuple[int, dict[str, Any]]:
+        """The index of the hook that raised in a fused call, and that call's locals."""
+        while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<gamed pipeline"):
+            tb = tb.tb_next
+        assert tb is not None, "an exception from outside the fused call"
+        phase = tb.tb_frame.f_code.co_filename.removeprefix("<gamed pipeline ").rstrip(">")
+        return (tb.tb_lineno - 2) // _LINES_PER_HOOK[phase], tb.tb_frame.f_locals
+
+    def _isolate_before(
+        self, ctx: IMessageContext, message: object, tb: TracebackType | None
+    ) -> tuple[object, int]:
+        """A hook raised in the fused call: count it, then run the rest one by one."""
+        failed, local = self._failed_at(tb)
+        message = local.get("message", message)
+        self._failed(self._befores[failed][0], "before")
+        for i in range(failed + 1, len(self._befores)):
+            mw, hook = self._befores[i]
             try:
-                outcome = mw.before_process(ctx, message)
+                outcome = hook(ctx, message)
             except Exception:
                 self._failed(mw, "before")
                 continue
             if outcome is None:
                 continue
             if isinstance(outcome, Veto):
-                if timer is not None:
-                    timer.middleware_vetoed(mw.name)
-                return outcome
+                return outcome, i
             message = outcome
-        return message
+        return message, -1
 
     def after(self, ctx: IMessageContext, message: object, result: object) -> None:
-        timer = self.timer if self._timing else None
-        for mw in self.middleware:
-            started = perf_counter() if timer is not None else 0.0
+        if self._timing and self.timer is not None:
+            self._timed_after(self.timer, ctx, message, result)
+            return
+        try:
+            self._fused_after(ctx, message, result)
+        except Exception:
+            failed, _ = self._failed_at(sys.exc_info()[2])
+            self._failed(self._afters[failed][0], "after")
+            for mw, hook in self._afters[failed + 1 :]:
+                try:
+                    hook(ctx, message, result)
+                except Exception:
+                    self._failed(mw, "after")
+
+    def _timed_after(
+        self, timer: IPipelineObserver, ctx: IMessageContext, message: object, result: object
+    ) -> None:
+        for mw, hook in self._afters:
+            started = perf_counter()
             try:
-                mw.after_process(ctx, message, result)
+                hook(ctx, message, result)
             except Exception:
                 self._failed(mw, "after")
-            if timer is not None:
-                timer.middleware_timed(mw.name, "after", perf_counter() - started)
+            timer.middleware_timed(mw.name, "after", perf_counter() - started)
 
     def _timed_before(
         self, timer: IPipelineObserver, ctx: IMessageContext, message: object
     ) -> object:
-        for mw in self.middleware:
+        for mw, hook in self._befores:
             started = perf_counter()
             try:
-                outcome = mw.before_process(ctx, message)
+                outcome = hook(ctx, message)
             except Exception:
                 self._failed(mw, "before")
                 outcome = None

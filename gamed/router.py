@@ -258,8 +258,9 @@ class Router:
         self.metrics.received[tag] += 1
         ctx = conn.ctx
         pipeline = self.pipeline
+        active = pipeline.active
         result: Refusal | None = None
-        if pipeline:
+        if active:
             outcome = pipeline.before(ctx, msg)
             if isinstance(outcome, Veto):
                 result = Refusal(outcome.code, outcome.message, outcome.close)
@@ -280,7 +281,7 @@ class Router:
                 conn.disconnect(result.code, result.message, reason="refused")
             else:
                 conn.send_error(result.code, result.message)
-        if pipeline:
+        if active:
             pipeline.after(ctx, msg, result)
         self.metrics.processing[tag].observe(perf_counter() - started)
 

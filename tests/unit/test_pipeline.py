@@ -165,6 +165,67 @@ def test_failure_in_after_is_counted_and_the_rest_still_run() -> None:
     assert hooks == [("bad", "after")]
 
 
+def test_fused_call_isolates_a_failure_between_a_replacement_and_a_veto() -> None:
+    """The fused fast path: after a hook raises, the next ones run with the message as
+    replaced so far, and a later veto still ends the run (with the right plugin named)."""
+    log: list = []
+    vetoes: list = []
+
+    class Timer:
+        def middleware_timed(self, name: str, phase: str, seconds: float) -> None:
+            pass
+
+        def middleware_vetoed(self, name: str) -> None:
+            vetoes.append(name)
+
+    p = Pipeline(
+        [
+            Recorder("a", log, before=lambda m: m + "!"),
+            Recorder("bad", log, before=boom, after=boom),
+            Recorder("c", log, before=lambda m: Veto(403, m) if m == "no!" else None),
+            Recorder("d", log, after=boom),
+            Recorder("e", log),
+        ]
+    )
+    p.timer = Timer()
+    assert p.before(CTX, "hi") == "hi!"
+    assert [e[:3] for e in log] == [
+        ("a", "before", "hi"),
+        ("bad", "before", "hi!"),
+        ("c", "before", "hi!"),
+        ("d", "before", "hi!"),
+        ("e", "before", "hi!"),
+    ]
+    assert p.before(CTX, "no") == Veto(403, "no!")
+    assert vetoes == ["c"]
+    log.clear()
+    p.after(CTX, "m", None)
+    assert [e[0] for e in log] == ["a", "bad", "c", "d", "e"]
+    assert p.failures == {("bad", "before"): 2, ("bad", "after"): 1, ("d", "after"): 1}
+
+
+def test_a_noop_hook_is_not_called() -> None:
+    from gamed.pipeline import noop_hook
+
+    calls: list = []
+
+    @implementer(IMiddleware)
+    class AfterOnly:
+        name = "after-only"
+
+        @noop_hook
+        def before_process(self, ctx, message):
+            calls.append("before")  # pragma: no cover - never called
+
+        def after_process(self, ctx, message, result):
+            calls.append("after")
+
+    p = Pipeline([AfterOnly()])
+    assert p.before(CTX, "m") == "m"
+    p.after(CTX, "m", None)
+    assert calls == ["after"]
+
+
 def test_failure_without_on_failure_hook_is_still_counted() -> None:
     p = Pipeline([Recorder("bad", [], before=boom)])
     assert p.on_failure is None

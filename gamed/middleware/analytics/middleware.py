@@ -56,6 +56,7 @@ from gamed.middleware.analytics.store import (
 )
 from gamed.middleware.analytics.web import AnalyticsResource, SseClient
 from gamed.middleware.registry import PluginEnvironment, PluginFactory, PluginParts
+from gamed.pipeline import noop_hook
 from gamed.store import describe_error, preflight
 
 _log = Logger()
@@ -639,6 +640,7 @@ class AnalyticsMiddleware:
     def _recap(self) -> None:
         self._cap = self.hub.queue_size
 
+    @noop_hook  # the pipeline does not call it
     def before_process(self, ctx: IMessageContext, message: object) -> None:
         return None
 
