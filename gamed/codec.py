@@ -48,6 +48,16 @@ def frame(msg: Any) -> bytes:
     return _PREFIX.pack(len(payload)) + payload
 
 
+def frame_chat(msg: m.ChatMessage) -> bytes:
+    """``frame(msg)`` for a ChatMessage, the one message broadcast per chat: no dispatch."""
+    payload = _dumps({"ChatMessage": msg})
+    return _pack(len(payload)) + payload
+
+
+_dumps = orjson.dumps
+_pack = _PREFIX.pack
+
+
 def frame_payload(payload: bytes) -> bytes:
     return _PREFIX.pack(len(payload)) + payload
 

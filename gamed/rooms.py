@@ -135,6 +135,20 @@ class RoomService:
         self.bytes_out += n * len(frame)
         return n
 
+    def broadcast_chat(self, room: Room, frame: bytes) -> int:
+        """A chat to every member of ``room`` (the caller has the room), counted as a chat.
+
+        ``record_message`` and ``broadcast`` in one call, without a second lookup.
+        """
+        room.message_count += 1
+        room.last_activity = self._clock.seconds()
+        for member in room.members.values():
+            member.send_frame(frame)
+        n = len(room.members)
+        self.total_broadcast_frames += n
+        self.bytes_out += n * len(frame)
+        return n
+
     def record_message(self, room: Room) -> None:
         """Count a chat in ``room`` and mark it active."""
         room.message_count += 1

@@ -413,8 +413,7 @@ class Router:
                     f"chat contains a control character (U+{ord(bad.group()):04X}); "
                     "only tab and newline are allowed",
                 )
-        self.rooms.record_message(room)
-        self.metrics.chat_deliveries += self.rooms.broadcast(room.room_id, codec.frame(msg))
+        self.metrics.chat_deliveries += self.rooms.broadcast_chat(room, codec.frame_chat(msg))
 
     def _on_game_message(self, conn: IConnection, msg: Any) -> None:
         self._room_id(msg.room_id)

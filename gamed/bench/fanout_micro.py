@@ -177,13 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--members", type=int, default=20)
     ap.add_argument("--chats", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2000, help="chats before the timed rounds")
     ap.add_argument("--middleware", default=None, help="as gamed's --middleware (default: all)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gamed-micro-") as d:
         router, factory, reactor = build(args.middleware, d)
         rooms = setup(factory, reactor, args.rooms, args.members)
-        run_round(rooms, reactor, min(args.chats, 2000), router)  # warm-up
+        run_round(rooms, reactor, args.warmup, router)
         gc.collect()
         times = [run_round(rooms, reactor, args.chats, router) for _ in range(args.repeat)]
     us = sorted(t * 1e6 for t in times)

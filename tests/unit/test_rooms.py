@@ -261,3 +261,15 @@ def test_without_subscribers_nothing_breaks() -> None:
     rooms.join(alice, 1)
     assert rooms.leave(alice, 1) is not None
     assert len(rooms) == 0
+
+
+def test_broadcast_chat_counts_the_chat_and_writes_to_every_member(h: Harness) -> None:
+    a, b = Member(1), Member(2)
+    room = h.rooms.join(a, 5)
+    h.rooms.join(b, 5)
+    h.clock.advance(7)
+    frame = b"\x00\x00\x00\x02{}"
+    assert h.rooms.broadcast_chat(room, frame) == 2
+    assert a.frames == [frame] and b.frames == [frame]
+    assert (room.message_count, room.last_activity) == (1, h.clock.seconds())
+    assert (h.rooms.total_broadcast_frames, h.rooms.bytes_out) == (2, 12)
