@@ -68,6 +68,9 @@ class Scenario:
     #: "lower" (cost = % less than without), "higher" (% more) or "diff" (absolute);
     #: the label names the unit.
     costs: tuple[tuple[str, str, str], ...] = ()
+    #: Run on a freshly started server in every repeat (RSS per connection: a server
+    #: that held connections before reuses the memory they freed).
+    fresh: bool = False
 
 
 def suite_scenarios(quick: bool, users: int | None = None) -> list[Scenario]:
@@ -101,6 +104,7 @@ def suite_scenarios(quick: bool, users: int | None = None) -> list[Scenario]:
                 ("connects_per_s", "connects/s", True),
                 *err,
             ),
+            fresh=True,
         ),
         Scenario(
             "fanout 50x20 w2",
@@ -572,6 +576,11 @@ def goal_rows(
             verdict = "met" if value <= g.bound else f"MISSED by {value - g.bound:.2f}"
             rows.append([g.label, f"<= {g.bound}", shown, verdict])
             continue
+        base = medians.get("gamed-baseline", {}).get(key, {}).get(g.metric)
+        if isinstance(value, int | float) and isinstance(base, int | float) and base:
+            r = value / base
+            shown = f"{r:.2f}x ({shown} vs baseline {human(base)})"
+            verdict = "met" if r >= 1.0 else f"lower by {(1 - r) * 100:.0f}% (noise?)"
         rows.append([g.label, "no lower than before", shown, verdict])
     return rows
 
@@ -763,6 +772,17 @@ def run_suite(args: argparse.Namespace) -> int:
             print(f"gamed: middleware {mw}", file=sys.stderr)
         else:
             print(f"note: gamed skipped: {support.reason}", file=sys.stderr)
+        if args.baseline and support.ok:
+            # The same gamed (every default plugin) from another checkout, in the same
+            # run: its code first on the path (twistd finds its plugin there too).
+            src = str(Path(args.baseline).resolve())
+            base_t = next(t for t in targets if t.name == "gamed")
+            argv = ["env", f"PYTHONPATH={src}", *base_t.argv]
+            if "--data-dir" in argv:  # a database of its own
+                i = argv.index("--data-dir") + 1
+                argv[i] = str(workdir / "data-gamed-baseline")
+                Path(argv[i]).mkdir(parents=True, exist_ok=True)
+            targets.append(Target("gamed-baseline", argv, cwd=base_t.cwd))
         if args.targets:
             wanted = set(args.targets.split(","))
             targets = [t for t in targets if t.name in wanted]
@@ -789,6 +809,12 @@ def run_suite(args: argparse.Namespace) -> int:
                 todo = [t for t in live if t.name not in sc.skip]
                 if rep % 2:  # ABC CBA ...: drift over a repeat hits every target alike
                     todo.reverse()
+                if sc.fresh and rep > 0:
+                    for t in todo:
+                        stop(t)
+                        t.problem = ""
+                        if not start(t, workdir):
+                            print(f"FAILED to restart {t.name}: {t.problem}", file=sys.stderr)
                 for t, res in run_scenario(sc, todo, user_base, room_base):
                     n += 1
                     if res is None:
@@ -878,6 +904,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--targets", default="", help="comma list of target names to keep")
     ap.add_argument("--scenarios", default="", help="comma list of scenario name parts to keep")
     ap.add_argument("--keep-logs", action="store_true", help="keep the children's logs")
+    ap.add_argument(
+        "--baseline",
+        default="",
+        help="a checkout of gamed (e.g. `git worktree add /tmp/base main`) run as the "
+        "'gamed-baseline' target: before/after in one run",
+    )
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.repeat < 1:
