@@ -27,7 +27,7 @@ from zope.interface import implementedBy, providedBy
 from zope.interface.verify import verifyObject
 
 import gamed
-from gamed.bench import hot_path_micro, wsframe
+from gamed.bench import fanout_micro, hot_path_micro, wsframe
 from gamed.events import EventBus
 from gamed.games import Games, NullGames
 from gamed.middleware.analytics.middleware import AnalyticsMiddleware
@@ -92,6 +92,7 @@ CASES: dict[type, Callable[[MemoryServer], Any]] = {
     PipelineTimer: lambda tree: PipelineTimer(),
     SseClient: lambda tree: SseClient(DummyRequest([b""]), None, 1024),
     hot_path_micro._Ctx: lambda tree: hot_path_micro._Ctx(Clock()),
+    fanout_micro._Reactor: lambda tree: fanout_micro._Reactor(),
     # The unit fakes stand in for these seams; they must keep to them.
     Ctx: lambda tree: Ctx(),
     FakeConnection: lambda tree: FakeConnection(tree.router),
