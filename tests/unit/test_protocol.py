@@ -120,6 +120,62 @@ def test_client_that_does_not_read_is_dropped_not_buffered() -> None:
     assert h.metric("gamed_disconnects_total", reason="slow") == 1
 
 
+class BufferedTransport(StringTransport):
+    """A StringTransport with the buffer a Twisted FileDescriptor keeps (what the sweep reads)."""
+
+    bufferSize = 1000
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.dataBuffer = b""
+        self.offset = 0
+        self._tempDataLen = 0
+
+    def hold(self, n: int) -> None:
+        """Pretend ``n`` bytes are written and not yet sent."""
+        self._tempDataLen = n
+
+
+def test_the_sweep_pauses_counts_resumes_and_drops_a_client_that_does_not_read() -> None:
+    """The sweep replaces the producer Twisted used to pause: over the transport's mark the
+    connection is paused and what is still sent to it counts against --max-outgoing-bytes;
+    under the mark it is resumed; past mark + limit it is dropped as slow."""
+    h = Harness(max_outgoing_bytes=4096)
+    a = h.client()
+    a.connect(1)
+    t = BufferedTransport()
+    a.proto.transport = t  # the same protocol, now on a transport with a buffer
+    sweep = h.factory.sweep
+    t.hold(1500)  # over the 1000-byte mark
+    sweep.check(a.proto, t)
+    assert a.proto.paused and a.proto in sweep.paused
+    a.proto.send_frame(b"x" * 3000)  # counted: 3000 of 4096
+    assert not a.proto.closing
+    t.hold(500)  # drained under the mark
+    sweep.sweep()
+    assert not a.proto.paused and a.proto not in sweep.paused
+    a.proto.send_frame(b"x" * 3000)  # a fresh count after the resume
+    assert not a.proto.closing
+    t.hold(1000 + 4097)  # past the mark by more than the limit between two sweeps
+    sweep.check(a.proto, t)
+    assert a.proto.closing and a.proto.close_reason == "slow"
+    assert h.metric("gamed_disconnects_total", reason="slow") == 0  # counted when lost
+    a.lose()
+    assert h.metric("gamed_disconnects_total", reason="slow") == 1
+
+
+def test_the_idle_sweep_runs_only_while_connections_are_watched() -> None:
+    h = Harness(idle_timeout=5)
+    c = h.client()
+    assert len(h.clock.getDelayedCalls()) == 1  # one timer for the listener
+    d = h.client()
+    assert len(h.clock.getDelayedCalls()) == 1  # still one
+    c.lose()
+    d.lose()
+    h.clock.advance(1)
+    assert h.clock.getDelayedCalls() == []
+
+
 def test_backlog_resets_when_transport_drains() -> None:
     h = Harness(max_outgoing_bytes=4096)
     a = h.client()
