@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
 
+from tests.integration.browser import is_script_error, open_chromium, require_browser
 from tests.integration.helpers import GamedProcess
 
 
@@ -56,3 +58,32 @@ def server(shared_server: GamedProcess) -> Iterator[GamedProcess]:
     shared_server.close_clients()
     assert shared_server.proc.poll() is None, "a test stopped the shared server: use gamed()"
     shared_server.wait_idle()
+
+
+@pytest.fixture
+def chromium(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., webdriver.Chrome]]:
+    """``chromium(width=, height=, phone=)``: a new headless Chromium WebDriver (its own
+    profile, tests/integration/browser.py); all quit at teardown, and a script error in any
+    page's console fails the test."""
+    require_browser()
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager: never download a driver
+    drivers: list[webdriver.Chrome] = []
+
+    def start(width: int = 1280, height: int = 900, phone: bool = False) -> webdriver.Chrome:
+        driver = open_chromium(tmp_path, len(drivers), width, height, phone)
+        drivers.append(driver)
+        return driver
+
+    yield start
+    # A script error on any page fails the test (its console, read before the browser quits).
+    errors: list[str] = []
+    for d in drivers:
+        try:
+            errors += [e["message"] for e in d.get_log("browser") if is_script_error(e)]
+        except Exception as e:  # a browser that died: say so, and still quit the others
+            errors.append(f"could not read the console: {e!r}")
+        finally:
+            d.quit()
+    assert not errors, f"errors in the page's console: {errors}"

@@ -2,62 +2,31 @@
 ``twistd -n gamed`` (its WebSocket port serves the page at / and the socket at /ws).
 
 Debian's ``chromium`` and ``chromium-driver`` are required (`.ci/install-deps.sh` installs them
-during ``make test``): without them these tests fail, they are never skipped. Selenium is told
-where the driver and the browser are, and runs offline, so it never downloads anything. Every wait
+during ``make test``): without them these tests fail, they are never skipped. The browsers are
+set up in tests/integration/browser.py (offline: nothing is ever downloaded). Every wait
 is a bounded WebDriverWait. Screenshots of the page go to ``test-artifacts/`` (gitignored).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from gamed import token as gamed_token
+from tests.integration.browser import ROOT, WAIT, screenshot
 from tests.integration.helpers import GamedProcess
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-WAIT = 15.0  # seconds: the bound of every wait on the page
-# The flags this machine (and CI) needs: no sandbox as root, no GPU, nothing fetched.
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-)
-
-
-def _require_browser() -> None:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if missing:
-        pytest.fail(
-            f"the browser tests need Debian's chromium and chromium-driver ({', '.join(missing)} "
-            "missing): run `bash .ci/install-deps.sh` (make test does) or "
-            "`apt-get install chromium chromium-driver`",
-            pytrace=False,
-        )
-
 
 # -- the server and the browsers ------------------------------------------------------------
 
@@ -75,52 +44,17 @@ def start_server(gamed: Any) -> Callable[..., tuple[GamedProcess, str]]:
 
 
 @pytest.fixture
-def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Page]]:
-    """``browser(url)``: a new headless Chromium (its own profile) on the page; all quit at teardown."""
-    _require_browser()
-
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager: never download a driver
-    drivers: list[webdriver.Chrome] = []
+def browser(chromium: Callable[..., webdriver.Chrome]) -> Callable[..., Page]:
+    """``browser(url)``: a new headless Chromium (its own profile) on the page; all quit at
+    teardown, a script error in its console failing the test (the ``chromium`` fixture,
+    tests/integration/conftest.py)."""
 
     def open_page(url: str, width: int = 1280, height: int = 900, phone: bool = False) -> Page:
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for flag in CHROMIUM_FLAGS:
-            options.add_argument(flag)
-        profile = tmp_path / f"chromium-profile-{len(drivers)}"
-        options.add_argument(f"--user-data-dir={profile}")
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console
-        if phone:  # a window cannot be that narrow: emulate the phone's screen instead
-            metrics = {"width": width, "height": height, "pixelRatio": 1.0, "mobile": True}
-            options.add_experimental_option("mobileEmulation", {"deviceMetrics": metrics})
-        else:
-            options.add_argument(f"--window-size={width},{height}")
-        service = Service(
-            executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")
-        )
-        driver = webdriver.Chrome(service=service, options=options)
-        drivers.append(driver)
-        driver.set_page_load_timeout(WAIT)
-        driver.set_script_timeout(WAIT)
+        driver = chromium(width, height, phone)
         driver.get(url)
         return Page(driver)
 
-    yield open_page
-    # A script error on any page fails the test (its console, read before the browser quits).
-    errors: list[str] = []
-    for d in drivers:
-        try:
-            errors += [e["message"] for e in d.get_log("browser") if _is_script_error(e)]
-        except Exception as e:  # a browser that died: say so, and still quit the others
-            errors.append(f"could not read the console: {e!r}")
-        finally:
-            d.quit()
-    assert not errors, f"errors in the page's console: {errors}"
-
-
-def _is_script_error(entry: dict[str, Any]) -> bool:
-    # "javascript" and "console-api" sources; a refused or closed socket is "network".
-    return entry.get("level") == "SEVERE" and entry.get("source") != "network"
+    return open_page
 
 
 class Page:
@@ -187,11 +121,7 @@ class Page:
         self.click("chat-send")
 
     def screenshot(self, name: str) -> Path:
-        ARTIFACTS.mkdir(exist_ok=True)
-        path = ARTIFACTS / name
-        self.driver.execute_script("window.scrollTo(0, 0)")
-        assert self.driver.save_screenshot(str(path)), f"no screenshot at {path}"
-        return path
+        return screenshot(self.driver, name)
 
 
 def connected(page: Page, user_id: int, nickname: str, room: int) -> None:
