@@ -188,6 +188,40 @@ class Games:
         game = self._games.get(room_id)
         return None if game is None else game.status
 
+    def game_detail(self, room_id: int) -> dict[str, Any] | None:
+        """The room's game for an operator; reads ``self._games`` (no cache, no side effects)."""
+        game = self._games.get(room_id)
+        if game is None:
+            return None
+        current = game.current
+        timer = game.timer
+        left: float | None = None
+        if current is not None and timer is not None and timer.active():
+            left = round(max(0.0, timer.getTime() - self._clock.seconds()), 3)
+        return {
+            "status": game.status,
+            "round": game.round,
+            "round_limit": self.round_limit,
+            "current_turn": current.user_id if current is not None else None,
+            "turn_time_left": left,
+            "turn_timeout": self.turn_timeout,
+            "created_at": game.created_at,
+            "live_at": game.live_at,
+            "players": [
+                {
+                    "user_id": p.user_id,
+                    "nickname": p.nickname,
+                    "score": p.score,
+                    "ready": p.ready,
+                    "away": p.away,
+                }
+                for p in game.players
+            ],
+        }
+
+    def is_away(self, user_id: int) -> bool:
+        return user_id in self._away
+
     def game_of_user(self, user_id: int) -> int | None:
         """Room id of the game ``user_id`` plays in, or None (read through ``user_game:``)."""
         key = f"user_game:{user_id}"
@@ -538,6 +572,12 @@ class NullGames:
 
     def game_of_user(self, user_id: int) -> int | None:
         return None
+
+    def game_detail(self, room_id: int) -> dict[str, Any] | None:
+        return None
+
+    def is_away(self, user_id: int) -> bool:
+        return False
 
     def reclaim(self, user_id: int) -> int | None:
         return None

@@ -30,6 +30,9 @@ class IConnection(IRoomClient):
     user_id = Attribute("int | None: None until Connect succeeds; the router sets it")
     nickname = Attribute("str: the nickname given at Connect or RoomJoin; the router sets it")
     ctx = Attribute("IMessageContext: what middleware may know of this connection")
+    transport_name = Attribute(
+        "str: what carries the frames, 'tcp' or 'ws' (metrics labels, /stats/rooms/{id})"
+    )
     bytes_in = Attribute("int: bytes received from the peer so far")
     bytes_out = Attribute(
         "int: bytes of messages sent with send(); frames from send_frame are counted by "
@@ -104,6 +107,13 @@ class IRoomService(Interface):
 
     def room_of(user_id: int) -> object:
         """The room the user is in, or None."""
+
+    def get(room_id: int) -> object:
+        """The room (``gamed.rooms.Room``: ``members``, counts, activity times), or None.
+        A read: monitoring (``/stats/rooms``) must not change anything through it."""
+
+    def rooms() -> list:
+        """Every room now (a new list: the caller may sort it); for monitoring."""
 
 
 class IMessageContext(Interface):
@@ -242,6 +252,15 @@ class IGameService(Interface):
 
     def game_of_user(user_id: int) -> int | None:
         """The room id of the game ``user_id`` plays in, or None."""
+
+    def game_detail(room_id: int) -> dict | None:
+        """The room's game for an operator (``/stats/rooms/{id}``), or None: status, round,
+        round_limit, current_turn (a user id or None), turn_time_left (seconds or None),
+        turn_timeout, created_at, live_at, and players (user_id, nickname, score, ready,
+        away). A read for monitoring: no cache access, no side effects."""
+
+    def is_away(user_id: int) -> bool:
+        """True while ``user_id``'s connection is gone and its seat is held; no side effects."""
 
     def reclaim(user_id: int) -> int | None:
         """A new connection for ``user_id`` arrived: the room id of a held seat, or None."""

@@ -329,6 +329,8 @@ class PartialFrames:
 class GameProtocol(Int32StringReceiver):
     """A client on a TCP stream of 4-byte length-prefixed frames."""
 
+    transport_name = "tcp"
+
     # Set by makeConnection / connectionMade before any other method runs.
     transport: IStreamTransport
     ctx: ConnectionContext

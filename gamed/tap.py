@@ -316,6 +316,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
             },
             room_sections={n: p.room_stats for n, p in parts if p.room_stats is not None},
             extra={k: v for _, p in parts for k, v in p.resources.items()},
+            admin=admin,
         )
         web = strports.service(with_backlog(settings.metrics_port), site, reactor=reactor)
         web.setName("http-listener")

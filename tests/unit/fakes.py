@@ -85,6 +85,8 @@ class FakeConnection:
     ``lose`` play the transport's part.
     """
 
+    transport_name = "fake"
+
     def __init__(
         self,
         handler: IConnectionHandler | None = None,

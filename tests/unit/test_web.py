@@ -147,7 +147,10 @@ def test_stats_sections_and_extra_resources(server: MemoryServer) -> None:
     assert site.getResourceFor(request).render(request) == b"hello"
     request = DummyRequest([b""])
     root = orjson.loads(site.getResourceFor(request).render(request))
-    assert root == {"gamed": __version__, "endpoints": ["healthz", "hello", "metrics", "stats"]}
+    assert root == {
+        "gamed": __version__,
+        "endpoints": ["console", "healthz", "hello", "metrics", "stats"],
+    }
 
 
 # -- / and unknown paths -----------------------------------------------------------------------
@@ -158,7 +161,7 @@ def test_root_lists_endpoints(server: MemoryServer) -> None:
     assert code == 200
     assert orjson.loads(body) == {
         "gamed": __version__,
-        "endpoints": ["healthz", "metrics", "stats"],
+        "endpoints": ["console", "healthz", "metrics", "stats"],
     }
 
 

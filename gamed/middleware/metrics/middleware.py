@@ -16,6 +16,8 @@ Configuration, ``[middleware.metrics]`` (docs/metrics.md):
 from __future__ import annotations
 
 import heapq
+import math
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from time import perf_counter
@@ -27,9 +29,12 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from gamed.config import PluginConfigError, Settings, check_plugin_keys, plugin_number
+from gamed.httputil import json_response
 from gamed.interfaces import IFrameObserver, IMessageContext, IMiddleware, IServerControl
 from gamed.middleware.metrics.prom import PipelineTimer, RoomSeries
 from gamed.middleware.metrics.window import (
@@ -44,6 +49,18 @@ _log = Logger(namespace="gamed.metrics")
 
 NAME = "metrics"
 MB = 1024 * 1024
+#: Seconds of snapshots kept for GET /history (the console's charts).
+HISTORY_SECONDS = 600.0
+#: The fields of each /history point, in order.
+HISTORY_FIELDS = (
+    "timestamp",
+    "connections",
+    "sessions",
+    "messages_per_second",
+    "p95_ms",
+    "memory_mb",
+    "cpu_percent",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +204,8 @@ class MetricsCollector:
         self.timer = PipelineTimer()
         self.room_series = RoomSeries()
         self.snapshot: dict[str, Any] | None = None
+        #: The last HISTORY_SECONDS of snapshots, one HISTORY_FIELDS tuple each.
+        self.history: deque[tuple[float, ...]] = deque(maxlen=self._history_len(config))
         self._window_start = clock.seconds()
         self._messages_mark = middleware.messages
         self._errors_mark = middleware.errors
@@ -266,6 +285,17 @@ class MetricsCollector:
             "middleware_mean_us": self.timer.mean_microseconds(),
         }
         self.snapshot = snapshot
+        self.history.append(
+            (
+                now,
+                snapshot["connections"],
+                snapshot["sessions"],
+                snapshot["messages_per_second"],
+                latency["p95"],
+                snapshot["memory_mb"],
+                snapshot["cpu_percent"],
+            )
+        )
         if self.config.log:
             _log.info(
                 "metrics: {connections} conn, {messages_per_second:.1f} msg/s, "
@@ -282,6 +312,26 @@ class MetricsCollector:
                 metrics=snapshot,
             )
         return snapshot
+
+    @staticmethod
+    def _history_len(config: MetricsConfig) -> int:
+        return max(2, math.ceil(HISTORY_SECONDS / config.collection_interval))
+
+    def set_config(self, config: MetricsConfig) -> None:
+        """A reloaded config: a new collection interval resizes the history (newest kept)."""
+        self.config = config
+        size = self._history_len(config)
+        if size != self.history.maxlen:
+            self.history = deque(self.history, maxlen=size)
+
+    def history_view(self) -> dict[str, Any]:
+        """GET /history: the last ten minutes of snapshots, oldest first (no user in them)."""
+        return {
+            "seconds": HISTORY_SECONDS,
+            "collection_interval": self.config.collection_interval,
+            "fields": list(HISTORY_FIELDS),
+            "points": [list(p) for p in self.history],
+        }
 
     def _connections(self) -> int:
         return self.control.connection_count() if self.control is not None else 0
@@ -382,7 +432,7 @@ class MetricsService(Service):
 
     def reconfigure(self, config: MetricsConfig) -> None:
         old = self.collector.config
-        self.collector.config = config
+        self.collector.set_config(config)
         self.collector.activity.span = config.room_window
         if config.latency_samples != old.latency_samples:
             self.collector.mw.latency = LatencyRing(config.latency_samples)
@@ -390,6 +440,20 @@ class MetricsService(Service):
             if self._loop is not None and self._loop.running:
                 self._loop.stop()
             self._start_loop()
+
+
+class HistoryPage(Resource):
+    """``/history``: the last ten minutes of snapshots (the console seeds its charts from it).
+    Counts only, like /stats: as open as the HTTP port."""
+
+    isLeaf = True
+
+    def __init__(self, collector: MetricsCollector) -> None:
+        super().__init__()
+        self.collector = collector
+
+    def render_GET(self, request: Request) -> bytes:
+        return json_response(request, 200, self.collector.history_view())
 
 
 def make_plugin(env: PluginEnvironment) -> PluginParts:
@@ -409,6 +473,7 @@ def make_plugin(env: PluginEnvironment) -> PluginParts:
         service=service,
         stats=collector.stats,
         room_stats=collector.room_stats,
+        resources={b"history": HistoryPage(collector)},
         reload=reload,
     )
 

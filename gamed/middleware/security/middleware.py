@@ -20,6 +20,7 @@ import heapq
 import math
 import os
 import sys
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,8 @@ WINDOW = 60.0  # seconds: the rate limits are per minute
 FLUSH_INTERVAL = 1.0  # seconds between writes of block changes to SQLite
 BAN = math.inf  # a block's ``until`` for a permanent (admin) ban
 _NEVER = sys.maxsize  # a limit that is off
+#: Decisions kept for GET /admin/blocks (the console's security page).
+RECENT_DECISIONS = 200
 
 
 class Ledger:
@@ -182,6 +185,11 @@ class SecurityMiddleware:
         self.user_blocks: dict[int, Block] = {}
         self.ip_blocks: dict[str, Block] = {}
         self.decisions: dict[tuple[str, str], int] = {}
+        #: The last RECENT_DECISIONS decisions (when, rule, action, user, address, detail),
+        #: newest last: GET /admin/blocks shows them (the console's security page).
+        self.recent: deque[tuple[float, str, str, int | None, str | None, str]] = deque(
+            maxlen=RECENT_DECISIONS
+        )
         self._last_log: dict[tuple[str, str], float] = {}
         self._suppressed: dict[tuple[str, str], int] = {}
         self._counter = Counter(
@@ -636,6 +644,9 @@ class SecurityMiddleware:
             child = self._children[key] = self._counter.labels(rule, action)
         child.inc()
         now = self._seconds()
+        ctx = cs.ctx if cs is not None else None
+        host = cs.key if cs is not None else None
+        self.recent.append((now, rule, action, getattr(ctx, "user_id", None), host, detail))
         if (
             not always
             and now - self._last_log.get(key, -math.inf) < self.policy.log_interval_seconds
@@ -644,14 +655,13 @@ class SecurityMiddleware:
             return
         self._last_log[key] = now
         suppressed = self._suppressed.pop(key, 0)
-        ctx = cs.ctx if cs is not None else None
         _log.info(
             "security {action} ({rule}): {detail}; user {user_id} from {host}{more}",
             action=action,
             rule=rule,
             detail=detail,
             user_id=getattr(ctx, "user_id", None),
-            host=cs.key if cs is not None else None,
+            host=host,
             more=f" (+{suppressed} similar not logged)" if suppressed else "",
         )
 
@@ -866,6 +876,36 @@ class SecurityMiddleware:
             )
         out["block"] = b.as_json(now) if b is not None and b.until > now else None
         return out
+
+    def blocks_view(self, limit: int = RECENT_DECISIONS) -> dict[str, Any]:
+        """Active blocks and bans (soonest to end first, bans last) and the recent
+        decisions, newest first: GET /admin/blocks."""
+        now = self._seconds()
+
+        def rows(blocks: dict[Any, Block], key: str) -> list[dict[str, Any]]:
+            live = sorted(
+                ((b.until, k, b) for k, b in blocks.items() if b.until > now),
+                key=lambda t: (t[0], str(t[1])),
+            )
+            return [{key: k, **b.as_json(now)} for _until, k, b in live[:limit]]
+
+        return {
+            "now": now,
+            "users": rows(self.user_blocks, "user_id"),
+            "ips": rows(self.ip_blocks, "ip"),
+            "config_blocklist": [str(n) for n in self.policy.blocked_ips],
+            "recent": [
+                {
+                    "at": at,
+                    "rule": rule,
+                    "action": action,
+                    "user_id": uid,
+                    "ip": host,
+                    "detail": detail,
+                }
+                for at, rule, action, uid, host, detail in reversed(self.recent)
+            ][:limit],
+        }
 
     def ip_view(self, key: str) -> dict[str, Any]:
         now = self._seconds()

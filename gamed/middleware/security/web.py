@@ -104,24 +104,28 @@ class AdminResource(Resource):
         self.control = control
 
     def render(self, request: Request) -> bytes | int:
+        method = request.method.decode("ascii", "replace")
         try:
             self._authorize(request)
             seq = self.mw.store.seq
-            status, body = self._route(request, request.method.decode("ascii", "replace"))
+            status, body = self._route(request, method)
             if status == 200 and self.mw.store.seq != seq:
-                return self._when_durable(request, body, self.mw.store.seq)
+                return self._when_durable(request, method, body, self.mw.store.seq)
         except _HTTPError as e:
             if e.allow:
                 request.setHeader(b"allow", ", ".join(e.allow).encode())
             if e.status == 401:
                 request.setHeader(b"www-authenticate", b'Bearer realm="gamed-admin"')
+            self._audit(request, method, e.status, e.message)
             return json_response(request, e.status, {"error": e.message})
         except Exception as e:
             _log.failure("admin request {path} failed", path=request.path)
+            self._audit(request, method, 500, type(e).__name__)
             return json_response(request, 500, {"error": f"internal error: {type(e).__name__}"})
+        self._audit(request, method, status, "")
         return json_response(request, status, body)
 
-    def _when_durable(self, request: Request, body: dict[str, Any], seq: int) -> int:
+    def _when_durable(self, request: Request, method: str, body: dict[str, Any], seq: int) -> int:
         """Answer once change ``seq`` is on disk (200), or say why it is pending (202)."""
         store = self.mw.store
         d = store.wait(seq)
@@ -148,6 +152,7 @@ class AdminResource(Resource):
                 status, out = 200, {**body, "durable": True}
             else:
                 status, out = 202, {**body, "durable": False, "pending": True, "why": why}
+            self._audit(request, method, status, why or "")
             request.write(json_response(request, status, out))
             request.finish()
 
@@ -157,6 +162,24 @@ class AdminResource(Resource):
 
         d.addCallback(answer).addErrback(failed)
         return NOT_DONE_YET
+
+    @staticmethod
+    def _audit(request: Request, method: str, status: int, error: str) -> None:
+        """One log line per admin action (any method but GET), refused or not: the action
+        and its target are the path (``POST /admin/users/42/ban``), with the caller's
+        address and the answer. Reads are not logged (the console polls them)."""
+        if method in ("GET", "HEAD"):
+            return
+        peer = request.getClientAddress()
+        segments = [*(request.prepath or []), *(request.postpath or [])]
+        _log.info(
+            "admin {method} {path} from {peer}: {status}{error}",
+            method=method,
+            path="/" + b"/".join(segments).decode("utf-8", "replace"),
+            peer=getattr(peer, "host", str(peer)),
+            status=status,
+            error=f" ({error})" if error else "",
+        )
 
     def _authorize(self, request: Request) -> None:
         expected = self._token()
@@ -178,6 +201,9 @@ class AdminResource(Resource):
         if path == [b"security"]:
             need("GET")
             return 200, {**mw.stats(), "policy": mw.policy.summary()}
+        if path == [b"blocks"]:
+            need("GET")
+            return 200, mw.blocks_view()
         if path == [b"reload"]:
             need("POST")
             if self.control is None:
