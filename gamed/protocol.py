@@ -126,7 +126,18 @@ def buffered_bytes(transport: object) -> int | None:
         return None
 
 
-class OutputSweep:
+class _Periodic:
+    """A sweep driven by one re-armed ``DelayedCall`` (``_call``); ``stop`` cancels it."""
+
+    _call: IDelayedCall | None = None
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+class OutputSweep(_Periodic):
     """Finds clients that do not read: a periodic look at the transports with output queued.
 
     Twisted keeps what a socket would not take in the transport's buffer. Instead of
@@ -152,11 +163,6 @@ class OutputSweep:
     def start(self) -> None:
         if self._call is None and self._fds is not None:
             self._call = self._reactor.callLater(SWEEP_SECONDS, self._tick)
-
-    def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
 
     def _tick(self) -> None:
         self._call = None
@@ -198,7 +204,7 @@ class OutputSweep:
 IDLE_SWEEP_SECONDS = 1.0
 
 
-class IdleSweep:
+class IdleSweep(_Periodic):
     """The idle time-out of every connection of a factory, one timer for all.
 
     A timer per connection (a ``DelayedCall`` re-armed as frames arrive) cost about
@@ -215,11 +221,6 @@ class IdleSweep:
         self.conns.add(conn)
         if self._call is None:
             self._call = self._clock.callLater(IDLE_SWEEP_SECONDS, self._tick)
-
-    def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
 
     def _tick(self) -> None:
         self._call = None

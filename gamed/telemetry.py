@@ -252,6 +252,15 @@ class MessageCounter(Protocol):
     def messages(self) -> int: ...
 
 
+def _by_transport(
+    family: GaugeMetricFamily | CounterMetricFamily, total: float, ws: float
+) -> Metric:
+    """``family`` with a ``tcp`` sample (``total`` less ``ws``) and a ``ws`` sample."""
+    family.add_metric(["tcp"], total - ws)
+    family.add_metric(["ws"], ws)
+    return family
+
+
 class TransportCollector(Collector):
     """Open connections and messages received, by transport (tcp, ws).
 
@@ -273,24 +282,26 @@ class TransportCollector(Collector):
             ws_open = sum(
                 1 for c in router.connections if getattr(c, "transport_name", "tcp") == "ws"
             )
-        connections = GaugeMetricFamily(
-            "gamed_transport_connections",
-            "Open client connections, by transport",
-            labels=["transport"],
+        yield _by_transport(
+            GaugeMetricFamily(
+                "gamed_transport_connections",
+                "Open client connections, by transport",
+                labels=["transport"],
+            ),
+            total,
+            ws_open,
         )
-        connections.add_metric(["tcp"], total - ws_open)
-        connections.add_metric(["ws"], ws_open)
-        yield connections
         received = sum(router.metrics.received.values())
         ws_messages = ws.messages if ws is not None else 0
-        messages = CounterMetricFamily(
-            "gamed_transport_messages_received",
-            "Client messages received (frames on TCP, text messages on WebSocket), by transport",
-            labels=["transport"],
+        yield _by_transport(
+            CounterMetricFamily(
+                "gamed_transport_messages_received",
+                "Client messages received (frames on TCP, text messages on WebSocket), by transport",
+                labels=["transport"],
+            ),
+            received,
+            ws_messages,
         )
-        messages.add_metric(["tcp"], received - ws_messages)
-        messages.add_metric(["ws"], ws_messages)
-        yield messages
 
     def describe(self) -> list[Metric]:
         return []

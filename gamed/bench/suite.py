@@ -703,25 +703,42 @@ def websocket_summary(
                     per[key] = {**per[key], "rss_per_conn_kib": first}
     out: dict[str, Any] = {}
     fan_key = next((k for k in ws if k.startswith("fanout 50x20")), None)
+
+    def compare(
+        key: str, metric: str, ws_out: str, tcp_out: str, ratio: str, tcp_over_ws: bool = False
+    ) -> None:
+        a, b = ws[key].get(metric), tcp[key].get(metric)
+        if a and b:
+            out[ws_out] = a
+            out[tcp_out] = b
+            out[ratio] = round(b / a if tcp_over_ws else a / b, 3)
+
     if fan_key and fan_key in tcp:
-        a, b = ws[fan_key].get("deliveries_per_s"), tcp[fan_key].get("deliveries_per_s")
-        if a and b:
-            out["fanout_50x20_ws_per_s"] = a
-            out["fanout_50x20_tcp_per_s"] = b
-            out["fanout_ratio"] = round(a / b, 3)
-        a = ws[fan_key].get("server_cpu_us_per_delivery")
-        b = tcp[fan_key].get("server_cpu_us_per_delivery")
-        if a and b:
-            out["fanout_cpu_us_per_delivery_ws"] = a
-            out["fanout_cpu_us_per_delivery_tcp"] = b
-            out["fanout_cpu_ratio"] = round(b / a, 3)  # > 1 would mean ws is cheaper
+        compare(
+            fan_key,
+            "deliveries_per_s",
+            "fanout_50x20_ws_per_s",
+            "fanout_50x20_tcp_per_s",
+            "fanout_ratio",
+        )
+        # fanout_cpu_ratio > 1 would mean ws is cheaper
+        compare(
+            fan_key,
+            "server_cpu_us_per_delivery",
+            "fanout_cpu_us_per_delivery_ws",
+            "fanout_cpu_us_per_delivery_tcp",
+            "fanout_cpu_ratio",
+            tcp_over_ws=True,
+        )
     idle_key = next((k for k in ws if k.startswith("idle")), None)
     if idle_key and idle_key in tcp:
-        a, b = ws[idle_key].get("rss_per_conn_kib"), tcp[idle_key].get("rss_per_conn_kib")
-        if a and b:
-            out["idle_kib_per_ws_conn"] = a
-            out["idle_kib_per_tcp_conn"] = b
-            out["idle_memory_ratio"] = round(a / b, 3)
+        compare(
+            idle_key,
+            "rss_per_conn_kib",
+            "idle_kib_per_ws_conn",
+            "idle_kib_per_tcp_conn",
+            "idle_memory_ratio",
+        )
     return out
 
 
