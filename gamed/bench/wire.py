@@ -195,6 +195,10 @@ class FrameReader:
         self._buf = buf[pos:] if pos < n else b""
         if pos == 0:
             return Batch(0, _NONE, _NONE)
+        return self._batch(buf, pos, others)
+
+    def _batch(self, buf: bytes, pos: int, others: list[bytes] | None) -> Batch:
+        """The ``Batch`` of the ``pos`` bytes read: ``others`` are the non-chat payloads."""
         chats = buf.count(CHAT_PREFIX, 0, pos)
         if others is not None:
             # a non-chat frame could embed a chat object (say, a history replay)
@@ -202,23 +206,28 @@ class FrameReader:
         echoes: list[tuple[int, int]] | None = None
         marker = self._marker
         if marker is not None and chats:
-            i = buf.find(marker, 0, pos)
-            while i >= 0:
-                j = i + self._mlen
-                k = buf.find(b'"', j, pos)
-                if k < 0:
-                    break
-                parts = buf[j:k].split(b":")
-                if len(parts) == 2:
-                    digits = parts[1]
-                    dot = digits.find(b".")  # the padding follows the send time
-                    if dot >= 0:
-                        digits = digits[:dot]
-                    try:
-                        if echoes is None:
-                            echoes = []
-                        echoes.append((int(parts[0]), int(digits)))
-                    except ValueError:
-                        pass  # someone else's text that merely looks like a probe
-                i = buf.find(marker, k, pos)
+            echoes = _echoes(buf, pos, marker, self._mlen)
         return Batch(chats, echoes or _NONE, others or _NONE)
+
+
+def _echoes(buf: bytes, pos: int, marker: bytes, mlen: int) -> list[tuple[int, int]]:
+    """``(seq, sent_ns)`` of the client's own probe chats in ``buf[:pos]`` (see FrameReader)."""
+    echoes: list[tuple[int, int]] = []
+    i = buf.find(marker, 0, pos)
+    while i >= 0:
+        j = i + mlen
+        k = buf.find(b'"', j, pos)
+        if k < 0:
+            break
+        parts = buf[j:k].split(b":")
+        if len(parts) == 2:
+            digits = parts[1]
+            dot = digits.find(b".")  # the padding follows the send time
+            if dot >= 0:
+                digits = digits[:dot]
+            try:
+                echoes.append((int(parts[0]), int(digits)))
+            except ValueError:
+                pass  # someone else's text that merely looks like a probe
+        i = buf.find(marker, k, pos)
+    return echoes

@@ -170,37 +170,7 @@ class WsFrameReader(FrameReader):
             return Batch(0, _NONE, others or _NONE)
         # Frame headers cannot hold the prefix: one count over the raw stream, less
         # what the decoded messages hold (the server does not fragment chats).
-        chats = buf.count(CHAT_PREFIX, 0, pos)
-        if others is not None:
-            chats -= sum(p.count(CHAT_PREFIX) for p in others)
-        echoes: list[tuple[int, int]] | None = None
-        marker = self._marker
-        if marker is not None and chats:
-            echoes = _echoes(buf, pos, marker, self._mlen)
-        return Batch(chats, echoes or _NONE, others or _NONE)
-
-
-def _echoes(buf: bytes, pos: int, marker: bytes, mlen: int) -> list[tuple[int, int]]:
-    """``(seq, sent_ns)`` of the client's own probe chats in ``buf[:pos]`` (see FrameReader)."""
-    echoes: list[tuple[int, int]] = []
-    i = buf.find(marker, 0, pos)
-    while i >= 0:
-        j = i + mlen
-        k = buf.find(b'"', j, pos)
-        if k < 0:
-            break
-        parts = buf[j:k].split(b":")
-        if len(parts) == 2:
-            digits = parts[1]
-            dot = digits.find(b".")
-            if dot >= 0:
-                digits = digits[:dot]
-            try:
-                echoes.append((int(parts[0]), int(digits)))
-            except ValueError:
-                pass
-        i = buf.find(marker, k, pos)
-    return echoes
+        return self._batch(buf, pos, others)
 
 
 def parse_close(payload: bytes) -> tuple[int | None, str]:
