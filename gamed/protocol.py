@@ -28,10 +28,10 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gamed import codec
+from gamed.connection import ConnectionBase
 from gamed.fdlimit import FD_HEADROOM, FdLimit, raise_nofile
 from gamed.interfaces import IConnection, IConnectionHandler, IMessageContext
-from gamed.messages import Error, SystemMessage
+from gamed.messages import SystemMessage
 
 _log = Logger()
 _ids = itertools.count(1)
@@ -327,7 +327,7 @@ class PartialFrames:
 
 
 @implementer(IConnection, IPushProducer)
-class GameProtocol(Int32StringReceiver):
+class GameProtocol(ConnectionBase, Int32StringReceiver):
     """A client on a TCP stream of 4-byte length-prefixed frames."""
 
     transport_name = "tcp"
@@ -356,11 +356,7 @@ class GameProtocol(Int32StringReceiver):
         # Every attribute is set here, in one order: instances then share their dict's
         # keys (Python's split tables), which a class-level default assigned later on
         # some connections would undo (measured: +0.25 KiB RSS per idle connection).
-        self.user_id: int | None = None
-        self.nickname = ""
-        self.closing = False
-        self.close_reason = "closed"
-        self.last_seen = 0.0
+        self._init_state()
         self._backlog = 0  # bytes written while the transport's buffer was over its high mark
         self._abort_call: IDelayedCall | None = None
         # Per-connection byte counts (folded into the router's totals on close):
@@ -498,15 +494,6 @@ class GameProtocol(Int32StringReceiver):
             # The deliberate rebinding of a method to the transport's own writer.
             self.send_frame = self.transport.write  # type: ignore[method-assign,assignment]
 
-    def send(self, message: object) -> None:
-        frame = codec.frame(message)
-        self.bytes_out += len(frame)
-        self.send_frame(frame)
-
-    def send_error(self, code: int, text: str) -> None:
-        self.handler.error_sent(code)
-        self.send(Error(code, text))
-
     def pauseProducing(self) -> None:
         super().pauseProducing()
         self._route_output()
@@ -520,26 +507,7 @@ class GameProtocol(Int32StringReceiver):
             super().resumeProducing()
         self._route_output()
 
-    def stopProducing(self) -> None:
-        pass  # the transport is going away; connectionLost does the clean-up
-
-    def _too_slow(self) -> None:
-        _log.info(
-            "dropping {ctx}: more than {limit} bytes queued that it does not read",
-            ctx=self.ctx,
-            limit=self._max_backlog,
-        )
-        self.close_reason = "slow"
-        self.abort()
-
     # -- closing ----------------------------------------------------------------------
-
-    def disconnect(self, code: int, text: str, reason: str) -> None:
-        """Send Error{code, text}, then close once it is flushed."""
-        if self.closing:
-            return
-        self.send_error(code, text)
-        self.close(reason)
 
     def close(self, reason: str) -> None:
         """Close after flushing; abort if the peer does not read it in time."""
@@ -550,12 +518,6 @@ class GameProtocol(Int32StringReceiver):
         self._route_output()
         self.transport.loseConnection()
         self._abort_call = self.clock.callLater(CLOSE_FLUSH_SECONDS, self.abort)
-
-    def abort(self) -> None:
-        """Drop the connection now: queued output is lost, nothing more is written."""
-        self.closing = True
-        self._route_output()
-        self.transport.abortConnection()
 
 
 class GameFactory(Factory):

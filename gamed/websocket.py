@@ -30,9 +30,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gamed import codec
+from gamed.connection import ConnectionBase
 from gamed.interfaces import IConnection, IConnectionHandler
-from gamed.messages import Error, SystemMessage
+from gamed.messages import SystemMessage
 from gamed.protocol import CLOSE_FLUSH_SECONDS, ConnectionContext, IStreamTransport
 
 _log = Logger()
@@ -185,8 +185,10 @@ class ISocketTransport(IStreamTransport, IPushProducer):
 # -- the connection -----------------------------------------------------------------------
 
 
+# mypy checks the bases of a class with more than one against each other, and
+# autobahn's own two disagree on ``peer``: that is what the ignore is for.
 @implementer(IConnection, IPushProducer)
-class WebSocketConnection(WebSocketServerProtocol):
+class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ignore[misc]
     """A client on a WebSocket: text messages in, text messages out."""
 
     factory: GameWebSocketFactory
@@ -218,11 +220,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         settings = handler.settings
         self._max_backlog = settings.max_outgoing_bytes
         self._idle_timeout = settings.idle_timeout
-        self.user_id: int | None = None
-        self.nickname = ""
-        self.closing = False
-        self.close_reason = "closed"
-        self.last_seen = 0.0
+        self._init_state()
         self.paused = False
         self.bytes_in = 0
         self.bytes_out = 0
@@ -441,15 +439,6 @@ class WebSocketConnection(WebSocketServerProtocol):
     def send_frame(self, frame: bytes) -> None:  # rebound per state by _route_output
         self._drop(frame)
 
-    def send(self, message: object) -> None:
-        frame = codec.frame(message)
-        self.bytes_out += len(frame)
-        self.send_frame(frame)
-
-    def send_error(self, code: int, text: str) -> None:
-        self.handler.error_sent(code)
-        self.send(Error(code, text))
-
     # IPushProducer, for the transport: a client that does not read pauses us.
 
     def pauseProducing(self) -> None:
@@ -463,26 +452,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         self.transport.resumeProducing()
         self._route_output()
 
-    def stopProducing(self) -> None:
-        pass  # the transport is going away; connectionLost does the clean-up
-
-    def _too_slow(self) -> None:
-        _log.info(
-            "dropping {ctx}: more than {limit} bytes queued that it does not read",
-            ctx=self.ctx,
-            limit=self._max_backlog,
-        )
-        self.close_reason = "slow"
-        self.abort()
-
     # -- closing -----------------------------------------------------------------------
-
-    def disconnect(self, code: int, text: str, reason: str) -> None:
-        """Send Error{code, text}, then close with the reason's close code."""
-        if self.closing:
-            return
-        self.send_error(code, text)
-        self.close(reason)
 
     def close(self, reason: str) -> None:
         """Send a close frame (code by ``reason``); abort if the peer does not answer in time."""
@@ -510,12 +480,6 @@ class WebSocketConnection(WebSocketServerProtocol):
             self.paused = False
             self.transport.resumeProducing()
         self._abort_call = self.clock.callLater(CLOSE_FLUSH_SECONDS, self.abort)
-
-    def abort(self) -> None:
-        """Drop the connection now: queued output is lost, nothing more is written."""
-        self.closing = True
-        self._route_output()
-        self.transport.abortConnection()
 
 
 class GameWebSocketFactory(WebSocketServerFactory):
