@@ -26,6 +26,14 @@ from tests.unit.fakes import frame
 from tests.unit.fakes import parse_frames as parse
 
 ROOM = 5
+# What a player who comes back to a running game is sent, in order.
+RESUMED_TAGS = [
+    "ConnectionAck",
+    "RoomJoinSuccess",
+    "GameStarted",
+    "GameInProgress",
+    "SystemMessage",
+]
 
 
 class Client:
@@ -386,13 +394,7 @@ def test_dropped_player_reconnects_and_keeps_the_seat() -> None:
     h.clock.advance(9)
     b2 = Client(h, 2)
     msgs = b2.got()
-    assert [next(iter(m)) for m in msgs] == [
-        "ConnectionAck",
-        "RoomJoinSuccess",
-        "GameStarted",
-        "GameInProgress",
-        "SystemMessage",
-    ]
+    assert [next(iter(m)) for m in msgs] == RESUMED_TAGS
     assert msgs[3]["GameInProgress"]["current_turn"] == 2
     assert body(a.got(), "SystemMessage")["message"] == "player n2 (user 2) is back"
     h.clock.advance(5)  # the old grace timer is gone
@@ -555,13 +557,7 @@ def test_reconnect_before_the_old_socket_is_seen_dead_keeps_the_seat() -> None:
     b2 = Client(h, 2)  # the old connection of user 2 has not been closed yet
     assert body(b.got(), "Error") == {"code": 409, "message": "replaced by a new connection"}
     msgs = b2.got()
-    assert [next(iter(m)) for m in msgs] == [
-        "ConnectionAck",
-        "RoomJoinSuccess",
-        "GameStarted",
-        "GameInProgress",
-        "SystemMessage",
-    ]
+    assert [next(iter(m)) for m in msgs] == RESUMED_TAGS
     assert "UserLeftRoom" not in a.tags()
     b.drop()  # the old socket finally closes: nothing changes for the game
     assert h.rooms.size(ROOM) == 2
