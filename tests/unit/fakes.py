@@ -326,6 +326,13 @@ def memory_service(
     return tap.makeService(options, reactor=reactor), reactor
 
 
+def admin_token_args(tmp_path: Path, token: bytes) -> list[str]:
+    """Write ``token`` to ``tmp_path/admin.token``; the options that point gamed at it."""
+    path = tmp_path / "admin.token"
+    path.write_bytes(token + b"\n")
+    return ["--admin-token-file", str(path)]
+
+
 class MemoryServer:
     """``makeService`` on a MemoryReactorClock: game clients on StringTransports,
     HTTP resources rendered from DummyRequests. Nothing listens."""

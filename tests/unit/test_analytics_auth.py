@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from gamed import tap
 from gamed.httputil import AdminGate
+from tests.unit.fakes import admin_token_args
 
 TOKEN = b"analytics-admin-token-0123456789"
 PRIVATE = [
@@ -35,8 +36,7 @@ class Tree:
         args = ["--port", "tcp:7001", "--metrics-port", "tcp:9701", "-d", str(tmp_path / "d")]
         args += ["--middleware", "security,analytics"]
         if token:
-            (tmp_path / "admin.token").write_bytes(TOKEN + b"\n")
-            args += ["--admin-token-file", str(tmp_path / "admin.token")]
+            args += admin_token_args(tmp_path, TOKEN)
         options = tap.Options()
         options.parseOptions(args)
         self.reactor = MemoryReactorClock()

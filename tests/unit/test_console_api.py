@@ -22,6 +22,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from gamed import tap
 from gamed.protocol import GameFactory
 from gamed.web import BUSY_SECONDS, ROOMS_PAGE_MAX
+from tests.unit.fakes import admin_token_args
 
 TOKEN = b"console-admin-token-0123456789"
 
@@ -36,8 +37,7 @@ class Tree:
         args += ["--ws-port", "none", "--middleware", "security,analytics", "--max-room-users", "3"]
         args += ["--rate-limit", "0", "--idle-timeout", "0", *extra]
         if token:
-            (tmp_path / "admin.token").write_bytes(TOKEN + b"\n")
-            args += ["--admin-token-file", str(tmp_path / "admin.token")]
+            args += admin_token_args(tmp_path, TOKEN)
         options = tap.Options()
         options.parseOptions(args)
         self.reactor = MemoryReactorClock()
