@@ -44,6 +44,12 @@ def options_under_twistd(parent: dict[str, Any], *args: str) -> tap.Options:
     return options
 
 
+def daemon_options(tmp_path: Path, *args: str, nodaemon: bool = False) -> tap.Options:
+    """gamed's options as twistd passes them (daemon mode unless ``nodaemon``), data under tmp."""
+    launcher = Launcher(nodaemon=nodaemon, debug=False)
+    return options_under_twistd(launcher, *args, "--data-dir", str(tmp_path / "d"))
+
+
 def test_launcher_only_when_twistd_will_fork() -> None:
     assert daemon_launcher(tap.Options()) is None  # not under twistd (tests, tools)
     for nodaemon, debug, expected in (
@@ -74,30 +80,18 @@ def test_probe_passes_free_ephemeral_and_non_tcp_endpoints(tmp_path: Path) -> No
 
 
 def test_make_service_in_daemon_mode_exits_before_the_fork(tmp_path: Path, taken: int) -> None:
-    options = options_under_twistd(
-        Launcher(nodaemon=False, debug=False),
-        "--port",
-        f"tcp:{taken}:interface=127.0.0.1",
-        "--metrics-port",
-        "none",
-        "--ws-port",
-        "none",
-        "--data-dir",
-        str(tmp_path / "d"),
+    busy = f"tcp:{taken}:interface=127.0.0.1"
+    options = daemon_options(
+        tmp_path, "--port", busy, "--metrics-port", "none", "--ws-port", "none"
     )
     with pytest.raises(SystemExit, match=rf"^gamed: cannot listen on 127\.0\.0\.1:{taken}: "):
         tap.makeService(options, reactor=MemoryReactorClock())
 
 
 def test_the_http_port_is_probed_too(tmp_path: Path, taken: int) -> None:
-    options = options_under_twistd(
-        Launcher(nodaemon=False, debug=False),
-        "--port",
-        "tcp:0:interface=127.0.0.1",
-        "--metrics-port",
-        f"tcp:{taken}:interface=127.0.0.1",
-        "--data-dir",
-        str(tmp_path / "d"),
+    busy = f"tcp:{taken}:interface=127.0.0.1"
+    options = daemon_options(
+        tmp_path, "--port", "tcp:0:interface=127.0.0.1", "--metrics-port", busy
     )
     with pytest.raises(SystemExit, match=rf"127\.0\.0\.1:{taken}"):
         tap.makeService(options, reactor=MemoryReactorClock())
@@ -105,13 +99,8 @@ def test_the_http_port_is_probed_too(tmp_path: Path, taken: int) -> None:
 
 def test_foreground_make_service_does_not_probe(tmp_path: Path, taken: int) -> None:
     """-n: the bind in privilegedStartService reports it, on the same terminal."""
-    options = options_under_twistd(
-        Launcher(nodaemon=True, debug=False),
-        "--port",
-        f"tcp:{taken}:interface=127.0.0.1",
-        "--data-dir",
-        str(tmp_path / "d"),
-    )
+    busy = f"tcp:{taken}:interface=127.0.0.1"
+    options = daemon_options(tmp_path, "--port", busy, nodaemon=True)
     service = tap.makeService(options, reactor=MemoryReactorClock())  # no SystemExit
     assert service.launcher is not None and service.launcher.get("statusPipe") is None
 
