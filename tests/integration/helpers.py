@@ -177,6 +177,35 @@ def heartbeat_ok(c: WireClient, timeout: float = 5.0) -> bool:
     return True
 
 
+def flood_until_dropped(talker: Any, room: int, text: str, rounds: int = 3000) -> bool:
+    """Chat ``text`` into ``room`` until a UserLeftRoom shows the silent peer was dropped.
+
+    ``talker`` is any client with ``chat(room, text)`` and ``recv(timeout)``; its own
+    copies are read every 50 messages. True once the drop is seen, False if never.
+    """
+    for i in range(rounds):
+        talker.chat(room, text)
+        if i % 50 == 49:
+            dropped = False
+            while True:  # read our own copies (and, eventually, the UserLeftRoom)
+                try:
+                    msg = talker.recv(0.05)
+                except TimeoutError:
+                    break
+                if "UserLeftRoom" in msg:
+                    dropped = True
+            if dropped:
+                return True
+    return False
+
+
+def gamed_subcommand(data_dir: Path, *args: str) -> list[str]:
+    """twistd's ``gamed`` subcommand: every listener on a free loopback port, data in ``data_dir``."""
+    port = "tcp:0:interface=127.0.0.1"
+    ports = ["--port", port, "--metrics-port", port, "--ws-port", port]
+    return ["gamed", *ports, "--data-dir", str(data_dir), *args]
+
+
 class GamedProcess(GamedServer):
     """One running `twistd -n gamed` (gamed.bench.server), plus what the tests ask of it."""
 

@@ -28,7 +28,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.helpers import TWISTD, WireClient, heartbeat_ok, poll_until
+from tests.integration.helpers import TWISTD, WireClient, gamed_subcommand, heartbeat_ok, poll_until
 
 AS_ROOT = os.geteuid() == 0
 START_TIMEOUT = 20.0
@@ -69,17 +69,7 @@ class Daemon:
             "--umask",
             "027",
             *ids,
-            "gamed",
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-            "--metrics-port",
-            "tcp:0:interface=127.0.0.1",
-            "--ws-port",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            str(self.data_dir),
-            *extra,
-            *args,
+            *gamed_subcommand(self.data_dir, *extra, *args),
         ]
         self.pid: int | None = None
         self.port = self.http_port = 0

@@ -14,7 +14,13 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.integration.helpers import GamedProcess, WireClient, heartbeat_ok, two_in_room
+from tests.integration.helpers import (
+    GamedProcess,
+    WireClient,
+    flood_until_dropped,
+    heartbeat_ok,
+    two_in_room,
+)
 
 
 def _bad_traffic(rng: random.Random, kind: int) -> bytes:
@@ -84,19 +90,8 @@ def test_client_that_never_reads_is_dropped(gamed) -> None:
     sink.join(5)
     talker.recv()
     text = "z" * 900
-    dropped = False
-    for i in range(3000):  # at most ~3 MB towards the sink, far more than any buffer
-        talker.chat(5, text)
-        if i % 50 == 49:
-            while True:  # read our own copies (and, eventually, the UserLeftRoom)
-                try:
-                    msg = talker.recv(0.05)
-                except TimeoutError:
-                    break
-                if "UserLeftRoom" in msg:
-                    dropped = True
-            if dropped:
-                break
+    # at most ~3 MB towards the sink, far more than any buffer
+    dropped = flood_until_dropped(talker, 5, text)
     assert dropped, "a client that never reads must be disconnected, not buffered forever"
     assert heartbeat_ok(talker)
     _status, body = srv.http("/metrics")

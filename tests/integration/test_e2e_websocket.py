@@ -21,7 +21,7 @@ from websockets.sync.client import connect as ws_connect
 
 from gamed.bench import wsframe
 from tests.integration.helpers import GAME_ROOM as ROOM
-from tests.integration.helpers import GamedProcess, attack, heartbeat_ok, move
+from tests.integration.helpers import GamedProcess, attack, flood_until_dropped, heartbeat_ok, move
 
 
 def until(c: Any, tag: str, timeout: float = 5.0) -> tuple[Any, list[Any]]:
@@ -268,19 +268,8 @@ def test_a_websocket_reader_that_never_reads_is_dropped(gamed: Any) -> None:
     if talker.join(5)["RoomJoinSuccess"]["user_count"] == 1:
         until(talker, "UserJoinedRoom")  # the sink's join came second
     text = "z" * 900
-    dropped = False
-    for i in range(3000):  # at most ~3 MB towards the sink
-        talker.chat(5, text)
-        if i % 50 == 49:
-            while True:
-                try:
-                    msg = talker.recv(0.05)
-                except TimeoutError:
-                    break
-                if "UserLeftRoom" in msg:
-                    dropped = True
-            if dropped:
-                break
+    # at most ~3 MB towards the sink
+    dropped = flood_until_dropped(talker, 5, text)
     assert dropped, "a WebSocket client that never reads must be dropped, not buffered"
     assert heartbeat_ok(talker)
     assert ws_metric(srv, 'gamed_disconnects_total{reason="slow"} 1.0')

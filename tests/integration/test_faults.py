@@ -32,7 +32,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,14 @@ import orjson
 import pytest
 
 from gamed.bench.server import GamedServer
-from tests.integration.helpers import TWISTD, GamedProcess, WireClient, heartbeat_ok, poll_until
+from tests.integration.helpers import (
+    TWISTD,
+    GamedProcess,
+    WireClient,
+    gamed_subcommand,
+    heartbeat_ok,
+    poll_until,
+)
 
 AS_ROOT = os.geteuid() == 0
 ADMIN = "admin-token-for-fault-tests-0123"
@@ -119,27 +126,16 @@ def refused_as_banned(port: int, user_id: int) -> bool:
     return "Error" in answer and answer["Error"]["code"] == 403
 
 
-def run_twistd(base: Path, *args: str, daemon: bool = False) -> subprocess.CompletedProcess[str]:
+def run_twistd(
+    base: Path, *args: str, daemon: bool = False, twistd: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """twistd (``twistd`` options first) then gamed, in ``base``/run with data in ``base``/data."""
     run = base / "run"
     run.mkdir(exist_ok=True)
     mode = ["--logfile", str(run / "gamed.log")] if daemon else ["-n"]
+    pidfile = ["--pidfile", str(run / "gamed.pid")]
     return subprocess.run(
-        [
-            TWISTD,
-            *mode,
-            "--pidfile",
-            str(run / "gamed.pid"),
-            "gamed",
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-            "--metrics-port",
-            "tcp:0:interface=127.0.0.1",
-            "--ws-port",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            str(base / "data"),
-            *args,
-        ],
+        [TWISTD, *mode, *pidfile, *twistd, *gamed_subcommand(base / "data", *args)],
         cwd=run,
         capture_output=True,
         text=True,
@@ -318,28 +314,7 @@ def test_a_ban_file_the_server_user_cannot_read_refuses_the_start(base: Path) ->
     run = base / "run"
     run.mkdir()
     os.chown(run, nobody.pw_uid, nobody.pw_gid)  # the pidfile's dir, as the README asks
-    r = subprocess.run(
-        [
-            TWISTD,
-            "-n",
-            "--pidfile",
-            str(run / "gamed.pid"),
-            *nobody_ids(),
-            "gamed",
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-            "--metrics-port",
-            "tcp:0:interface=127.0.0.1",
-            "--ws-port",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            str(data),
-        ],
-        cwd=run,
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT,
-    )
+    r = run_twistd(base, twistd=nobody_ids())
     assert r.returncode == 1, r
     line = f"gamed: cannot use {path}: permission denied (not readable and writable by uid "
     # After logging started, twistd -n logs what reaches stderr: one line in its log (stdout).
