@@ -295,6 +295,14 @@ def parse_frames(data: bytes) -> list[Any]:
     return out
 
 
+def assert_error(msgs: list[Any], code: int, contains: str = "") -> None:
+    """``msgs`` is one Error frame, of ``code``, whose message contains ``contains``."""
+    assert len(msgs) == 1, msgs
+    (err,) = msgs
+    assert err["Error"]["code"] == code, err
+    assert contains in err["Error"]["message"], err
+
+
 def send(proto: Any, *objs: object) -> None:
     """Feed ``proto`` one frame per object, as separate reads."""
     for obj in objs:
@@ -430,7 +438,45 @@ class SecurityPlugin:
 # -- GameProtocol + Router on StringTransports (test_protocol, test_protocol_limits) ----
 
 
-class Client:
+class ClientVerbs:
+    """Connect and RoomJoin for a test client whose subclass says how to send and receive."""
+
+    def send(self, *objs: object) -> None:
+        raise NotImplementedError
+
+    def received(self) -> list[object]:
+        raise NotImplementedError
+
+    def connect(self, uid: int, **extra: object) -> None:
+        self.send({"Connect": {"room_id": 0, "user_id": uid, **extra}})
+        assert self.received() == [{"ConnectionAck": {"user_id": uid}}]
+
+    def join(self, uid: int, room: int, nick: str = "") -> list[object]:
+        self.send({"RoomJoin": {"user_id": uid, "room_id": room, "nickname": nick or f"n{uid}"}})
+        return self.received()
+
+
+class HarnessBase:
+    """A Router's surroundings: a Clock, Settings, an EventBus (every event kept in
+    ``seen``), ServerMetrics and a RoomService; subclasses add the Router and clients."""
+
+    def __init__(self, **settings: object) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.settings = Settings(**settings)
+        self.events = EventBus()
+        self.seen: list[object] = []
+        self.events.subscribe(self.seen.append)
+        self.metrics = ServerMetrics()
+        self.rooms = RoomService(self.clock, self.settings.max_room_users, self.events)
+        self._port = 40000
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+class Client(ClientVerbs):
     """One fake connection: a protocol on a StringTransport."""
 
     def __init__(self, harness: Harness, port: int) -> None:
@@ -457,38 +503,18 @@ class Client:
     def closed(self) -> bool:
         return self.transport.disconnecting
 
-    def connect(self, uid: int, **extra: object) -> None:
-        self.send({"Connect": {"room_id": 0, "user_id": uid, **extra}})
-        assert self.received() == [{"ConnectionAck": {"user_id": uid}}]
 
-    def join(self, uid: int, room: int, nick: str = "") -> list[object]:
-        self.send({"RoomJoin": {"user_id": uid, "room_id": room, "nickname": nick or f"n{uid}"}})
-        return self.received()
-
-
-class Harness:
+class Harness(HarnessBase):
     def __init__(self, middleware: tuple = (), **settings: object) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
-        self.settings = Settings(**settings)
-        self.events = EventBus()
-        self.seen: list[object] = []
-        self.events.subscribe(self.seen.append)
-        self.metrics = ServerMetrics()
-        self.rooms = RoomService(self.clock, self.settings.max_room_users, self.events)
+        super().__init__(**settings)
         self.router = Router(
             self.settings, self.clock, self.rooms, Pipeline(middleware), self.metrics, self.events
         )
         self.factory = GameFactory(self.router, self.clock)
-        self._port = 40000
 
     def client(self) -> Client:
         self._port += 1
         return Client(self, self._port)
-
-    def metric(self, name: str, **labels: str) -> float:
-        value = self.metrics.registry.get_sample_value(name, labels)
-        return 0.0 if value is None else value
 
 
 # -- the analytics plugin as tap wires it (test_analytics, test_analytics_churn) ------

@@ -15,7 +15,7 @@ from gamed import messages as m
 from gamed.interfaces import IConnection, IConnectionHandler, IMessageContext
 from gamed.protocol import CLOSE_FLUSH_SECONDS
 from gamed.router import DRAIN_FLUSH_SECONDS
-from tests.unit.fakes import Harness, frame
+from tests.unit.fakes import Harness, assert_error, frame
 
 
 @pytest.fixture
@@ -25,13 +25,6 @@ def h() -> Harness:
 
 def error(code: int, contains: str = "") -> object:
     return ("Error", code, contains)
-
-
-def assert_error(msgs: list[object], code: int, contains: str = "") -> None:
-    assert len(msgs) == 1, msgs
-    (err,) = msgs
-    assert err["Error"]["code"] == code, err
-    assert contains in err["Error"]["message"], err
 
 
 # -- connection lifecycle ---------------------------------------------------------------

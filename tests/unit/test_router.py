@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from twisted.internet.task import Clock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gamed import events as ev
 from gamed import messages as m
-from gamed.config import Settings
-from gamed.events import EventBus
 from gamed.games import Games, NullGames
 from gamed.interfaces import (
     IConnection,
@@ -28,13 +25,17 @@ from gamed.interfaces import (
     IServerControl,
 )
 from gamed.pipeline import Pipeline, Veto
-from gamed.rooms import RoomService
 from gamed.router import DRAIN_FLUSH_SECONDS, Router
-from gamed.telemetry import ServerMetrics
-from tests.unit.fakes import FakeConnection, FakeServerControl
+from tests.unit.fakes import (
+    ClientVerbs,
+    FakeConnection,
+    FakeServerControl,
+    HarnessBase,
+    assert_error,
+)
 
 
-class Client:
+class Client(ClientVerbs):
     """A FakeConnection opened on the harness's router, with the wire helpers of a client."""
 
     def __init__(self, harness: Harness, port: int) -> None:
@@ -54,25 +55,10 @@ class Client:
     def closed(self) -> bool:
         return self.conn.closing
 
-    def connect(self, uid: int, **extra: object) -> None:
-        self.send({"Connect": {"room_id": 0, "user_id": uid, **extra}})
-        assert self.received() == [{"ConnectionAck": {"user_id": uid}}]
 
-    def join(self, uid: int, room: int, nick: str = "") -> list[object]:
-        self.send({"RoomJoin": {"user_id": uid, "room_id": room, "nickname": nick or f"n{uid}"}})
-        return self.received()
-
-
-class Harness:
+class Harness(HarnessBase):
     def __init__(self, middleware: tuple = (), games: bool = False, **settings: object) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
-        self.settings = Settings(**settings)
-        self.events = EventBus()
-        self.seen: list[object] = []
-        self.events.subscribe(self.seen.append)
-        self.metrics = ServerMetrics()
-        self.rooms = RoomService(self.clock, self.settings.max_room_users, self.events)
+        super().__init__(**settings)
         self.games = Games(self.clock, self.rooms, self.events, self.settings) if games else None
         self.router = Router(
             self.settings,
@@ -83,27 +69,15 @@ class Harness:
             self.events,
             self.games,
         )
-        self._port = 40000
 
     def client(self) -> Client:
         self._port += 1
         return Client(self, self._port)
 
-    def metric(self, name: str, **labels: str) -> float:
-        value = self.metrics.registry.get_sample_value(name, labels)
-        return 0.0 if value is None else value
-
 
 @pytest.fixture
 def h() -> Harness:
     return Harness()
-
-
-def assert_error(msgs: list[object], code: int, contains: str = "") -> None:
-    assert len(msgs) == 1, msgs
-    (err,) = msgs
-    assert err["Error"]["code"] == code, err
-    assert contains in err["Error"]["message"], err
 
 
 # -- interfaces ---------------------------------------------------------------------------
