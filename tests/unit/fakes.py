@@ -36,43 +36,18 @@ from gamed.interfaces import (
     IRoomClient,
     IServerControl,
 )
-from gamed.messages import Error, SystemMessage
+from gamed.messages import Error
 from gamed.middleware.analytics import middleware as analytics
 from gamed.middleware.analytics.middleware import Analytics
 from gamed.middleware.registry import PluginEnvironment
 from gamed.middleware.security.middleware import make_plugin, validate
 from gamed.pipeline import Pipeline
-from gamed.protocol import GameFactory, GameProtocol
+from gamed.protocol import ConnectionContext, GameFactory, GameProtocol
 from gamed.rooms import RoomService
 from gamed.router import Router
 from gamed.telemetry import ServerMetrics
 
 # -- IConnection / IServerControl fakes (router and plugin tests) ---------------------------
-
-_fake_connection_ids = itertools.count(1)
-
-
-@implementer(IMessageContext)
-class FakeConnectionContext:
-    """The IMessageContext of a FakeConnection."""
-
-    def __init__(
-        self, conn: FakeConnection, peer_host: str, peer_port: int, clock: IReactorTime
-    ) -> None:
-        self._conn = conn
-        self.connection_id = next(_fake_connection_ids)
-        self.user_id: int | None = None
-        self.peer_host = peer_host
-        self.peer_port = peer_port
-        self.clock = clock
-        self.connected_at = clock.seconds()
-        self.frame_size = 0
-
-    def notify(self, text: str) -> None:
-        self._conn.send(SystemMessage(text))
-
-    def disconnect(self, code: int, text: str) -> None:
-        self._conn.disconnect(code, text, reason="kicked")
 
 
 @implementer(IConnection)
@@ -95,7 +70,7 @@ class FakeConnection:
         peer_port: int = 40000,
     ) -> None:
         self.handler = handler
-        self.ctx = FakeConnectionContext(self, peer_host, peer_port, clock or Clock())
+        self.ctx = ConnectionContext(self, peer_host, peer_port, clock or Clock())
         self.user_id: int | None = None
         self.nickname = ""
         self.bytes_in = 0

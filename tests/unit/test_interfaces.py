@@ -42,7 +42,6 @@ from gamed.websocket import GameWebSocketFactory, WebSocketConnection
 from tests.unit.fakes import (
     Ctx,
     FakeConnection,
-    FakeConnectionContext,
     FakeServerControl,
     Member,
     MemoryServer,
@@ -96,7 +95,6 @@ CASES: dict[type, Callable[[MemoryServer], Any]] = {
     # The unit fakes stand in for these seams; they must keep to them.
     Ctx: lambda tree: Ctx(),
     FakeConnection: lambda tree: FakeConnection(tree.router),
-    FakeConnectionContext: lambda tree: FakeConnection(tree.router).ctx,
     FakeServerControl: lambda tree: FakeServerControl(),
     Member: lambda tree: Member(1),
 }
