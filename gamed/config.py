@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -90,6 +91,13 @@ class Settings:
     round_limit: int = 10
     turn_timeout: float = 30.0
     reconnect_grace: float = 30.0
+    # -- cluster (docs/cluster.md)
+    #: ``--redis URL``; None: one process, no Redis (the embedded default).
+    redis: str | None = None
+    #: This node's name in the cluster; None: ``host:pid``, chosen in startService (after a fork).
+    node_id: str | None = None
+    #: Worker processes sharing the listening sockets; more than 1 needs ``redis``.
+    workers: int = 1
     config_file: str | None = None
     #: Raw ``[middleware.NAME]`` tables from the config file, for the plugins.
     plugin_config: Mapping[str, Mapping[str, Any]] = field(
@@ -231,6 +239,33 @@ def _path(option: str, value: Any) -> str:
     return os.path.expanduser(text)
 
 
+def _redis(option: str, value: Any) -> str | None:
+    from gamed.cluster.url import parse_redis_url
+
+    text = str(value).strip()
+    if text.lower() in ("", "none", "off"):
+        return None
+    try:
+        parse_redis_url(text)
+    except ValueError as e:
+        raise ConfigError(option, str(e)) from None
+    return text
+
+
+#: What a node id may contain: it is part of Redis keys, channels and metric labels.
+NODE_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+
+
+def _node_id(option: str, value: Any) -> str:
+    text = str(value).strip()
+    if not NODE_ID.fullmatch(text):
+        raise ConfigError(
+            option,
+            f"expected 1-64 of letters, digits and _.:@- (it names Redis keys), got {text!r}",
+        )
+    return text
+
+
 # Option name (as on the command line) -> (Settings field, coercer)
 COERCERS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "port": ("port", _endpoint(None)),
@@ -254,6 +289,9 @@ COERCERS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "round-limit": ("round_limit", _int_range(1, 10_000)),
     "turn-timeout": ("turn_timeout", _seconds(0.1, 86400)),
     "reconnect-grace": ("reconnect_grace", _seconds(0, 86400)),
+    "redis": ("redis", _redis),
+    "node-id": ("node_id", _node_id),
+    "workers": ("workers", _int_range(1, 256)),
 }
 
 
@@ -310,6 +348,10 @@ def build_settings(cli: Mapping[str, Any], config_path: str | None = None) -> Se
     values["plugin_config"] = MappingProxyType(plugin_config)
     known = {f.name for f in fields(Settings)}
     assert set(values) <= known, set(values) - known
+    if values.get("workers", 1) > 1 and not values.get("redis"):
+        raise ConfigError(
+            "workers", "more than 1 worker needs --redis (the workers form a cluster)"
+        )
     return Settings(**values)
 
 

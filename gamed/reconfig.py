@@ -42,7 +42,7 @@ SERVER_KEYS: tuple[str, ...] = tuple(
 #: directory and the plugin pipeline. Every other server key is applied live
 #: (see ``apply_server`` in gamed.tap and the README's reload section).
 RESTART_KEYS: frozenset[str] = frozenset(
-    {"port", "metrics_port", "ws_port", "data_dir", "middleware"}
+    {"port", "metrics_port", "ws_port", "data_dir", "middleware", "redis", "node_id", "workers"}
 )
 
 _MISSING = object()

@@ -161,6 +161,26 @@ class Options(usage.Options):
             f"[default: {_d.reconnect_grace:g}]",
         ],
         [
+            "redis",
+            None,
+            None,
+            "Redis URL of the cluster (redis://[:password@]host[:port][/db], rediss://... for "
+            "TLS, redis+sentinel://host:port[,...]/master[/db]); unset: one process, no Redis",
+        ],
+        [
+            "node-id",
+            None,
+            None,
+            "This node's name in the cluster (Redis keys, metrics) [default: host:pid]",
+        ],
+        [
+            "workers",
+            None,
+            None,
+            f"Worker processes sharing the listening sockets; more than 1 needs --redis "
+            f"[default: {_d.workers}]",
+        ],
+        [
             "middleware",
             "m",
             None,
