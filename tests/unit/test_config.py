@@ -259,6 +259,9 @@ BAD_VALUES = [
     ("round-limit", "0", "between 1 and 10000"),
     ("turn-timeout", "0", "between 0.1 and 86400"),
     ("reconnect-grace", "-1", "between 0 and 86400"),
+    ("redis", "http://127.0.0.1:6379", "expected redis://"),
+    ("node-id", "a b", "letters, digits"),
+    ("workers", "0", "between 1 and 256"),
     ("ws-port", "nope:1", "not a valid endpoint description"),
     ("ws-port", "70000", "out of range"),
     ("ws-origins", "game.example.com", "expected origins like"),
@@ -666,3 +669,9 @@ def test_a_tls_endpoint_problem_is_one_line() -> None:
         build_settings({"ws-port": "ssl:8443:privateKey=/nonexistent/key.pem"})
     assert e.value.option == "ws-port"
     assert "twisted[tls]" in str(e.value) or "cannot read" in str(e.value)
+
+
+def test_more_than_one_worker_needs_redis() -> None:
+    with pytest.raises(ConfigError, match="--workers: more than 1 worker needs --redis"):
+        build_settings({"workers": "2"})
+    assert build_settings({"workers": "2", "redis": "redis://127.0.0.1:6379/0"}).workers == 2
