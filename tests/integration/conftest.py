@@ -15,7 +15,7 @@ import pytest
 from selenium import webdriver
 
 from tests.integration.browser import is_script_error, open_chromium, require_browser
-from tests.integration.helpers import GamedProcess
+from tests.integration.helpers import GamedProcess, RedisServer
 
 
 @pytest.fixture
@@ -58,6 +58,14 @@ def server(shared_server: GamedProcess) -> Iterator[GamedProcess]:
     shared_server.close_clients()
     assert shared_server.proc.poll() is None, "a test stopped the shared server: use gamed()"
     shared_server.wait_idle()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server (127.0.0.1, a free port, no persistence) for one test."""
+    r = RedisServer(tmp_path)
+    yield r
+    r.stop()
 
 
 @pytest.fixture

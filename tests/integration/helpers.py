@@ -9,8 +9,10 @@ in conftest.py.
 from __future__ import annotations
 
 import http.client
+import shutil
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -206,6 +208,116 @@ def gamed_subcommand(data_dir: Path, *args: str) -> list[str]:
     return ["gamed", *ports, "--data-dir", str(data_dir), *args]
 
 
+def free_port() -> int:
+    """A loopback port free right now (for a server that must come back on the same port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A real ``redis-server`` on 127.0.0.1 (no persistence), in its own directory.
+
+    ``restart()`` comes back on the same port (and forgets everything: no persistence);
+    ``cli()`` runs one command over a short blocking connection (CLIENT KILL, CONFIG...).
+    """
+
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
+        self.workdir = workdir
+        self.password = password
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def url(self, db: int = 0) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        assert exe, "redis-server is not installed (.ci/install-deps.sh installs it)"
+        args = [
+            exe,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.workdir),
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        log = open(self.workdir / "redis.log", "ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        log.close()
+        poll_until(
+            self._answers, 10.0, f"redis-server on {self.port} to answer PING", detail=self.log_tail
+        )
+
+    def _answers(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, self.log_tail()
+        try:
+            return self.cli("PING") == "PONG"
+        except OSError:
+            return False
+
+    def log_tail(self) -> str:
+        path = self.workdir / "redis.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "redis.log ends:\n" + text[-2000:]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def cli(self, *args: str, timeout: float = 5.0) -> Any:
+        """One command on a fresh blocking connection; the reply (str, int, list, None)."""
+        import hiredis
+
+        reader = hiredis.Reader(encoding="utf-8")
+        cmds: list[tuple[str, ...]] = [("AUTH", self.password)] if self.password else []
+        cmds.append(args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            out = b""
+            for cmd in cmds:
+                out += b"*%d\r\n" % len(cmd) + b"".join(
+                    b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in cmd
+                )
+            sock.sendall(out)
+            replies: list[Any] = []
+            deadline = time.monotonic() + timeout
+            while len(replies) < len(cmds):
+                reply = reader.gets()
+                if reply is not False:
+                    replies.append(reply)
+                    continue
+                assert time.monotonic() < deadline, "redis-server did not answer"
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionResetError("redis-server closed the connection")
+                reader.feed(data)
+        if isinstance(replies[-1], Exception):
+            raise replies[-1]
+        return replies[-1]
+
+
 class GamedProcess(GamedServer):
     """One running `twistd -n gamed` (gamed.bench.server), plus what the tests ask of it."""
 
@@ -321,9 +433,11 @@ __all__ = [
     "GAME_ROOM",
     "TWISTD",
     "GamedProcess",
+    "RedisServer",
     "WireClient",
     "act",
     "attack",
+    "free_port",
     "heartbeat_ok",
     "live_game",
     "move",
