@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
+from twisted.protocols import portforward
 
 from gamed.bench.server import TWISTD, GamedServer
 
@@ -318,6 +319,74 @@ class RedisServer:
         return replies[-1]
 
 
+class _Silenceable(portforward.ProxyClient):
+    """Redis -> client half: swallows what Redis sends once its client is silenced."""
+
+    def dataReceived(self, data: bytes) -> None:
+        server = self.peer
+        if isinstance(server, _Watched) and server.silenced:
+            return
+        super().dataReceived(data)
+
+
+class _SilenceableFactory(portforward.ProxyClientFactory):
+    protocol = _Silenceable
+
+
+class _Watched(portforward.ProxyServer):
+    """Client -> Redis half: notes whether the client has sent SUBSCRIBE."""
+
+    clientProtocolFactory = _SilenceableFactory
+    subscriber = False
+    silenced = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.conns.append(self)  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if b"SUBSCRIBE" in data.upper():
+            self.subscriber = True
+        super().dataReceived(data)
+
+
+class SilencingProxy(portforward.ProxyFactory):
+    """A TCP proxy to a Redis server, on the test's reactor (127.0.0.1, port 0).
+
+    ``silence_subscribers()`` makes every connection that has subscribed hear nothing
+    more while staying connected: the "link up but silent" case, real and deterministic.
+    """
+
+    protocol = _Watched
+
+    def __init__(self, port: int) -> None:
+        super().__init__("127.0.0.1", port)
+        from twisted.internet import reactor
+
+        self.conns: list[_Watched] = []
+        self.listening = reactor.listenTCP(0, self, interface="127.0.0.1")  # type: ignore[attr-defined]
+        # (self.port is the upstream's: ProxyServer connects to factory.host/port)
+        self.listen_port: int = self.listening.getHost().port
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.listen_port}/{db}"
+
+    def silence_subscribers(self) -> int:
+        """Silence the subscribed connections open now; how many there were."""
+        n = 0
+        for c in self.conns:
+            if c.subscriber and c.connected and not c.silenced:
+                c.silenced = True
+                n += 1
+        return n
+
+    def close(self) -> None:
+        self.listening.stopListening()
+        for c in self.conns:
+            if c.transport is not None:
+                c.transport.abortConnection()
+
+
 class GamedProcess(GamedServer):
     """One running `twistd -n gamed` (gamed.bench.server), plus what the tests ask of it."""
 
@@ -434,6 +503,7 @@ __all__ = [
     "TWISTD",
     "GamedProcess",
     "RedisServer",
+    "SilencingProxy",
     "WireClient",
     "act",
     "attack",

@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor, task
 
 from gamed.cluster.link import DEGRADED, DOWN, UP, ClusterUnavailable, RedisError, RedisLink
 from gamed.cluster.url import parse_redis_url
-from tests.integration.helpers import RedisServer
+from tests.integration.helpers import RedisServer, SilencingProxy
 
 
 def sleep(seconds: float) -> defer.Deferred[None]:
@@ -149,23 +149,36 @@ def test_down_while_stopped_and_back(redis_server: RedisServer, links: Any) -> I
 
 @pytest_twisted.inlineCallbacks
 def test_silent_subscriber_detected(redis_server: RedisServer, links: Any) -> Iterator[Any]:
-    link = links(redis_server.url(), probe_interval=0.2, probe_timeout=0.6)
-    got: list[bytes] = []
-    link.subscribe("gamed:n:n1", got.append)
-    states: list[str] = []
-    link.on_state(lambda old, new: states.append(new))
-    yield until(lambda: link.state == UP, 10, "the link up")
-    # The subscriber stays connected but hears nothing: its server-side connection is
-    # paused for writes... CLIENT PAUSE holds every client; instead we unsubscribe it
-    # behind its back (the command link still works): messages stop coming.
-    ids = redis_server.cli("CLIENT", "LIST", "TYPE", "pubsub")
-    cid = ids.split("id=")[1].split()[0]
-    assert redis_server.cli("CLIENT", "NO-EVICT", "on") == "OK"
-    redis_server.cli("CLIENT", "KILL", "ID", cid)
-    yield until(lambda: DEGRADED in states, 5, "degraded")
-    yield until(lambda: link.state == UP, 10, "up again")
-    assert link.publish("gamed:n:n1", b"again")
-    yield until(lambda: got, 5, "delivery after reconnect")
+    proxy = SilencingProxy(redis_server.port)
+    try:
+        registry = CollectorRegistry()
+        link = links(
+            proxy.url(),
+            probe_interval=0.2,
+            probe_timeout=0.6,
+            registry=registry,
+        )
+        got: list[bytes] = []
+        link.subscribe("gamed:n:n1", got.append)
+        yield until(lambda: link.state == UP, 10, "the link up")
+        states: list[str] = []
+        link.on_state(lambda old, new: states.append(new))
+        # The subscriber's TCP connection stays open but Redis's words no longer reach it.
+        assert proxy.silence_subscribers() == 1
+        assert link.publish("gamed:n:n1", b"lost")  # the command link still works
+        yield until(lambda: link.state == DEGRADED, 5, "degraded")
+        assert (yield link.execute("PING")) == "PONG"
+        yield until(lambda: link.state == UP, 10, "up again on a new subscriber connection")
+        assert states == [DEGRADED, UP]
+        assert link.silent == 1 and link.subscriber.reconnects == 1
+        assert (
+            registry.get_sample_value("gamed_cluster_reconnects_total", {"link": "subscriber"}) == 1
+        )
+        assert link.publish("gamed:n:n1", b"again")
+        yield until(lambda: got, 5, "delivery after the reconnect")
+        assert got == [b"again"]
+    finally:
+        proxy.close()
 
 
 @pytest_twisted.inlineCallbacks
