@@ -42,6 +42,9 @@ PROBE_PREFIX = "gamed:probe:"
 #: Reconnect backoff: first retry after BACKOFF_MIN s, doubled up to BACKOFF_MAX s.
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 2.0
+#: PUBLISHes and commands waiting for replies on the command connection before publish()
+#: refuses (counted as dropped): Redis stalled, the probe will reconnect within seconds.
+MAX_PENDING = 100_000
 #: Buckets of gamed_cluster_redis_rtt_seconds.
 RTT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -377,9 +380,10 @@ class RedisLink:
         self._handlers: dict[bytes, Callable[[bytes], None]] = {}
         self._scripts: dict[str, Script] = {}
         # subscriber: a probe came back on the current connection (and so every
-        # SUBSCRIBE sent before the probe channel's is in place), when the last one did
+        # SUBSCRIBE sent before the probe channel's is in place)
         self._probe_ok = False
-        self._last_probe_back: float | None = None
+        # when Redis first acknowledged a probe PUBLISH that has not come back yet
+        self._undelivered_since: float | None = None
         self._probes_out: deque[float] = deque()  # send times of unanswered probe PUBLISHes
         self._probe_call: IDelayedCall | None = None
         self._running = False
@@ -457,7 +461,7 @@ class RedisLink:
         """Queue a PUBLISH on the command connection, in call order; False (and counted
         as dropped) while DOWN. Never waits for the reply on the caller's behalf."""
         proto = self.command.proto
-        if proto is None or not self.command.ready:
+        if proto is None or not self.command.ready or len(proto.queue) >= MAX_PENDING:
             self.dropped += 1
             return False
         ch = channel.encode()
@@ -479,10 +483,16 @@ class RedisLink:
         if new and self.subscriber.ready:
             self._send_subscribe(ch)
 
-    def _send_subscribe(self, ch: bytes) -> None:
+    def unsubscribe(self, channel: str) -> None:
+        """Stop delivering ``channel`` (no handler called for it from now on)."""
+        ch = channel.encode()
+        if self._handlers.pop(ch, None) is not None and self.subscriber.ready:
+            self._send_subscribe(ch, b"UNSUBSCRIBE")
+
+    def _send_subscribe(self, ch: bytes, verb: bytes = b"SUBSCRIBE") -> None:
         proto = self.subscriber.proto
         if proto is not None:
-            proto.transport.write(encode_command((b"SUBSCRIBE", ch)))  # type: ignore[union-attr]
+            proto.transport.write(encode_command((verb, ch)))  # type: ignore[union-attr]
 
     def _pushed(self, reply: list[Any]) -> None:
         kind = reply[0]
@@ -500,25 +510,21 @@ class RedisLink:
                     log.failure("cluster message handler for {ch!r} failed", ch=ch)
         elif kind == b"subscribe" and reply[1] == self._probe_channel_b:
             # the probe channel is subscribed last: probe now rather than in a second
-            self._last_probe_back = self.clock.seconds()
+            self._undelivered_since = None
             self._send_probe()
 
     # -- probe -----------------------------------------------------------------
     def _probe_tick(self) -> None:
         self._probe_call = self.clock.callLater(self.probe_interval, self._probe_tick)
         now = self.clock.seconds()
-        if self._probes_out and now - self._probes_out[0] > self.probe_timeout:
+        if self._probes_out and now - self._probes_out[0] >= self.probe_timeout:
             log.warn(
                 "redis command link: no PUBLISH reply in {t}s, reconnecting", t=self.probe_timeout
             )
             self.command.drop()
             return
-        if (
-            self.subscriber.ready
-            and self._last_probe_back is not None
-            and now - self._last_probe_back > self.probe_timeout
-            and self.command.ready
-        ):
+        since = self._undelivered_since
+        if self.subscriber.ready and since is not None and now - since >= self.probe_timeout:
             self.silent += 1
             log.warn(
                 "redis subscriber link silent (no probe back in {t}s): reconnecting",
@@ -543,13 +549,16 @@ class RedisLink:
     def _probe_replied(self, probe: _Probe) -> None:
         if self._probes_out:
             self._probes_out.popleft()
-        self.rtt = self.clock.seconds() - probe.sent
+        now = self.clock.seconds()
+        self.rtt = now - probe.sent
+        if self._undelivered_since is None and self.subscriber.ready:
+            self._undelivered_since = now
         if self.rtt_hist is not None:
             self.rtt_hist.observe(self.rtt)
 
     def _probe_back(self, data: bytes) -> None:
         now = self.clock.seconds()
-        self._last_probe_back = now
+        self._undelivered_since = None
         try:
             self.lag = max(0.0, now - float(data))
         except ValueError:
@@ -570,20 +579,19 @@ class RedisLink:
             assert proto is not None
             proto.pubsub = True
             self._probe_ok = False
+            self._undelivered_since = None
             for ch in self._handlers:  # one channel per SUBSCRIBE
                 self._send_subscribe(ch)
             self._send_subscribe(self._probe_channel_b)
-        elif self._last_probe_back is not None:
-            # probes stopped while the command link was down: the subscriber is not to blame
-            self._last_probe_back = self.clock.seconds()
-            self._send_probe()
+        elif self.subscriber.ready:
+            self._send_probe()  # UP again as soon as it comes back, not in a second
         self._update()
 
     def _conn_lost(self, conn: _Conn) -> None:
         log.warn("redis {name} link lost", name=conn.name)
         if conn is self.subscriber:
             self._probe_ok = False
-            self._last_probe_back = None
+            self._undelivered_since = None
         self._update()
 
     def _update(self) -> None:
