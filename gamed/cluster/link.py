@@ -247,7 +247,7 @@ class _Conn:
         self.last_error = str(err)
         log.warn("redis {name} link: handshake failed: {e}", name=self.name, e=err)
         if proto.transport is not None:
-            proto.transport.loseConnection()
+            proto.transport.abortConnection()  # type: ignore[attr-defined]
 
     def lost(self, proto: RespProtocol, queue: deque[_Entry]) -> None:
         was_ready = self.ready and proto is self.proto
@@ -264,7 +264,8 @@ class _Conn:
         self.link._probes_lost(self)
         if was_ready:
             self.link._conn_lost(self)
-        self._schedule()
+        if self.proto is None:  # not an old connection's late goodbye
+            self._schedule()
 
     def drop(self) -> None:
         """Abort the connection now (silent, stuck): ``lost`` follows and reconnects."""
@@ -285,6 +286,8 @@ class _Conn:
         proto = self.proto
         if proto is None:
             return defer.fail(ClusterUnavailable(f"redis {self.name} link is down"))
+        if not command:
+            raise TypeError("execute() needs a command")
         data = encode_command(command)  # TypeError before anything is queued
         d: defer.Deferred[Any] = defer.Deferred()
         timer = None
@@ -301,7 +304,13 @@ class _Conn:
     def replied(self, entry: _Entry, reply: Any) -> None:
         if entry is None:  # a counted PUBLISH
             if type(reply) is RedisError:
-                log.warn("redis PUBLISH failed: {e}", e=reply)
+                self.link.publish_errors += 1
+                if self.link.publish_errors & (self.link.publish_errors - 1) == 0:  # 1, 2, 4...
+                    log.warn(
+                        "redis PUBLISH failed ({n} so far): {e}",
+                        n=self.link.publish_errors,
+                        e=reply,
+                    )
             return
         if type(entry) is _Probe:
             self.link._probe_replied(entry)
@@ -393,6 +402,7 @@ class RedisLink:
         self.received = 0
         self.command_timeouts = 0
         self.script_reloads = 0
+        self.publish_errors = 0
         self.silent = 0
         self.rtt: float | None = None
         self.lag: float | None = None
@@ -634,6 +644,7 @@ class RedisLink:
             },
             "published": self.published,
             "publish_dropped": self.dropped,
+            "publish_errors": self.publish_errors,
             "received": self.received,
             "command_timeouts": self.command_timeouts,
             "silent": self.silent,
@@ -762,7 +773,12 @@ class LinkCollector:
         )
         for name, doc, value in (
             ("published", "PUBLISHes sent (probes not counted)", link.published),
-            ("publish_dropped", "PUBLISHes refused because the link was down", link.dropped),
+            (
+                "publish_dropped",
+                "PUBLISHes refused: link down or Redis not answering",
+                link.dropped,
+            ),
+            ("publish_errors", "PUBLISHes Redis answered with an error", link.publish_errors),
             (
                 "received",
                 "Messages delivered by the subscriber (probes not counted)",

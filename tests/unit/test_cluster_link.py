@@ -176,9 +176,10 @@ def test_publish_writes_resp_in_order_and_counts() -> None:
         b"PUBLISH", b"gamed:n:b", b"22"
     )
     d = h.link.execute("ECHO", "x")
-    cmd.dataReceived(b":1\r\n:0\r\n$1\r\nx\r\n")  # PUBLISH replies are counted, not mistaken
+    cmd.dataReceived(b":1\r\n-OOM no memory\r\n$1\r\nx\r\n")  # PUBLISH replies: counted
     assert d.result == "x"
     assert h.registry.get_sample_value("gamed_cluster_published_total") == 2
+    assert h.registry.get_sample_value("gamed_cluster_publish_errors_total") == 1
 
 
 def test_auth_and_select_before_anything() -> None:
