@@ -23,6 +23,7 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
 )
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -119,6 +120,7 @@ class RespProtocol(Protocol):
         self.queue: deque[_Entry] = deque()
         self.pubsub = False
         self.closed: list[defer.Deferred[None]] = []
+        self.refused = False  # Redis refused AUTH/SELECT (the reason is kept, not the abort)
 
     def connectionMade(self) -> None:
         self.owner.connected(self)
@@ -145,7 +147,7 @@ class RespProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         queue, self.queue = self.queue, deque()
-        self.owner.lost(self, queue)
+        self.owner.lost(self, queue, reason)
         for d in self.closed:
             d.callback(None)
 
@@ -244,17 +246,23 @@ class _Conn:
 
     def _handshake_failed(self, proto: RespProtocol, f: Failure) -> None:
         err = f.value.subFailure.value if isinstance(f.value, defer.FirstError) else f.value
+        if proto.refused:
+            return
+        proto.refused = True
         self.last_error = str(err)
         log.warn("redis {name} link: handshake failed: {e}", name=self.name, e=err)
         if proto.transport is not None:
             proto.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def lost(self, proto: RespProtocol, queue: deque[_Entry]) -> None:
+    def lost(self, proto: RespProtocol, queue: deque[_Entry], reason: Failure | None) -> None:
         was_ready = self.ready and proto is self.proto
         if proto is self.proto:
             self.proto = None
             self.ready = False
-        err = ClusterUnavailable(f"redis {self.name} connection lost")
+        why = "closed" if reason is None or reason.check(ConnectionDone) else str(reason.value)
+        err = ClusterUnavailable(f"redis {self.name} connection lost ({why})")
+        if not was_ready and why != "closed" and not proto.refused:  # e.g. TLS verify failed
+            self.last_error = str(err)
         for entry in queue:
             if type(entry) is _Pending:
                 if entry.timer is not None and entry.timer.active():
@@ -371,6 +379,7 @@ class RedisLink:
         probe_interval: float = 1.0,
         probe_timeout: float = 3.0,
         connect_timeout: float = 2.0,
+        tls_ca_file: str | None = None,
     ) -> None:
         self.address = address
         self.reactor = reactor
@@ -380,6 +389,8 @@ class RedisLink:
         self.probe_interval = probe_interval
         self.probe_timeout = probe_timeout
         self.connect_timeout = connect_timeout
+        #: rediss://: a PEM file of the CA to trust instead of the system's (private CAs, tests)
+        self.tls_ca_file = tls_ca_file
         self.probe_channel = PROBE_PREFIX + node_id
         self._probe_channel_b = self.probe_channel.encode()
         self.command = _Conn(self, "command", "utf-8")
@@ -660,9 +671,13 @@ class RedisLink:
         ep = self._tcp(host, port)
         if addr.tls:
             from twisted.internet.endpoints import wrapClientTLS
-            from twisted.internet.ssl import optionsForClientTLS
+            from twisted.internet.ssl import Certificate, optionsForClientTLS
 
-            ep = wrapClientTLS(optionsForClientTLS(host), ep)
+            trust = None
+            if self.tls_ca_file:
+                with open(self.tls_ca_file, "rb") as f:
+                    trust = Certificate.loadPEM(f.read())
+            ep = wrapClientTLS(optionsForClientTLS(host, trustRoot=trust), ep)
         return ep
 
     def _tcp(self, host: str, port: int) -> IStreamClientEndpoint:

@@ -224,15 +224,44 @@ class RedisServer:
     ``cli()`` runs one command over a short blocking connection (CLIENT KILL, CONFIG...).
     """
 
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(self, workdir: Path, password: str | None = None, tls: bool = False) -> None:
         self.workdir = workdir
         self.password = password
         self.port = free_port()
+        #: with ``tls``: a TLS port too, its self-signed certificate (CN/SAN 127.0.0.1) in ``ca``
+        self.tls_port = free_port() if tls else 0
+        self.ca = workdir / "redis-cert.pem"
+        if tls:
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-keyout",
+                    str(workdir / "redis-key.pem"),
+                    "-out",
+                    str(self.ca),
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
-    def url(self, db: int = 0) -> str:
+    def url(self, db: int = 0, tls: bool = False) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if tls:
+            return f"rediss://{auth}127.0.0.1:{self.tls_port}/{db}"
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
     def start(self) -> None:
@@ -255,6 +284,17 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls_port:
+            args += [
+                "--tls-port",
+                str(self.tls_port),
+                "--tls-cert-file",
+                str(self.ca),
+                "--tls-key-file",
+                str(self.workdir / "redis-key.pem"),
+                "--tls-auth-clients",
+                "no",
+            ]
         log = open(self.workdir / "redis.log", "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
         log.close()

@@ -200,3 +200,24 @@ def test_password_and_db(tmp_path: Path, links: Any) -> Iterator[Any]:
         assert "WRONGPASS" in bad.command.last_error or "invalid" in bad.command.last_error
     finally:
         server.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_rediss_with_a_private_ca(tmp_path: Path, links: Any) -> Iterator[Any]:
+    server = RedisServer(tmp_path, password="pw", tls=True)
+    try:
+        link = links(server.url(tls=True), tls_ca_file=str(server.ca))
+        got: list[bytes] = []
+        link.subscribe("c", got.append)
+        yield until(lambda: link.state == UP, 10, "the TLS link up")
+        assert (yield link.execute("SET", "k", "v")) == "OK"
+        assert link.publish("c", b"over tls")
+        yield until(lambda: got, 5, "the message")
+        assert got == [b"over tls"]
+        # without the CA the certificate is refused: the link stays down
+        untrusted = links(server.url(tls=True), "n2")
+        yield sleep(0.5)
+        assert untrusted.state == DOWN
+        assert "certificate verify failed" in untrusted.command.last_error
+    finally:
+        server.stop()
