@@ -228,15 +228,26 @@ class _Conn:
             handshake.append(auth)
         if addr.db:
             handshake.append(["SELECT", addr.db])
+        if addr.sentinels:
+            # what the sentinels said may be stale (a failover under way): a replica is refused
+            handshake.append(["ROLE"])
         ds = [self.send(cmd, self.link.reply_timeout) for cmd in handshake]
         dl = defer.gatherResults(ds, consumeErrors=True)
         dl.addCallbacks(
-            lambda _: self._handshaken(proto), lambda f: self._handshake_failed(proto, f)
+            lambda replies: self._handshaken(proto, replies),
+            lambda f: self._handshake_failed(proto, f),
         )
 
-    def _handshaken(self, proto: RespProtocol) -> None:
+    def _handshaken(self, proto: RespProtocol, replies: list[Any]) -> None:
         if proto is not self.proto:
             return
+        if self.link.address.sentinels:
+            role = replies[-1]
+            if not (isinstance(role, list) and role and role[0] == "master"):
+                self._handshake_failed(
+                    proto, Failure(ClusterUnavailable(f"not the master (ROLE says {role!r})"))
+                )
+                return
         self.ready = True
         self.backoff = BACKOFF_MIN
         if self.ever_ready:
@@ -329,6 +340,10 @@ class _Conn:
         if entry.d.called:  # timed out already
             return
         if type(reply) is RedisError:
+            if str(reply).startswith("READONLY"):
+                # a failover made our master a replica: find the new one
+                log.warn("redis {name} link: {e}; reconnecting", name=self.name, e=reply)
+                self.drop()
             entry.d.errback(reply)
         else:
             entry.d.callback(reply)

@@ -227,8 +227,8 @@ def test_sentinel_gives_the_master_and_is_asked_again_after_failover() -> None:
     assert (h.reactor.tcpClients[4][0], h.reactor.tcpClients[4][1]) == ("10.0.0.9", 6380)
     h.accept()  # the subscriber's sentinel: left unanswered
     cmd, ct, _ = h.accept()
-    assert ct.value() == resp(b"SELECT", b"1")
-    cmd.dataReceived(b"+OK\r\n")
+    assert ct.value() == resp(b"SELECT", b"1") + resp(b"ROLE")
+    cmd.dataReceived(b"+OK\r\n" + MASTER_ROLE)
     assert h.link.state == DEGRADED
     # failover: the master's connection drops; the reconnect asks the sentinels again
     cmd.connectionLost(None)
@@ -238,10 +238,31 @@ def test_sentinel_gives_the_master_and_is_asked_again_after_failover() -> None:
     sentinel, _, _ = h.accept()
     sentinel.dataReceived(b"*2\r\n$8\r\n10.0.0.7\r\n$4\r\n6381\r\n")
     assert (h.reactor.tcpClients[6][0], h.reactor.tcpClients[6][1]) == ("10.0.0.7", 6381)
-    cmd, _, _ = h.accept()
-    cmd.dataReceived(b"+OK\r\n")
+    cmd, ct, _ = h.accept()
+    cmd.dataReceived(b"+OK\r\n" + MASTER_ROLE)
     assert h.link.state == DEGRADED
     assert h.link.command.reconnects == 1
+    # a write refused as READONLY (demoted under us) drops the connection to ask again
+    d = h.link.execute("SET", "k", "v")
+    cmd.dataReceived(b"-READONLY You can't write against a read only replica.\r\n")
+    d.addErrback(lambda _: None)
+    assert ct.disconnecting
+
+
+def test_sentinel_answer_that_is_a_replica_is_refused() -> None:
+    h = Harness("redis+sentinel://10.0.0.1:26379/mymaster")
+    h.link.start()
+    sentinel, _, _ = h.accept()
+    sentinel.dataReceived(b"*2\r\n$8\r\n10.0.0.9\r\n$4\r\n6380\r\n")
+    h.accept()  # the subscriber's sentinel
+    cmd, ct, _ = h.accept()
+    cmd.dataReceived(resp(b"slave", b"10.0.0.8", b"6379"))
+    assert ct.disconnecting
+    assert h.link.state == DOWN
+    assert "not the master" in h.link.command.last_error
+
+
+MASTER_ROLE = b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"
 
 
 def test_sentinel_that_does_not_know_the_master() -> None:
