@@ -243,7 +243,7 @@ class _Conn:
             return
         if self.link.address.sentinels:
             role = replies[-1]
-            if not (isinstance(role, list) and role and role[0] == "master"):
+            if not (isinstance(role, list) and role and role[0] in ("master", b"master")):
                 self._handshake_failed(
                     proto, Failure(ClusterUnavailable(f"not the master (ROLE says {role!r})"))
                 )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
+from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols import portforward
 
 from gamed.bench.server import TWISTD, GamedServer
@@ -427,6 +428,33 @@ class SilencingProxy(portforward.ProxyFactory):
                 c.transport.abortConnection()
 
 
+class _SentinelAnswer(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        factory: FakeSentinel = self.factory  # type: ignore[attr-defined]
+        factory.asked += 1
+        host, port = factory.master
+        h, p = host.encode(), str(port).encode()
+        self.transport.write(b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(h), h, len(p), p))  # type: ignore[union-attr]
+
+
+class FakeSentinel(Factory):
+    """Answers every ``SENTINEL get-master-addr-by-name`` with ``master`` (settable: a
+    failover), on the test's reactor (127.0.0.1, port 0)."""
+
+    protocol = _SentinelAnswer
+
+    def __init__(self, master: tuple[str, int]) -> None:
+        from twisted.internet import reactor
+
+        self.master = master
+        self.asked = 0
+        self.listening = reactor.listenTCP(0, self, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.port: int = self.listening.getHost().port
+
+    def close(self) -> None:
+        self.listening.stopListening()
+
+
 class GamedProcess(GamedServer):
     """One running `twistd -n gamed` (gamed.bench.server), plus what the tests ask of it."""
 
@@ -541,6 +569,7 @@ def live_game(
 __all__ = [
     "GAME_ROOM",
     "TWISTD",
+    "FakeSentinel",
     "GamedProcess",
     "RedisServer",
     "SilencingProxy",

@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor, task
 
 from gamed.cluster.link import DEGRADED, DOWN, UP, ClusterUnavailable, RedisError, RedisLink
 from gamed.cluster.url import parse_redis_url
-from tests.integration.helpers import RedisServer, SilencingProxy
+from tests.integration.helpers import FakeSentinel, RedisServer, SilencingProxy
 
 
 def sleep(seconds: float) -> defer.Deferred[None]:
@@ -221,3 +221,33 @@ def test_rediss_with_a_private_ca(tmp_path: Path, links: Any) -> Iterator[Any]:
         assert "certificate verify failed" in untrusted.command.last_error
     finally:
         server.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_sentinel_failover_to_a_new_master(
+    redis_server: RedisServer, tmp_path: Path, links: Any
+) -> Iterator[Any]:
+    (tmp_path / "second").mkdir()
+    second = RedisServer(tmp_path / "second")
+    sentinel = FakeSentinel(("127.0.0.1", redis_server.port))
+    try:
+        link = links(f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/0")
+        got: list[bytes] = []
+        link.subscribe("gamed:all", got.append)
+        yield until(lambda: link.state == UP, 10, "the link up on the first master")
+        yield link.execute("SET", "where", "first")
+        assert redis_server.cli("GET", "where") == "first"
+        # failover: the sentinels name the second server, the first one goes away
+        sentinel.master = ("127.0.0.1", second.port)
+        redis_server.stop()
+        yield until(lambda: link.state == DOWN, 10, "down while the master is gone")
+        yield until(lambda: link.state == UP, 15, "up on the new master")
+        yield link.execute("SET", "where", "second")
+        assert second.cli("GET", "where") == "second"
+        assert link.publish("gamed:all", b"after failover")
+        yield until(lambda: got, 5, "delivery on the new master")
+        assert got == [b"after failover"]
+        assert sentinel.asked >= 4  # each link asked before each connect
+    finally:
+        sentinel.close()
+        second.stop()

@@ -254,10 +254,14 @@ def test_sentinel_answer_that_is_a_replica_is_refused() -> None:
     h.link.start()
     sentinel, _, _ = h.accept()
     sentinel.dataReceived(b"*2\r\n$8\r\n10.0.0.9\r\n$4\r\n6380\r\n")
-    h.accept()  # the subscriber's sentinel
+    sub_sentinel, _, _ = h.accept()
     cmd, ct, _ = h.accept()
     cmd.dataReceived(resp(b"slave", b"10.0.0.8", b"6379"))
     assert ct.disconnecting
+    sub_sentinel.dataReceived(b"*2\r\n$8\r\n10.0.0.9\r\n$4\r\n6380\r\n")
+    sub, st, _ = h.accept()  # the subscriber (bytes replies) takes the master's ROLE
+    sub.dataReceived(MASTER_ROLE)
+    assert not st.disconnecting and b"SUBSCRIBE" in st.value()
     assert h.link.state == DOWN
     assert "not the master" in h.link.command.last_error
 
