@@ -27,7 +27,9 @@ def test_the_debian_package_list_is_the_only_one() -> None:
     ]
     for path in (ROOT / ".ci" / "install-deps.sh", ROOT / ".ci" / "run", ROOT / "Makefile"):
         text = path.read_text()
-        assert not re.search(r"apt-get install[^\n]*(prometheus|haproxy|chromium|redis)", text), path
+        assert not re.search(r"apt-get install[^\n]*(prometheus|haproxy|chromium|redis)", text), (
+            path
+        )
 
 
 def test_make_test_installs_the_packages_and_ci_just_runs_it() -> None:
