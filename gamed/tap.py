@@ -32,6 +32,8 @@ from gamed.service import (
 from gamed.store import StoreError
 from gamed.telemetry import ServerMetrics, TrafficCollector, TransportCollector
 from gamed.web import make_site
+from gamed.workers.listen import worker_spec
+from gamed.workers.worker import adopt
 from gamed.ws_site import make_ws_site
 
 _log = Logger()
@@ -229,6 +231,10 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
 
         reactor = _reactor
     settings: Settings = options.settings if isinstance(options, Options) else options["settings"]
+    if settings.workers > 1:  # the parent of --workers N: sockets, workers, merged HTTP
+        from gamed.workers.supervisor import make_supervisor
+
+        return make_supervisor(options, settings, reactor)
     launcher = daemon_launcher(options)
     if launcher is not None:
         # Daemon mode: twistd forks before it binds; say "port in use" while
@@ -351,4 +357,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         mw=", ".join(names) or "none",
     )
     top.router = router  # for tests and tools: the live state behind the services
+    worker = worker_spec()
+    if worker is not None:  # a worker of --workers N: the parent's sockets, not a bind
+        adopt(top, worker, reactor)
     return top

@@ -1,0 +1,246 @@
+"""The parent's HTTP port under ``--workers N``: one /metrics, /healthz and /stats for all workers.
+
+Each worker serves its full HTTP site on a loopback port of its own (the
+kernel's pick, told to the parent when the worker is ready). The parent's
+``/metrics`` scrapes every ready worker and merges the families, each sample
+labelled ``worker="K"``, plus its own ``gamed_supervisor_*`` series;
+``/healthz`` is 200 while at least one worker answers 200; ``/stats`` lists
+the workers (pid, node id, HTTP port, restarts) with each one's own /stats.
+Everything else (the admin API, analytics, the console) is on each worker's
+port, listed in ``/stats``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from gamed.httputil import json_response
+from gamed.web import QuietSite
+
+if TYPE_CHECKING:
+    from gamed.workers.supervisor import Supervisor
+
+_log = Logger()
+
+#: Seconds a worker has to answer the parent's scrape.
+SCRAPE_TIMEOUT = 2.0
+
+
+class Scraper:
+    """GETs a path from every ready worker's loopback HTTP port, with a timeout."""
+
+    def __init__(self, supervisor: Supervisor, reactor: Any) -> None:
+        self.supervisor = supervisor
+        self._reactor = reactor
+        self._agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        self.errors = 0
+
+    def get(self, port: int, path: str) -> defer.Deferred[tuple[int, bytes]]:
+        url = f"http://127.0.0.1:{port}{path}".encode()
+        d = self._agent.request(b"GET", url)
+
+        def body(response: Any) -> defer.Deferred[tuple[int, bytes]]:
+            return readBody(response).addCallback(lambda b: (response.code, b))
+
+        result = d.addCallback(body)
+        result.addTimeout(SCRAPE_TIMEOUT, self._reactor)
+        return result
+
+    def all(self, path: str) -> defer.Deferred[dict[int, tuple[int, bytes] | None]]:
+        """Every ready worker's answer (None for one that failed or timed out), by index."""
+        targets = [
+            (w["worker"], w["http_port"])
+            for w in self.supervisor.describe()
+            if w["ready"] and w["http_port"]
+        ]
+
+        def one(index: int, port: int) -> defer.Deferred[tuple[int, tuple[int, bytes] | None]]:
+            def failed(f: Any) -> None:
+                self.errors += 1
+                _log.debug("worker {w}: {path} failed: {f}", w=index, path=path, f=f.value)
+                return None
+
+            d = self.get(port, path)
+            d.addErrback(failed)
+            return d.addCallback(lambda r: (index, r))
+
+        ds = [one(i, p) for i, p in targets]
+        return defer.gatherResults(ds).addCallback(dict)
+
+
+def merge(expositions: dict[int, str]) -> list[Metric]:
+    """The families of every worker's exposition, each sample labelled with its worker."""
+    families: dict[str, Metric] = {}
+    for index, text in sorted(expositions.items()):
+        try:
+            parsed = list(text_string_to_metric_families(text))
+        except ValueError:
+            _log.warn("worker {w}: /metrics could not be parsed", w=index)
+            continue
+        for family in parsed:
+            merged = families.get(family.name)
+            if merged is None:
+                merged = Metric(family.name, family.documentation, family.type, family.unit)
+                families[family.name] = merged
+            label = str(index)
+            for s in family.samples:
+                merged.samples.append(s._replace(labels={**s.labels, "worker": label}))
+    return list(families.values())
+
+
+class _Merged:
+    """A collector that yields what was merged for one scrape, and the supervisor's own series."""
+
+    def __init__(self, supervisor: Supervisor, families: list[Metric], errors: int) -> None:
+        self.supervisor = supervisor
+        self.families = families
+        self.errors = errors
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+        up = GaugeMetricFamily(
+            "gamed_supervisor_worker_up",
+            "1 while the worker runs and said it is ready",
+            labels=["worker"],
+        )
+        restarts = GaugeMetricFamily(
+            "gamed_supervisor_worker_restarts",
+            "Times the supervisor restarted the worker since it started",
+            labels=["worker"],
+        )
+        for w in self.supervisor.describe():
+            up.add_metric([str(w["worker"])], 1.0 if w["ready"] else 0.0)
+            restarts.add_metric([str(w["worker"])], float(w["restarts"]))
+        yield up
+        yield restarts
+        yield GaugeMetricFamily(
+            "gamed_supervisor_scrape_errors",
+            "Worker scrapes (any path) that failed or timed out since the start",
+            value=float(self.errors),
+        )
+
+
+class MetricsPage(Resource):
+    isLeaf = True
+
+    def __init__(self, supervisor: Supervisor, scraper: Scraper) -> None:
+        super().__init__()
+        self.supervisor = supervisor
+        self.scraper = scraper
+
+    def render_GET(self, request: Request) -> Any:
+        def done(answers: dict[int, tuple[int, bytes] | None]) -> None:
+            texts = {
+                i: a[1].decode("utf-8", "replace")
+                for i, a in answers.items()
+                if a is not None and a[0] == 200
+            }
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Merged(self.supervisor, merge(texts), self.scraper.errors))
+            request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+            request.write(generate_latest(registry))
+            request.finish()
+
+        self.scraper.all("/metrics").addCallback(done).addErrback(_failed, request)
+        return NOT_DONE_YET
+
+
+class HealthPage(Resource):
+    isLeaf = True
+
+    def __init__(self, supervisor: Supervisor, scraper: Scraper) -> None:
+        super().__init__()
+        self.supervisor = supervisor
+        self.scraper = scraper
+
+    def render_GET(self, request: Request) -> Any:
+        if self.supervisor.stopping:
+            return json_response(request, 503, {"status": "draining"})
+
+        def done(answers: dict[int, tuple[int, bytes] | None]) -> None:
+            workers = {str(w["worker"]): {"status": "down"} for w in self.supervisor.describe()}
+            up = 0
+            for index, answer in answers.items():
+                if answer is None:
+                    workers[str(index)] = {"status": "no answer"}
+                    continue
+                body = _json(answer[1])
+                workers[str(index)] = body if isinstance(body, dict) else {"status": "?"}
+                up += answer[0] == 200
+            total = len(self.supervisor.slots)
+            status = "serving" if up == total else "degraded" if up else "down"
+            body = {"status": status, "workers_up": up, "workers": workers}
+            request.write(json_response(request, 200 if up else 503, body))
+            request.finish()
+
+        self.scraper.all("/healthz").addCallback(done).addErrback(_failed, request)
+        return NOT_DONE_YET
+
+
+class StatsPage(Resource):
+    isLeaf = True
+
+    def __init__(self, supervisor: Supervisor, scraper: Scraper) -> None:
+        super().__init__()
+        self.supervisor = supervisor
+        self.scraper = scraper
+
+    def render_GET(self, request: Request) -> Any:
+        def done(answers: dict[int, tuple[int, bytes] | None]) -> None:
+            workers = self.supervisor.describe()
+            connections = 0
+            for w in workers:
+                answer = answers.get(w["worker"])
+                stats = _json(answer[1]) if answer is not None and answer[0] == 200 else None
+                w["stats"] = stats
+                if isinstance(stats, dict):
+                    connections += int(stats.get("connections") or 0)
+            body = {
+                "workers": workers,
+                "connections": connections,
+                "restart_seconds": [round(t, 3) for t in self.supervisor.restart_times],
+            }
+            request.write(json_response(request, 200, body))
+            request.finish()
+
+        self.scraper.all("/stats").addCallback(done).addErrback(_failed, request)
+        return NOT_DONE_YET
+
+
+def _json(body: bytes) -> Any:
+    import orjson
+
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _failed(failure: Any, request: Request) -> None:
+    _log.failure("merged HTTP page failed", failure)
+    if not request.finished:
+        request.setResponseCode(500)
+        request.finish()
+
+
+def make_supervisor_site(supervisor: Supervisor, reactor: Any) -> QuietSite:
+    """The parent's Site: /metrics, /healthz, /stats (merged), nothing else."""
+    scraper = Scraper(supervisor, reactor)
+    root = Resource()
+    root.putChild(b"metrics", MetricsPage(supervisor, scraper))
+    root.putChild(b"healthz", HealthPage(supervisor, scraper))
+    root.putChild(b"stats", StatsPage(supervisor, scraper))
+    site = QuietSite(root)
+    site.noisy = False
+    site.displayTracebacks = False
+    return site
