@@ -94,11 +94,10 @@ class LogRelay:
             }
         if self.on_event is not None:
             self.on_event(event)
-        origin = event.get("log_system")
-        if origin is None:
-            level = event.get("log_level")
-            origin = event.get("log_namespace", "-")
-            if isinstance(level, LogLevel):
-                origin += f"#{level.name}"
+        namespace, level = event.get("log_namespace"), getattr(event.get("log_level"), "name", None)
+        if namespace and namespace != "log_legacy" and level:
+            origin = f"{namespace}#{level}"  # as the parent's own lines show it
+        else:
+            origin = event.get("log_system") or "-"
         event["log_system"] = f"{self.system} {origin}"
         self.publish(event)

@@ -19,8 +19,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -34,6 +36,42 @@ _log = Logger()
 
 #: Seconds a worker has to answer the parent's scrape.
 SCRAPE_TIMEOUT = 2.0
+#: Bytes of one worker's answer the parent reads at most.
+MAX_ANSWER = 16 * 1024 * 1024
+
+
+class _Fetch(Protocol):
+    """One ``GET path HTTP/1.0`` on loopback: the whole answer is read until the worker closes.
+
+    Twisted's Agent logs two lines per request ("Starting factory ..."): every
+    scrape would be news in the log.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.data = b""
+        self.done: defer.Deferred[tuple[int, bytes]] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        request = f"GET {self.path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+        self.transport.write(request.encode("ascii"))  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) > MAX_ANSWER:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        head, sep, body = self.data.partition(b"\r\n\r\n")
+        parts = head.split(b" ", 2)
+        if not sep or len(parts) < 2 or not parts[1].isdigit() or len(self.data) > MAX_ANSWER:
+            self.done.errback(ValueError(f"no complete HTTP answer ({len(self.data)} bytes)"))
+        else:
+            self.done.callback((int(parts[1]), body))
+
+
+class _QuietFactory(Factory):
+    noisy = False  # "Starting factory" twice per scrape is not news
 
 
 class Scraper:
@@ -42,19 +80,22 @@ class Scraper:
     def __init__(self, supervisor: Supervisor, reactor: Any) -> None:
         self.supervisor = supervisor
         self._reactor = reactor
-        self._agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
         self.errors = 0
 
     def get(self, port: int, path: str) -> defer.Deferred[tuple[int, bytes]]:
-        url = f"http://127.0.0.1:{port}{path}".encode()
-        d = self._agent.request(b"GET", url)
+        endpoint = TCP4ClientEndpoint(self._reactor, "127.0.0.1", port, timeout=SCRAPE_TIMEOUT)
+        fetch = _Fetch(path)
+        connected = endpoint.connect(_QuietFactory.forProtocol(lambda: fetch))
 
-        def body(response: Any) -> defer.Deferred[tuple[int, bytes]]:
-            return readBody(response).addCallback(lambda b: (response.code, b))
+        def answer(_: object) -> defer.Deferred[tuple[int, bytes]]:
+            def too_slow(result: Any, timeout: float) -> None:
+                if fetch.transport is not None:
+                    fetch.transport.abortConnection()  # type: ignore[attr-defined]
 
-        result = d.addCallback(body)
-        result.addTimeout(SCRAPE_TIMEOUT, self._reactor)
-        return result
+            fetch.done.addTimeout(SCRAPE_TIMEOUT, self._reactor, onTimeoutCancel=too_slow)
+            return fetch.done
+
+        return connected.addCallback(answer)
 
     def all(self, path: str) -> defer.Deferred[dict[int, tuple[int, bytes] | None]]:
         """Every ready worker's answer (None for one that failed or timed out), by index."""
