@@ -264,13 +264,17 @@ class Supervisor(ServerRoot):
             fds[name] = (n, int(sock.family))
         env = dict(os.environ)
         env[WORKER_ENV] = worker_env(slot.index, fds, os.getpid())
-        self._reactor.spawnProcess(
-            worker,
-            sys.executable,
-            self.command(slot, node_id),
-            env=env,
-            childFDs=child_fds,
-        )
+        try:
+            self._reactor.spawnProcess(
+                worker, sys.executable, self.command(slot, node_id), env=env, childFDs=child_fds
+            )
+        except OSError as e:
+            # E.g. an interpreter the --uid user may not run (one under /root).
+            if not self.started:
+                self.fatal(f"gamed: worker {slot.index} cannot be started: {e}")
+            else:
+                self._restart_later(slot, None, f"could not be started: {e}")
+            return
         slot.current = worker
         _log.info(
             "worker {worker} started: pid {pid}, node {node}",
@@ -320,16 +324,19 @@ class Supervisor(ServerRoot):
             reason = reason.removeprefix("gamed: ")
             self.fatal(f"gamed: worker {worker.index}: {reason}")
             return
+        self._restart_later(slot, worker.pid, f"died: {how}")
+
+    def _restart_later(self, slot: Slot, pid: int | None, what: str) -> None:
         now = time.monotonic()
         delay = slot.next_delay(now)
         slot.recent.append(now + delay)
         slot.restarts += 1
         _log.warn(
-            "worker {worker} (pid {pid}) died: {how}; restarting in {delay:.1f}s "
+            "worker {worker} (pid {pid}) {what}; restarting in {delay:.1f}s "
             "(restart {n} in the last minute, at most {max})",
-            worker=worker.index,
-            pid=worker.pid,
-            how=how,
+            worker=slot.index,
+            pid=pid,
+            what=what,
             delay=delay,
             n=len(slot.recent),
             max=MAX_RESTARTS,

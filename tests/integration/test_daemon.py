@@ -28,7 +28,14 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.helpers import TWISTD, WireClient, gamed_subcommand, heartbeat_ok, poll_until
+from tests.integration.helpers import (
+    TWISTD,
+    RedisServer,
+    WireClient,
+    gamed_subcommand,
+    heartbeat_ok,
+    poll_until,
+)
 
 AS_ROOT = os.geteuid() == 0
 START_TIMEOUT = 20.0
@@ -45,13 +52,13 @@ def alive(pid: int) -> bool:
 class Daemon:
     """One `twistd gamed` daemon in its own directory tree under /tmp."""
 
-    def __init__(self, base: Path, *args: str, config: str = "") -> None:
+    def __init__(self, base: Path, *args: str, config: str = "", drop: bool = True) -> None:
         self.run_dir, self.data_dir = base / "run", base / "data"
         self.pidfile, self.logfile = self.run_dir / "gamed.pid", self.run_dir / "gamed.log"
         self.run_dir.mkdir()
         self.data_dir.mkdir()
         ids: list[str] = []
-        if AS_ROOT:
+        if AS_ROOT and drop:
             nobody = pwd.getpwnam("nobody")
             for d in (self.run_dir, self.data_dir):  # the daemon writes here after dropping root
                 os.chown(d, nobody.pw_uid, nobody.pw_gid)
@@ -151,11 +158,11 @@ def daemon() -> Iterator[Callable[..., Daemon]]:
     """A factory: ``daemon("--shutdown-grace", "3")`` launches one; all are gone at teardown."""
     made: list[tuple[Path, Daemon]] = []
 
-    def launch(*args: str, config: str = "") -> Daemon:
+    def launch(*args: str, config: str = "", drop: bool = True) -> Daemon:
         # Not under pytest's tmp_path: its parents are 0700 root, out of reach for `nobody`.
         base = Path(tempfile.mkdtemp(prefix="gamed-daemon-"))
         base.chmod(0o755)
-        d = Daemon(base, *args, config=config)
+        d = Daemon(base, *args, config=config, drop=drop)
         made.append((base, d))
         return d
 
@@ -301,6 +308,57 @@ def test_sigterm_ends_early_when_every_client_leaves(daemon: Callable[..., Daemo
     d.wait_gone(10)
     assert time.monotonic() - sent < 5, "no waiting for the grace once every client has gone"
     poll_until(lambda: not d.pidfile.exists(), 5, "the pidfile to be removed")
+    assert "Traceback" not in d.log()
+
+
+def test_workers_daemonized_pidfile_names_the_supervisor(
+    daemon: Callable[..., Daemon], redis_server: RedisServer
+) -> None:
+    # Not dropped to nobody: a worker is a new exec of the interpreter, and this one
+    # lives under /root (0700); test_workers_under_uid_need_an_interpreter_they_may_run.
+    d = daemon("--workers", "2", "--redis", redis_server.url(), drop=False).started()
+    # twistd returned only once both workers were ready: they serve at once.
+    workers = d.stats()["workers"]
+    assert [w["ready"] for w in workers] == [True, True]
+    children = psutil.Process(d.pid).children()
+    assert {c.pid for c in children} == {w["pid"] for w in workers}
+    c = d.client(1)
+    assert heartbeat_ok(c)
+    c.close()
+    stop(d)
+    assert not any(alive(c.pid) for c in children), "no worker outlives the supervisor"
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="--uid needs root")
+def test_workers_under_uid_need_an_interpreter_they_may_run(
+    daemon: Callable[..., Daemon], redis_server: RedisServer
+) -> None:
+    """Workers are started after the drop to --uid: they run as that user, or, when it may
+    not run the interpreter (a Python under /root), the start fails in one line."""
+    d = daemon("--workers", "2", "--redis", redis_server.url())
+    nobody = pwd.getpwnam("nobody").pw_uid
+    if d.launch.returncode == 0:
+        d.started()
+        children = psutil.Process(d.pid).children()
+        assert len(children) == 2
+        assert {c.uids().effective for c in children} == {nobody}
+        stop(d)
+        return
+    assert d.launch.returncode == 1, d.launch
+    lines = (d.launch.stdout + d.launch.stderr).splitlines()
+    assert len(lines) == 2 and "Please look at log file" in lines[1], lines  # twistd's words
+    assert "gamed: worker 1 cannot be started: [Errno 13] Permission denied" in lines[0], lines
+    assert not d.pidfile.exists()
+
+    def running() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if str(d.data_dir) in " ".join(proc.info["cmdline"] or ()):
+                found.append(proc)
+        return found
+
+    poll_until(lambda: not running(), 10, "the supervisor to exit")
+    assert "[gamed.workers.supervisor#critical] gamed: worker 1 cannot be started" in d.log()
     assert "Traceback" not in d.log()
 
 

@@ -112,7 +112,7 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(
     assert new["restarts"] == 1
     assert new["node_id"] == f"{victim['node_id']}.1"  # a new incarnation, a new node id
     assert psutil.Process(new["pid"]).ppid() == p.pid
-    assert "worker 1 (pid %d) died: killed by SIGKILL" % victim["pid"] in p.log()
+    assert f"worker 1 (pid {victim['pid']}) died: killed by SIGKILL" in p.log()
     assert took < 20
     # The restarted worker accepts too: connect until it holds a connection (bounded).
     uid = 200
@@ -126,6 +126,7 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(
 
     poll_until(restarted_serves, 20, "a connection on the restarted worker")
     status, body = p.http("/metrics")
+    assert status == 200
     assert b'gamed_supervisor_worker_restarts{worker="1"} 1.0' in body
 
 
