@@ -26,7 +26,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections import deque
 from typing import Any
 
@@ -71,7 +70,7 @@ class Worker(ProcessProtocol):
         self.node_id = node_id
         self.pid: int | None = None
         self.ready = False
-        self.started_at = time.monotonic()
+        self.started_at: float = supervisor.clock.seconds()
         #: The loopback port of the worker's own HTTP site (told when ready).
         self.http_port: int | None = None
         self.ended: defer.Deferred[None] = defer.Deferred()
@@ -130,7 +129,7 @@ class Slot:
         self.index = index
         self.current: Worker | None = None
         self.restarts = 0
-        self.recent: deque[float] = deque()  # restart times (monotonic) within the last minute
+        self.recent: deque[float] = deque()  # restart times (reactor clock) in the last minute
         self.pending: Any = None  # the DelayedCall of a scheduled restart
 
     def next_delay(self, now: float) -> float:
@@ -159,6 +158,7 @@ class Supervisor(ServerRoot):
         node_base: str | None,
     ) -> None:
         super().__init__(reactor, reload=lambda: self.forward("HUP"))
+        self.clock = reactor  # restarts and readiness are timed on the reactor's clock
         self.settings = settings
         self.listeners = listeners
         self.worker_args = worker_args
@@ -285,7 +285,7 @@ class Supervisor(ServerRoot):
 
     def worker_ready(self, worker: Worker) -> None:
         slot = self.slots[worker.index - 1]
-        took = time.monotonic() - worker.started_at
+        took = self.clock.seconds() - worker.started_at
         if slot.restarts:
             self.restart_times.append(took)
         _log.info(
@@ -327,7 +327,7 @@ class Supervisor(ServerRoot):
         self._restart_later(slot, worker.pid, f"died: {how}")
 
     def _restart_later(self, slot: Slot, pid: int | None, what: str) -> None:
-        now = time.monotonic()
+        now = self.clock.seconds()
         delay = slot.next_delay(now)
         slot.recent.append(now + delay)
         slot.restarts += 1
