@@ -193,3 +193,21 @@ def test_a_worker_that_cannot_start_is_one_line_and_exit_1(
     line = f"gamed: worker 2: cannot use {data / 'worker-2' / 'security.sqlite3'}: "
     assert r.stderr.startswith(line) and len(r.stderr.splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stdout
+
+
+def test_workers_stop_by_themselves_when_the_supervisor_is_killed(
+    gamed: Callable[..., GamedProcess], redis_server: RedisServer
+) -> None:
+    p, workers = start_workers(gamed, redis_server)
+    p.proc.kill()
+    p.proc.wait(10)
+    # Each worker looks for its parent every second, then drains (nothing to drain here).
+    poll_until(
+        lambda: not any(alive(w["pid"]) for w in workers),
+        15,
+        "the orphaned workers to exit",
+        detail=p.log_tail,
+    )
+    # (Their last words went to the dead parent's pipe.) Nobody holds the game port now.
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", p.port)) != 0
