@@ -41,8 +41,8 @@ def listen_address(option: str, description: str) -> ListenAddress:
     endpoint = endpoints.serverFromString(None, rest)
     if not isinstance(endpoint, endpoints.TCP4ServerEndpoint | endpoints.TCP6ServerEndpoint):
         raise ValueError(
-            f"gamed: --workers shares only tcp: endpoints; --{option} is {description!r} "
-            "(terminate TLS at the load balancer)"
+            f"gamed: --workers shares only tcp: endpoints (for TLS, terminate it at the load "
+            f"balancer); --{option} is {description!r}"
         )
     v6 = isinstance(endpoint, endpoints.TCP6ServerEndpoint) or ":" in endpoint._interface
     family = socket.AF_INET6 if v6 else socket.AF_INET
