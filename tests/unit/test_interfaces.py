@@ -39,6 +39,8 @@ from gamed.protocol import ConnectionContext, GameProtocol
 from gamed.rooms import RoomService
 from gamed.router import Router
 from gamed.websocket import GameWebSocketFactory, WebSocketConnection
+from gamed.workers.listen import InheritedEndpoint
+from gamed.workers.worker import ReportingEndpoint
 from tests.unit.fakes import (
     Ctx,
     FakeConnection,
@@ -92,6 +94,8 @@ CASES: dict[type, Callable[[MemoryServer], Any]] = {
     SseClient: lambda tree: SseClient(DummyRequest([b""]), None, 1024),
     hot_path_micro._Ctx: lambda tree: hot_path_micro._Ctx(Clock()),
     fanout_micro._Reactor: lambda tree: fanout_micro._Reactor(),
+    InheritedEndpoint: lambda tree: InheritedEndpoint(Clock(), 3, 2),
+    ReportingEndpoint: lambda tree: ReportingEndpoint(InheritedEndpoint(Clock(), 3, 2)),
     # The unit fakes stand in for these seams; they must keep to them.
     Ctx: lambda tree: Ctx(),
     FakeConnection: lambda tree: FakeConnection(tree.router),
