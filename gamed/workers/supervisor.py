@@ -480,9 +480,10 @@ def make_supervisor(options: Any, settings: Settings, reactor: Any) -> IService:
 
     listeners: dict[str, ListenAddress] = {}
     try:
-        listeners["game"] = listen_address("port", settings.port)
+        # backlog=1024 unless given, as for one process (gamed.config.with_backlog).
+        listeners["game"] = listen_address("port", with_backlog(settings.port))
         if settings.ws_port is not None:
-            listeners["ws"] = listen_address("ws-port", settings.ws_port)
+            listeners["ws"] = listen_address("ws-port", with_backlog(settings.ws_port))
     except ValueError as e:
         raise SystemExit(str(e)) from None
     if daemon_launcher(options) is not None:

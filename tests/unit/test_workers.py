@@ -437,3 +437,19 @@ def test_merged_metrics_label_every_sample_with_its_worker() -> None:
     again = {f.name: f for f in text_string_to_metric_families(text)}
     assert len(again["gamed_connections"].samples) == 2
     assert text.count("# TYPE gamed_connections gauge") == 1
+
+
+def test_workers_n_makes_the_supervisor_with_deep_backlogs(tmp_path: Path) -> None:
+    from gamed import tap
+
+    options = tap.Options()
+    cluster = ["--workers", "3", "--redis", "redis://127.0.0.1:6379"]
+    ports = ["--port", "tcp:7001", "--ws-port", "tcp:7081:backlog=77"]
+    options.parseOptions([*cluster, *ports, "--data-dir", str(tmp_path / "d")])
+    top = tap.makeService(options, reactor=MemoryReactorClock())
+    assert isinstance(top, sup.Supervisor)
+    assert len(top.slots) == 3
+    assert top.listeners["game"].backlog == 1024  # not Twisted's 50: a reconnect storm fits
+    assert top.listeners["ws"].backlog == 77  # the operator's own
+    assert top.settings.data_dir == str(tmp_path / "d")
+    assert "http-listener" in top.namedServices
