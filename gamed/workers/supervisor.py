@@ -366,6 +366,8 @@ class Supervisor(ServerRoot):
         self.stopping = True
         if self._start_timer is not None and self._start_timer.active():
             self._start_timer.cancel()
+        # Stopped before every worker was ready: twistd's launcher must not wait on.
+        self._tell_launcher(b"1 gamed: stopped before every worker was ready")
         for slot in self.slots:
             if slot.pending is not None and slot.pending.active():
                 slot.pending.cancel()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -147,6 +148,9 @@ def test_sighup_reaches_every_worker_and_sigterm_stops_them_all(
     started = time.monotonic()
     p.proc.send_signal(signal.SIGTERM)
     assert c.recv() == {"SystemMessage": {"message": "server is shutting down"}}
+    # While a worker drains (this client is still there), the parent's /healthz says so.
+    status, body = p.http("/healthz")
+    assert (status, orjson.loads(body)) == (503, {"status": "draining"})
     c.close()
     p.proc.wait(20)
     assert time.monotonic() - started < 15

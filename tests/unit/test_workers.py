@@ -453,3 +453,16 @@ def test_workers_n_makes_the_supervisor_with_deep_backlogs(tmp_path: Path) -> No
     assert top.listeners["ws"].backlog == 77  # the operator's own
     assert top.settings.data_dir == str(tmp_path / "d")
     assert "http-listener" in top.namedServices
+
+
+def test_a_stop_before_every_worker_is_ready_answers_twistds_launcher(tmp_path: Path) -> None:
+    r, w = os.pipe()
+    reactor = ProcessReactor()
+    top = supervisor(tmp_path, reactor, pipe=w)
+    top.startService()
+    ready(reactor.spawned[0][0])
+    top.stopService()
+    assert os.read(r, 200) == b"1 gamed: stopped before every worker was ready"
+    os.close(r)
+    die(reactor.spawned[1][0], sig=15)
+    assert reactor.stopped == 0, "a stop asked for is no failure"
