@@ -380,6 +380,19 @@ def test_a_taken_port_exits_1_with_one_line_and_no_pidfile(
     assert "Traceback" not in d.log()
 
 
+def test_workers_a_taken_port_exits_1_with_one_line(daemon: Callable[..., Daemon]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cluster = ("--workers", "2", "--redis", "redis://127.0.0.1:6379")
+        d = daemon(*cluster, "--ws-port", f"tcp:{port}:interface=127.0.0.1")
+    assert d.launch.returncode == 1, d.launch
+    lines = (d.launch.stdout + d.launch.stderr).splitlines()
+    assert lines == [f"gamed: cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use"]
+    assert not d.pidfile.exists()
+
+
 def test_in_the_foreground_a_taken_port_leaves_no_pidfile_either(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
