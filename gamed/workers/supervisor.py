@@ -23,6 +23,7 @@ the merged ``/metrics``, ``/healthz`` and ``/stats`` on ``--metrics-port``
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sys
@@ -225,7 +226,8 @@ class Supervisor(ServerRoot):
         suffix = f"-w{slot.index}" + (f".{slot.restarts}" if slot.restarts else "")
         base = (self.node_base or "gamed")[: 64 - len(suffix)]
         node = base + suffix
-        assert NODE_ID.fullmatch(node), node
+        if not NODE_ID.fullmatch(node):  # a host name with characters a node id may not have
+            node = re.sub(r"[^A-Za-z0-9_.:@-]", "_", node)
         return node
 
     def command(self, slot: Slot, node_id: str) -> list[str]:

@@ -349,6 +349,8 @@ def test_a_long_parent_node_id_is_cut_to_fit_the_suffix(tmp_path: Path) -> None:
     top.slots[0].restarts = 12
     node = top.node_id(top.slots[0])
     assert len(node) == 64 and node.endswith("-w1.12")
+    top.node_base = "höst name:1"
+    assert top.node_id(top.slots[0]) == "h_st_name:1-w1.12"
 
 
 def test_a_worker_adopts_the_inherited_sockets_instead_of_binding(
