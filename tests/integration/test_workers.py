@@ -73,7 +73,7 @@ def test_both_workers_accept_on_the_shared_port(
         for _ in range(4):
             uid += 1
             p.client(uid)  # asserts the ConnectionAck
-        assert uid <= 60, f"one worker took all {uid} connections: {p.stats()}"
+        assert uid <= 200, f"one worker took all {uid} connections: {p.stats()}"
         held = {w["worker"]: w["stats"]["connections"] for w in p.stats()["workers"]}
         return all(n > 0 for n in held.values())
 
@@ -122,7 +122,7 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(
         nonlocal uid
         uid += 1
         p.client(uid)
-        assert uid < 260
+        assert uid < 400, "the restarted worker never took a connection"
         return p.stats()["workers"][0]["stats"]["connections"] > 0
 
     poll_until(restarted_serves, 20, "a connection on the restarted worker")
