@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 
 class IRoomClient(Interface):
@@ -267,3 +271,45 @@ class IGameService(Interface):
 
     def reclaimed(client: IRoomClient, room_id: int) -> None:
         """The new connection ``client`` is back in ``room_id``: send it the game state."""
+
+
+class ICluster(Interface):
+    """Where the router meets the cluster (docs/cluster.md): sessions and seats that must hold
+    across nodes. ``gamed.solo.NullCluster`` in one process: false in a boolean test, every
+    call a no-op or an already-fired Deferred, so the router has one code path.
+
+    Methods that need Redis and cannot get it raise (or fail with) ``Refusal(503,
+    "cluster unavailable: ...")``; a full room is ``Refusal(409, ...)``.
+    """
+
+    state = Attribute("str: the link's state, 'up', 'degraded' or 'down' ('' in one process)")
+
+    def require() -> None:
+        """Raise Refusal(503) now if a Connect cannot be registered (the link is down)."""
+
+    def session_opened(conn: IConnection) -> None:
+        """``conn`` holds ``conn.user_id``'s session now: claim it cluster-wide (a session
+        on another node is closed with 409, whichever transport)."""
+
+    def session_closed(conn: IConnection) -> None:
+        """``conn``'s session ended here: release it unless another node holds it now."""
+
+    def join(conn: IConnection, room_id: int, nickname: str) -> Deferred[Any]:
+        """Take a seat in ``room_id`` for ``conn``: a Deferred firing with a seat (given to
+        ``seated``), or None when there is no cluster (the room service decides alone);
+        fails with Refusal. The capacity check and the seat are one atomic step."""
+
+    def seated(room: object, seat: object) -> None:
+        """``conn`` is in ``room`` locally now (``rooms.join`` ran): note the other nodes
+        of the room and tell them the new count, before the join notice goes out."""
+
+    def unseat(user_id: int, room_id: int) -> None:
+        """Give back a seat taken by ``join`` that was never used (the connection left
+        while its join was in flight)."""
+
+    def left(room: object, member: IRoomClient) -> None:
+        """``member`` left ``room`` here (``rooms.leave`` ran): release its seat and tell
+        the other nodes, before the leave notice goes out."""
+
+    def health() -> dict:
+        """For /healthz and /stats: the link state and what the node knows of the cluster."""

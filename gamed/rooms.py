@@ -7,6 +7,8 @@ the last member leaves. A user is in at most one room at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -27,7 +29,9 @@ class Room:
         "members",
         "message_count",
         "peak_users",
+        "remote",
         "room_id",
+        "total",
     )
 
     def __init__(self, room_id: int, now: float) -> None:
@@ -37,9 +41,20 @@ class Room:
         self.last_activity = now
         self.message_count = 0
         self.peak_users = 0
+        #: Cluster only: other nodes with members here (node id -> their count). Empty in
+        #: one process, and whenever every member is local: then nothing is relayed.
+        self.remote: dict[str, int] = {}
+        #: Cluster only: the cluster-wide member count, meaningful while ``remote`` is set.
+        self.total = 0
 
     def __len__(self) -> int:
+        """Members on this node (the cluster count is ``user_count``)."""
         return len(self.members)
+
+    @property
+    def user_count(self) -> int:
+        """Members in the whole cluster: what RoomJoinSuccess and the notices show."""
+        return self.total if self.remote else len(self.members)
 
 
 @implementer(IRoomService)
@@ -52,6 +67,9 @@ class RoomService:
         self._room_of: dict[int, Room] = {}
         self.total_broadcast_frames = 0
         self.bytes_out = 0  # counted per broadcast: members' writers do not count
+        #: Cluster only (set by gamed.cluster): ``relay(room, frame)`` hands a frame to the
+        #: other nodes with members in ``room``; called only while ``room.remote`` is set.
+        self.relay: Callable[[Room, bytes], None] | None = None
 
     # -- queries --------------------------------------------------------------
 
@@ -121,6 +139,13 @@ class RoomService:
         room = self._rooms.get(room_id)
         if room is None:
             return 0
+        return self.broadcast_room(room, frame, exclude)
+
+    def broadcast_room(self, room: Room, frame: bytes, exclude: IRoomClient | None = None) -> int:
+        """``broadcast`` to a room the caller holds, even one just emptied here: its
+        members on other nodes still get the frame (a leave notice)."""
+        if room.remote and self.relay is not None:
+            self.relay(room, frame)
         if exclude is None:
             for member in room.members.values():
                 member.send_frame(frame)
@@ -142,6 +167,18 @@ class RoomService:
         """
         room.message_count += 1
         room.last_activity = self._clock.seconds()
+        if room.remote and self.relay is not None:
+            self.relay(room, frame)
+        for member in room.members.values():
+            member.send_frame(frame)
+        n = len(room.members)
+        self.total_broadcast_frames += n
+        self.bytes_out += n * len(frame)
+        return n
+
+    def deliver(self, room: Room, frame: bytes) -> int:
+        """A frame relayed from another node, to this node's members of ``room`` only:
+        never relayed again (the sender reached every node itself)."""
         for member in room.members.values():
             member.send_frame(frame)
         n = len(room.members)

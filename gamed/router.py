@@ -21,6 +21,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gamed import codec
@@ -31,6 +32,7 @@ from gamed.errors import Refusal
 from gamed.events import EventBus
 from gamed.games import NullGames
 from gamed.interfaces import (
+    ICluster,
     IConnection,
     IConnectionHandler,
     IGameService,
@@ -39,6 +41,7 @@ from gamed.interfaces import (
 )
 from gamed.pipeline import Pipeline, Veto
 from gamed.rooms import Room, RoomFull, RoomService
+from gamed.solo import NullCluster
 from gamed.telemetry import ServerMetrics
 
 _log = Logger()
@@ -72,8 +75,10 @@ class Router:
         metrics: ServerMetrics,
         events: EventBus,
         games: IGameService | None = None,
+        cluster: ICluster | None = None,
     ) -> None:
-        """``games`` is the game service; None means games are off (``NullGames``)."""
+        """``games`` is the game service; None means games are off (``NullGames``).
+        ``cluster`` is the node of a cluster (gamed.cluster); None: one process."""
         self.settings = settings
         self.clock = clock
         self.rooms = rooms
@@ -83,6 +88,10 @@ class Router:
         self.authenticate: Authenticator | None = None
         #: Game rules; NullGames refuses game messages with 404 and holds no seat.
         self.games: IGameService = NullGames() if games is None else games
+        #: Sessions and seats across nodes; NullCluster (false) in one process.
+        self.cluster: ICluster = NullCluster() if cluster is None else cluster
+        #: Connections whose RoomJoin waits for the cluster (never in one process).
+        self._joining: set[IConnection] = set()
         #: Re-reads the config and reloads plugins; set by gamed.tap.
         self.reloader: Callable[[], Any] | None = None
         # Totals of connections that have closed; live ones are summed at scrape.
@@ -140,6 +149,7 @@ class Router:
         if conn not in self.connections:
             return  # refused at accept: never counted
         self.connections.discard(conn)
+        self._joining.discard(conn)
         self.closed_bytes_in += conn.bytes_in
         self.closed_bytes_out += conn.bytes_out
         self.metrics.connections.dec()
@@ -157,6 +167,7 @@ class Router:
             )
             if not held:
                 self._leave_current_room(conn, notify_leaver=False)
+            self.cluster.session_closed(conn)
             now = self.clock.seconds()
             self.events.emit(ev.UserDisconnected(uid, now - conn.ctx.connected_at, reason, now))
         if self.pipeline:
@@ -317,6 +328,7 @@ class Router:
             self._nickname(nickname)
         if self.authenticate is not None:
             self.authenticate(uid, msg.token)
+        self.cluster.require()  # 503 at once when the cluster cannot register the session
         old = self.sessions.get(uid)
         seat: int | None = None
         if old is not None:
@@ -341,12 +353,13 @@ class Router:
         conn.nickname = nickname or f"user{uid}"
         self.sessions[uid] = conn
         self.metrics.sessions.inc()
+        self.cluster.session_opened(conn)
         conn.send(m.ConnectionAck(uid))
         self.events.emit(ev.UserConnected(uid, conn.ctx.peer_host, self.clock.seconds()))
         room_id = self.games.reclaim(uid) if seat is None else seat
         if room_id is not None and self.rooms.get(room_id) is not None:
             room = self.rooms.join(conn, room_id)  # replaces the held member
-            conn.send(m.RoomJoinSuccess(room_id, len(room)))
+            conn.send(m.RoomJoinSuccess(room_id, room.user_count))
             self.games.reclaimed(conn, room_id)
         stale = self.rooms.room_of(uid)
         if stale is not None and stale.members.get(uid) is not conn:
@@ -363,18 +376,63 @@ class Router:
         self._nickname(msg.nickname)
         current = self.rooms.room_of(conn.user_id)
         if current is not None and current.room_id == room_id:
-            conn.send(m.RoomJoinSuccess(room_id, len(current)))
+            conn.send(m.RoomJoinSuccess(room_id, current.user_count))
             return
-        if self.rooms.size(room_id) >= self.rooms.max_room_users:
-            raise Refusal(409, f"room {room_id} is full ({self.rooms.max_room_users} users)")
+        if conn in self._joining:
+            raise Refusal(409, "join in progress")
+        # The cluster takes the seat (capacity check and seat in one step) before the user
+        # leaves its current room, as in one process: a full room leaves it where it was.
+        # NullCluster's Deferred has fired already: one process stays synchronous.
+        d = self.cluster.join(conn, room_id, msg.nickname)
+        box: list[Any] = []
+        d.addBoth(box.append)
+        if box:
+            self._seat(conn, room_id, msg.nickname, box[0])
+            return
+        self._joining.add(conn)
+        d.addCallback(lambda _: self._seat_later(conn, room_id, msg.nickname, box[0]))
+
+    def _seat_later(self, conn: IConnection, room_id: int, nickname: str, seat: object) -> None:
+        """A join the cluster answered later: errors go to the client, not the caller."""
+        self._joining.discard(conn)
+        try:
+            self._seat(conn, room_id, nickname, seat)
+        except Refusal as refusal:
+            if conn in self.connections:
+                conn.send_error(refusal.code, refusal.message)
+        except Exception:
+            _log.failure("seating user {uid} in room {room}", uid=conn.user_id, room=room_id)
+            if conn in self.connections:
+                conn.send_error(500, "internal error while handling RoomJoin")
+
+    def _seat(self, conn: IConnection, room_id: int, nickname: str, seat: object) -> None:
+        """Put ``conn`` in ``room_id`` once the cluster gave it a seat (``seat``; None in
+        one process: the room service's count decides); raises Refusal."""
+        if isinstance(seat, Failure):
+            seat.raiseException()
+        uid = conn.user_id
+        if seat is None:
+            if self.rooms.size(room_id) >= self.rooms.max_room_users:
+                raise Refusal(409, f"room {room_id} is full ({self.rooms.max_room_users} users)")
+        elif uid is None or self.sessions.get(uid) is not conn:
+            self.cluster.unseat(uid if uid is not None else 0, room_id)  # gone meanwhile
+            return
+        current = self.rooms.room_of(uid)
         if current is not None:
+            if current.room_id == room_id:
+                conn.send(m.RoomJoinSuccess(room_id, current.user_count))
+                return
             self._leave_current_room(conn, notify_leaver=True)
-        conn.nickname = msg.nickname or conn.nickname
+        conn.nickname = nickname or conn.nickname
         try:
             room = self.rooms.join(conn, room_id)
-        except RoomFull:  # pragma: no cover - checked above; kept for other callers
+        except RoomFull:  # checked above, or the cluster admitted more than this node's limit
+            if seat is not None:
+                self.cluster.unseat(conn.user_id, room_id)
             raise Refusal(409, f"room {room_id} is full") from None
-        count = len(room)
+        if seat is not None:
+            self.cluster.seated(room, seat)
+        count = room.user_count
         conn.send(m.RoomJoinSuccess(room_id, count))
         if count > 1:
             self._to_others(
@@ -436,12 +494,14 @@ class Router:
     def _remove_member(self, room: Room, member: IRoomClient, notify: IConnection | None) -> None:
         """Take ``member`` out of ``room`` with the usual notices, and out of its game."""
         self.rooms.leave(member, room.room_id)
-        count = len(room)
+        self.cluster.left(room, member)
+        count = room.user_count
         if notify is not None:
             notify.send(m.RoomLeaveSuccess(room.room_id, count))
         if count and not self.draining:
             notice = m.UserLeftRoom(room.room_id, member.user_id, member.nickname, count)
-            self.rooms.broadcast(room.room_id, codec.frame(notice))
+            # the room object: emptied here, its members on other nodes still hear of it
+            self.rooms.broadcast_room(room, codec.frame(notice))
         self.metrics.rooms.set(len(self.rooms))
         self.games.member_left(member, room.room_id)
 

@@ -38,6 +38,7 @@ from gamed.middleware.security.middleware import SecurityMiddleware
 from gamed.protocol import ConnectionContext, GameProtocol
 from gamed.rooms import RoomService
 from gamed.router import Router
+from gamed.solo import NullCluster
 from gamed.websocket import GameWebSocketFactory, WebSocketConnection
 from gamed.workers.listen import InheritedEndpoint
 from gamed.workers.worker import ReportingEndpoint
@@ -83,6 +84,7 @@ CASES: dict[type, Callable[[MemoryServer], Any]] = {
     RoomService: lambda tree: tree.router.rooms,
     Games: lambda tree: tree.router.games,
     NullGames: lambda tree: NullGames(),
+    NullCluster: lambda tree: NullCluster(),
     EventBus: lambda tree: tree.router.events,
     GameProtocol: lambda tree: tree.client(),
     WebSocketConnection: websocket,
