@@ -256,6 +256,13 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     rooms = RoomService(reactor, settings.max_room_users, events)
     games = Games(reactor, rooms, events, settings, metrics.registry)
     router = Router(settings, reactor, rooms, Pipeline(), metrics, events, games)
+    cluster = None
+    if settings.redis is not None:
+        # Only with --redis: one process never imports the cluster (nor a Redis client).
+        from gamed.cluster.node import ClusterNode
+
+        cluster = ClusterNode(settings, reactor, rooms, metrics.registry)
+        router.cluster = cluster
     metrics.registry.register(TrafficCollector(router))
 
     validated = getattr(options, "validated", None) or validate_config(settings)
@@ -305,6 +312,10 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     top.data_dir = settings.data_dir
     router.reloader = top.reload  # the admin API's reload: logged like a SIGHUP
     games.service.setServiceParent(top)
+    if cluster is not None:
+        # Before "game": stopped after the drain, so the node's last leaves reach Redis
+        # before it takes its registration down.
+        cluster.setServiceParent(top)
     for name, p in parts:
         if p.service is not None:
             p.service.setName(f"middleware-{name}")
@@ -332,16 +343,25 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     game.setServiceParent(top)
 
     if settings.metrics_port is not None:
+        cluster_pages: dict[bytes, Any] = {}
+        if cluster is not None:
+            from gamed.cluster.pages import ClusterPage
+
+            cluster_pages[b"cluster"] = ClusterPage(cluster)
         site = make_site(
             router,
             metrics.registry,
             stats_sections={
                 "cache": games.cache_stats,
                 "games": games.stats,
+                **({"cluster": cluster.health} if cluster is not None else {}),
                 **{n: p.stats for n, p in parts if p.stats is not None},
             },
             room_sections={n: p.room_stats for n, p in parts if p.room_stats is not None},
-            extra={k: v for _, p in parts for k, v in p.resources.items()},
+            extra={
+                **{k: v for _, p in parts for k, v in p.resources.items()},
+                **cluster_pages,
+            },
             admin=admin,
         )
         web = strports.service(with_backlog(settings.metrics_port), site, reactor=reactor)

@@ -80,8 +80,16 @@ class HealthPage(_SourcePage):
     _source: Router
 
     def render_GET(self, request: Request) -> bytes:
-        if self._source.draining:
+        router = self._source
+        if router.draining:
             return json_response(request, 503, {"status": "draining"})
+        cluster = router.cluster
+        if cluster:
+            # down: this node cannot admit anyone (Connect and RoomJoin get 503): let the
+            # balancer send new players elsewhere; degraded still serves (docs/cluster.md)
+            state = cluster.state
+            status = 503 if state == "down" else 200
+            return json_response(request, status, {"status": "serving", "cluster": state})
         return json_response(request, 200, {"status": "serving"})
 
 
