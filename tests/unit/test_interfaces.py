@@ -28,6 +28,8 @@ from zope.interface.verify import verifyObject
 
 import gamed
 from gamed.bench import fanout_micro, hot_path_micro, wsframe
+from gamed.cluster.node import ClusterNode
+from gamed.config import Settings
 from gamed.events import EventBus
 from gamed.games import Games, NullGames
 from gamed.middleware.analytics.middleware import AnalyticsMiddleware
@@ -85,6 +87,9 @@ CASES: dict[type, Callable[[MemoryServer], Any]] = {
     Games: lambda tree: tree.router.games,
     NullGames: lambda tree: NullGames(),
     NullCluster: lambda tree: NullCluster(),
+    ClusterNode: lambda tree: ClusterNode(
+        Settings(redis="redis://127.0.0.1:6379/0"), Clock(), tree.router.rooms
+    ),
     EventBus: lambda tree: tree.router.events,
     GameProtocol: lambda tree: tree.client(),
     WebSocketConnection: websocket,
