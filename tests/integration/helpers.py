@@ -583,3 +583,96 @@ __all__ = [
     "poll_until",
     "two_in_room",
 ]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for servers that cannot listen on port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on 127.0.0.1: no persistence, stopped by its fixture.
+
+    ``stop`` and ``start`` again on the same port stand in for a Redis restart that
+    lost everything (no persistence).
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        log = open(self.workdir / f"redis-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        poll_until(lambda: self._pings(), 10.0, "redis-server to answer PING")
+
+    def _pings(self) -> bool:
+        try:
+            return self.call("PING") == "PONG"
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def call(self, *args: str | int) -> Any:
+        """One command over a fresh connection; the reply decoded (str, int, list, None)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            out = [b"*%d\r\n" % len(args)]
+            for a in args:
+                b = str(a).encode()
+                out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+            s.sendall(b"".join(out))
+            f = s.makefile("rb")
+            return _resp(f)
+
+
+def _resp(f: Any) -> Any:
+    line = f.readline()
+    if not line:
+        raise OSError("redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)[:-2]
+        return data.decode()
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp(f) for _ in range(n)]
+    raise RuntimeError(f"unexpected reply {line!r}")

@@ -1,0 +1,296 @@
+"""A gamed cluster on a real redis-server (docs/cluster.md): two or three
+``twistd -n gamed --redis ... --node-id ...`` nodes on 127.0.0.1.
+
+Rooms across nodes (cluster-wide counts, the capacity race, chat order), session
+takeover across nodes, a node killed with SIGKILL, and Redis going away and back.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import GamedProcess, RedisServer, WireClient, poll_until
+
+#: The module's nodes admit this many members per room (the race test fills one).
+MAX_USERS = 8
+#: docs/cluster.md: a dead node's members are gone within this bound (lease 3 s, sweep
+#: every 1 s, cleanup round trips); the test allows scheduling noise on a shared host.
+CLEANUP_BOUND = 5.0
+
+
+def node(workdir: Path, redis: RedisServer, name: str, *extra: str) -> GamedProcess:
+    p = GamedProcess(
+        workdir / name,
+        "--redis",
+        redis.url,
+        "--node-id",
+        name,
+        "--max-room-users",
+        str(MAX_USERS),
+        "--middleware",
+        "none",
+        *extra,
+    )
+    p.wait_json("/healthz", lambda body: body.get("cluster") == "up")
+    return p
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    r = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(
+    redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GamedProcess, GamedProcess]]:
+    """Nodes ``a`` and ``b`` of one cluster, for the module."""
+    d = tmp_path_factory.mktemp("nodes")
+    a = node(d, redis, "a")
+    b = node(d, redis, "b")
+    yield a, b
+    for p in (a, b):
+        p.close_clients()
+        p.stop()
+
+
+@pytest.fixture
+def nodes(pair: tuple[GamedProcess, GamedProcess]) -> Iterator[tuple[GamedProcess, GamedProcess]]:
+    yield pair
+    for p in pair:
+        p.close_clients()
+    for p in pair:
+        p.wait_idle()
+
+
+def joined(c: WireClient, room: int) -> int:
+    reply = c.join(room)
+    assert "RoomJoinSuccess" in reply, reply
+    return int(reply["RoomJoinSuccess"]["user_count"])
+
+
+def test_counts_are_cluster_wide_in_every_notice(
+    nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer
+) -> None:
+    a, b = nodes
+    a1, b1, b2 = a.client(101), b.client(102), b.client(103)
+    assert joined(a1, 10) == 1
+    assert joined(b1, 10) == 2
+    assert a1.recv() == {
+        "UserJoinedRoom": {"room_id": 10, "user_id": 102, "nickname": "u102", "user_count": 2}
+    }
+    assert joined(b2, 10) == 3
+    assert a1.recv()["UserJoinedRoom"]["user_count"] == 3
+    assert b1.recv()["UserJoinedRoom"]["user_count"] == 3
+    assert redis.call("HLEN", "gamed:{room:10}:members") == 3
+    assert redis.call("ZSCORE", "gamed:rooms", 10) == "3"
+
+    a1.send({"RoomLeave": {"user_id": 101, "room_id": 10}})
+    assert a1.recv() == {"RoomLeaveSuccess": {"room_id": 10, "user_count": 2}}
+    for c in (b1, b2):
+        assert c.recv() == {
+            "UserLeftRoom": {"room_id": 10, "user_id": 101, "nickname": "u101", "user_count": 2}
+        }
+    b2.close()  # a connection lost: the notice shows the new count too
+    assert b1.recv()["UserLeftRoom"]["user_count"] == 1
+    poll_until(lambda: redis.call("HLEN", "gamed:{room:10}:members") == 1, 5, "b2's seat gone")
+    status, page = a.get_json("/cluster")
+    assert status == 200
+    assert {"room_id": 10, "user_count": 1} in page["rooms"]["rooms"]
+    assert {n["node"] for n in page["nodes"]} >= {"a", "b"}
+
+
+def test_chat_crosses_nodes_in_send_order_without_loss(
+    nodes: tuple[GamedProcess, GamedProcess],
+) -> None:
+    a, b = nodes
+    sender_a, sender_b = a.client(111), b.client(112)
+    reader_a, reader_b = a.client(113), b.client(114)
+    for c in (sender_a, sender_b, reader_a, reader_b):
+        joined(c, 11)
+    for c in (sender_a, sender_b, reader_a):
+        c.until("UserJoinedRoom")  # the last joiner's notice (reader_b)
+    n = 500
+
+    def send(c: WireClient, tag: str) -> None:
+        for i in range(n):
+            c.chat(11, f"{tag}{i}")
+
+    threads = [
+        threading.Thread(target=send, args=(c, t)) for c, t in ((sender_a, "a"), (sender_b, "b"))
+    ]
+    for t in threads:
+        t.start()
+    for reader in (reader_a, reader_b):
+        got: dict[str, list[int]] = {"a": [], "b": []}
+        deadline = time.monotonic() + 30
+        while len(got["a"]) + len(got["b"]) < 2 * n:
+            assert time.monotonic() < deadline, {k: len(v) for k, v in got.items()}
+            msg = reader.recv(10)
+            text = msg["ChatMessage"]["message"]
+            got[text[0]].append(int(text[1:]))
+        # every message of each sender, in the order it was sent, on both nodes
+        assert got == {"a": list(range(n)), "b": list(range(n))}
+    for t in threads:
+        t.join(10)
+    status, health = a.get_json("/stats")
+    assert status == 200
+    assert health["cluster"]["messages_out"] >= n
+
+
+def test_the_last_seat_goes_to_one_joiner_across_nodes(
+    nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer
+) -> None:
+    a, b = nodes
+    clients = [a.client(200 + i) for i in range(10)] + [b.client(300 + i) for i in range(10)]
+    for c in clients:  # all the RoomJoins out before any answer is read
+        c.send({"RoomJoin": {"user_id": c.user_id, "room_id": 12, "nickname": "racer"}})
+    admitted, refused = 0, 0
+    for c in clients:
+        while True:
+            msg = c.recv()
+            if "RoomJoinSuccess" in msg:
+                assert msg["RoomJoinSuccess"]["user_count"] <= MAX_USERS
+                admitted += 1
+                break
+            if "Error" in msg:
+                assert msg["Error"]["code"] == 409, msg
+                assert "full" in msg["Error"]["message"]
+                refused += 1
+                break
+    assert (admitted, refused) == (MAX_USERS, 20 - MAX_USERS)
+    assert redis.call("HLEN", "gamed:{room:12}:members") == MAX_USERS
+
+
+def test_a_second_connect_on_another_node_replaces_the_first(
+    nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer
+) -> None:
+    a, b = nodes
+    first = a.client(120)
+    joined(first, 13)
+    watcher = b.client(121)
+    joined(watcher, 13)
+    first.recv()  # watcher joined
+    second = b.client(120)
+    assert first.recv() == {"Error": {"code": 409, "message": "replaced by a new connection"}}
+    first.expect_closed()
+    assert watcher.until("UserLeftRoom")[0]["user_count"] == 1
+    assert redis.call("GET", "gamed:session:120").startswith("b ")
+    # the new session works, and the user is in no room until it joins one
+    assert joined(second, 13) == 2
+
+
+def test_a_join_in_flight_answers_a_second_join_with_409(
+    nodes: tuple[GamedProcess, GamedProcess],
+) -> None:
+    a, _ = nodes
+    c = a.client(130)
+    join = {"RoomJoin": {"user_id": 130, "room_id": 14, "nickname": "x"}}
+    c.send(join)
+    c.send(join)
+    replies = [c.recv(), c.recv()]
+    assert {"RoomJoinSuccess": {"room_id": 14, "user_count": 1}} in replies
+    other = next(r for r in replies if "RoomJoinSuccess" not in r)
+    # the second arrives while the first waits for Redis, or after it: either way one seat
+    assert other in (
+        {"Error": {"code": 409, "message": "join in progress"}},
+        {"RoomJoinSuccess": {"room_id": 14, "user_count": 1}},
+    )
+
+
+def test_a_killed_node_is_cleaned_up_within_the_bound(
+    nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer, tmp_path: Path
+) -> None:
+    a, _ = nodes
+    c = node(tmp_path, redis, "c")
+    try:
+        a1 = a.client(140)
+        joined(a1, 15)
+        c1, c2 = c.client(141), c.client(142)
+        joined(c1, 15)
+        joined(c2, 15)
+        assert a1.recv()["UserJoinedRoom"]["user_count"] == 2
+        assert a1.recv()["UserJoinedRoom"]["user_count"] == 3
+        c.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        c.proc.wait(5)
+        left = [a1.until("UserLeftRoom", timeout=CLEANUP_BOUND + 5)[0] for _ in range(2)]
+        took = time.monotonic() - killed
+        assert sorted(n["user_id"] for n in left) == [141, 142]
+        assert sorted(n["user_count"] for n in left) == [1, 2]
+        assert took <= CLEANUP_BOUND + 2, f"cleanup took {took:.1f}s"
+        poll_until(lambda: redis.call("EXISTS", "gamed:session:141") == 0, 5, "sessions gone")
+        assert redis.call("HLEN", "gamed:{room:15}:members") == 1
+        assert redis.call("ZSCORE", "gamed:nodes", "c") is None
+        assert redis.call("EXISTS", "gamed:node:c:rooms", "gamed:node:c:sessions") == 0
+        # the survivor no longer relays to the dead node
+        a1.chat(15, "still here")
+        assert a1.recv()["ChatMessage"]["message"] == "still here"
+    finally:
+        c.close_clients()
+        c.stop()
+
+
+def test_a_redis_restart_keeps_local_play_and_the_cluster_recovers(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path)
+    x = node(tmp_path, redis, "x")
+    y = node(tmp_path, redis, "y")
+    try:
+        x1, y1 = x.client(150), y.client(151)
+        joined(x1, 16)
+        joined(y1, 16)
+        x1.recv()  # y1 joined
+        x2, x3 = x.client(152), x.client(153)
+        joined(x2, 17)
+        joined(x3, 17)
+        x2.recv()
+
+        redis.stop()
+        poll_until(lambda: x.get_json("/healthz")[0] == 503, 10, "x's /healthz 503")
+        assert x.get_json("/healthz")[1] == {"status": "serving", "cluster": "down"}
+        # local play goes on
+        x2.chat(17, "local")
+        assert x2.recv()["ChatMessage"]["message"] == "local"
+        assert x3.recv()["ChatMessage"]["message"] == "local"
+        # what needs Redis fails fast
+        started = time.monotonic()
+        x3.send({"RoomJoin": {"user_id": 153, "room_id": 18, "nickname": "x"}})
+        assert x3.recv_error(503).startswith("cluster unavailable")
+        late = x.client()
+        late.send({"Connect": {"room_id": 0, "user_id": 154}})
+        assert late.recv_error(503).startswith("cluster unavailable")
+        assert time.monotonic() - started < 2
+
+        redis.start()  # empty: no persistence
+        for p in (x, y):
+            p.wait_json("/healthz", lambda body: body.get("cluster") == "up", timeout=15)
+        # re-registered: sessions, members, the listing
+        poll_until(
+            lambda: (
+                redis.call("HLEN", "gamed:{room:16}:members") == 2
+                and redis.call("HLEN", "gamed:{room:17}:members") == 2
+                and redis.call("EXISTS", "gamed:session:150", "gamed:session:151") == 2
+            ),
+            10,
+            "the nodes' sessions and members back in Redis",
+        )
+        assert redis.call("ZSCORE", "gamed:rooms", 17) == "2"
+        # cross-node delivery resumes
+        x1.chat(16, "back")
+        assert y1.until("ChatMessage")[0]["message"] == "back"
+        y1.chat(16, "back too")
+        assert x1.until("ChatMessage")[0]["message"] == "back"  # its own echo first
+        assert x1.until("ChatMessage")[0]["message"] == "back too"
+    finally:
+        for p in (x, y):
+            p.close_clients()
+            p.stop()
+        redis.stop()
