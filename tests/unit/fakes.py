@@ -27,8 +27,10 @@ from zope.interface import implementer
 
 from gamed import codec, tap
 from gamed.config import Settings
+from gamed.errors import Refusal
 from gamed.events import EventBus
 from gamed.interfaces import (
+    ICluster,
     IConnection,
     IConnectionHandler,
     IGameService,
@@ -46,6 +48,98 @@ from gamed.protocol import ConnectionContext, GameFactory, GameProtocol
 from gamed.rooms import RoomService
 from gamed.router import Router
 from gamed.telemetry import ServerMetrics
+
+# -- the cluster seam (router and cluster node tests) -----------------------------------
+
+
+@implementer(ICluster)
+class FakeCluster:
+    """An ICluster whose joins wait until the test answers them (``joins``: the
+    Deferreds in call order, with their room ids); every other call is recorded."""
+
+    def __init__(self, state: str = "up") -> None:
+        self.state = state
+        self.joins: list[tuple[int, defer.Deferred[Any]]] = []
+        self.calls: list[tuple[str, Any, ...]] = []
+
+    def __bool__(self) -> bool:
+        return True
+
+    def require(self) -> None:
+        if self.state == "down":
+            raise Refusal(503, "cluster unavailable: no connection to Redis")
+
+    def session_opened(self, conn: IConnection) -> None:
+        self.calls.append(("opened", conn.user_id))
+
+    def session_closed(self, conn: IConnection) -> None:
+        self.calls.append(("closed", conn.user_id))
+
+    def join(self, conn: IConnection, room_id: int, nickname: str) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.joins.append((room_id, d))
+        return d
+
+    def seated(self, room: Any, seat: Any) -> None:
+        self.calls.append(("seated", room.room_id, seat))
+        room.remote, room.total = {"other": 1}, seat
+
+    def unseat(self, user_id: int, room_id: int) -> None:
+        self.calls.append(("unseat", user_id, room_id))
+
+    def left(self, room: Any, member: IRoomClient) -> None:
+        self.calls.append(("left", room.room_id, member.user_id))
+        if room.remote:
+            room.total -= 1
+
+    def health(self) -> dict[str, Any]:
+        return {"state": self.state}
+
+
+class FakeLink:
+    """The RedisLink API for node tests: publishes and subscriptions recorded, every command
+    answered by ``reply(command)`` (default None), state set by the test."""
+
+    def __init__(self, state: str = "up") -> None:
+        self.state = state
+        self.published: list[tuple[str, bytes]] = []
+        self.commands: list[tuple[Any, ...]] = []
+        self.handlers: dict[str, Any] = {}
+        self.listeners: list[Any] = []
+        self.reply: Any = lambda command: None
+
+    def publish(self, channel: str, payload: bytes) -> bool:
+        self.published.append((channel, payload))
+        return self.state != "down"
+
+    def execute(self, *command: Any, timeout: float | None = None) -> defer.Deferred[Any]:
+        self.commands.append(command)
+        return defer.maybeDeferred(self.reply, command)
+
+    def script(self, name: str, source: str) -> Any:
+        link = self
+
+        class _Script:
+            def run(self, keys: Any, args: Any) -> defer.Deferred[Any]:
+                return link.execute("SCRIPT:" + name, *keys, *args)
+
+        return _Script()
+
+    def subscribe(self, channel: str, handler: Any) -> None:
+        self.handlers[channel] = handler
+
+    def on_state(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def health(self) -> dict[str, Any]:
+        return {"state": self.state}
+
 
 # -- IConnection / IServerControl fakes (router and plugin tests) ---------------------------
 

@@ -46,6 +46,7 @@ from gamed.workers.listen import InheritedEndpoint
 from gamed.workers.worker import ReportingEndpoint
 from tests.unit.fakes import (
     Ctx,
+    FakeCluster,
     FakeConnection,
     FakeServerControl,
     Member,
@@ -106,6 +107,7 @@ CASES: dict[type, Callable[[MemoryServer], Any]] = {
     # The unit fakes stand in for these seams; they must keep to them.
     Ctx: lambda tree: Ctx(),
     FakeConnection: lambda tree: FakeConnection(tree.router),
+    FakeCluster: lambda tree: FakeCluster(),
     FakeServerControl: lambda tree: FakeServerControl(),
     Member: lambda tree: Member(1),
 }

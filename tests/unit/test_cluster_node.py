@@ -1,0 +1,172 @@
+"""ClusterNode on a FakeLink (tests/unit/fakes.py) and a Clock: envelopes in and out,
+takeover kicks, the lease tick, and failing fast while Redis is down. The scripts
+themselves run against a real redis-server in tests/integration/test_cluster.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from gamed import codec
+from gamed import messages as m
+from gamed.cluster import envelope as env
+from gamed.cluster.node import ClusterNode
+from gamed.config import Settings
+from gamed.errors import Refusal
+from gamed.events import EventBus
+from gamed.rooms import RoomService
+from tests.unit.fakes import FakeConnection, FakeLink, Member
+
+
+class World:
+    def __init__(self, replies: dict[str, Any] | None = None) -> None:
+        self.clock = Clock()
+        self.rooms = RoomService(self.clock, 10, EventBus())
+        self.link = FakeLink()
+        answers = replies or {}
+        self.link.reply = lambda command: answers.get(command[0])
+        self.node = ClusterNode(
+            Settings(redis="redis://127.0.0.1:6379/0", node_id="me"),
+            self.clock,
+            self.rooms,
+            link_factory=lambda *args: self.link,
+        )
+        self.node.startService()
+
+    def deliver(self, payload: bytes) -> None:
+        self.link.handlers["gamed:n:me"](payload)
+
+
+@pytest.fixture
+def w() -> World:
+    return World()
+
+
+def test_envelopes_round_trip() -> None:
+    frame = codec.frame(m.SystemMessage("hi"))
+    kind, header, body = env.split(env.members(7, "b", 2, 5, frame + frame))
+    assert (kind, header) == (env.MEMBERS, [b"7", b"b", b"2", b"5"])
+    assert list(env.frames(body)) == [frame, frame]
+    assert env.split(env.kick(3, "99")) == (env.KICK, [b"3", b"99"], b"")
+    with pytest.raises(env.BadEnvelope):
+        env.split(b"garbage")
+    with pytest.raises(env.BadEnvelope):
+        list(env.frames(frame[:-1]))
+
+
+def test_a_room_with_only_local_members_publishes_nothing(w: World) -> None:
+    a, b = Member(1), Member(2)
+    room = w.rooms.join(a, 5)
+    w.rooms.join(b, 5)
+    w.link.published.clear()
+    w.rooms.broadcast_chat(room, b"\x00\x00\x00\x02{}")
+    assert w.link.published == []
+    assert a.frames and b.frames
+
+
+def test_a_frame_is_published_once_per_other_node(w: World) -> None:
+    room = w.rooms.join(Member(1), 5)
+    room.remote = {"b": 2, "c": 1}
+    frame = codec.frame(m.SystemMessage("x"))
+    w.rooms.broadcast_chat(room, frame)
+    assert w.link.published == [
+        ("gamed:n:b", env.room_frame(5, frame)),
+        ("gamed:n:c", env.room_frame(5, frame)),
+    ]
+
+
+def test_frames_from_other_nodes_reach_local_members_and_go_no_further(w: World) -> None:
+    member = Member(1)
+    room = w.rooms.join(member, 5)
+    room.remote = {"b": 1}
+    frame = codec.frame(m.SystemMessage("from b"))
+    w.deliver(env.room_frame(5, frame))
+    w.deliver(env.room_frame(6, frame))  # no members here: dropped
+    assert member.frames == [frame]
+    assert w.link.published == []
+    assert w.node.deliveries_in == 1
+
+
+def test_membership_envelopes_keep_the_remote_counts(w: World) -> None:
+    member = Member(1)
+    room = w.rooms.join(member, 5)
+    notice = codec.frame(m.UserLeftRoom(5, 9, "n9", 2))
+    w.deliver(env.members(5, "b", 2, 3))
+    assert (room.remote, room.user_count) == ({"b": 2}, 3)
+    w.deliver(env.members(5, "b", 0, 1, notice))
+    assert (room.remote, room.user_count) == ({}, 1)
+    assert member.frames == [notice]
+
+
+def test_bad_envelopes_are_counted_not_raised(w: World) -> None:
+    for payload in (b"", b"Z1\n", b"F\n", b"Fx\nabc", b"M5 b\n", b"K1\n"):
+        w.deliver(payload)
+    assert w.node.bad_envelopes == 6
+
+
+def test_a_kick_with_a_newer_epoch_closes_the_local_session(w: World) -> None:
+    w.link.reply = lambda command: ["", "100"] if command[0] == "SCRIPT:claim" else None
+    conn = FakeConnection()
+    conn.user_id = 4
+    w.node.session_opened(conn)
+    w.deliver(env.kick(4, "50"))  # older than ours: ignored
+    assert not conn.closing
+    w.deliver(env.kick(4, "150"))
+    assert conn.closing and conn.close_reason == "replaced"
+    assert conn.messages() == [{"Error": {"code": 409, "message": "replaced by a new connection"}}]
+
+
+def test_a_kick_before_our_claim_is_answered_waits_for_it(w: World) -> None:
+    answer: defer.Deferred[Any] = defer.Deferred()
+    w.link.reply = lambda command: answer if command[0] == "SCRIPT:claim" else None
+    conn = FakeConnection()
+    conn.user_id = 4
+    w.node.session_opened(conn)
+    w.deliver(env.kick(4, "150"))
+    assert not conn.closing
+    answer.callback(["", "100"])
+    assert conn.closing
+
+
+def test_a_claim_that_replaced_another_node_tells_it(w: World) -> None:
+    w.link.reply = lambda command: ["b", "100"] if command[0] == "SCRIPT:claim" else None
+    conn = FakeConnection()
+    conn.user_id = 4
+    w.node.session_opened(conn)
+    assert ("gamed:n:b", env.kick(4, "100")) in w.link.published
+    w.node.session_closed(conn)
+    assert ("SCRIPT:release", "gamed:session:4", "me", "100") in w.link.commands
+
+
+def test_joins_and_connects_fail_fast_while_redis_is_down(w: World) -> None:
+    w.link.state = "down"
+    conn = FakeConnection()
+    conn.user_id = 4
+    errors: list[Any] = []
+    w.node.join(conn, 5, "n").addErrback(lambda f: errors.append(f.value))
+    assert [(e.code, e.message[:19]) for e in errors] == [(503, "cluster unavailable")]
+    with pytest.raises(Refusal) as refused:
+        w.node.require()
+    assert refused.value.message.startswith("cluster unavailable")
+
+
+def test_a_lost_lease_makes_the_node_register_again(w: World) -> None:
+    answers = {"SCRIPT:lease": "new", "SMEMBERS": [b"5"], "SCRIPT:sync": [1, [], ["me", 1]]}
+    w.link.reply = lambda command: answers.get(command[0])
+    w.rooms.join(Member(1, "a"), 5)
+    before = w.node.reregistrations
+    w.clock.advance(1.0)
+    assert w.node.reregistrations == before + 1
+    syncs = [c for c in w.link.commands if c[0] == "SCRIPT:sync"]
+    assert syncs and syncs[-1][-4:] == ("me", 5, 1, "a")
+
+
+def test_stopping_takes_the_node_off_the_index(w: World) -> None:
+    w.link.reply = lambda command: [] if command[0] == "SMEMBERS" else None
+    d = w.node.stopService()
+    assert d.called
+    assert ("ZREM", "gamed:nodes", "me") in w.link.commands
+    assert w.rooms.relay is None
