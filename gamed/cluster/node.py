@@ -29,7 +29,7 @@ from gamed import codec
 from gamed import messages as m
 from gamed.cluster import envelope as env
 from gamed.cluster.directory import Directory, Full, Seat, Synced, channel
-from gamed.cluster.link import DOWN, ClusterUnavailable, RedisLink
+from gamed.cluster.link import DOWN, UP, ClusterUnavailable, RedisLink
 from gamed.cluster.url import parse_redis_url
 from gamed.config import Settings
 from gamed.errors import Refusal
@@ -183,8 +183,11 @@ class ClusterNode(Service):
 
     def _on_state(self, old: str, new: str) -> None:
         _log.info("cluster link {old} -> {new}", old=old, new=new)
-        if old == DOWN and new != DOWN:
-            self._dirty = True  # whatever Redis holds now, make this node's part true again
+        if new != DOWN and (old == DOWN or new == UP):
+            # Back from down: whatever Redis holds now, make this node's part true again.
+            # Subscriber back (degraded -> up): membership envelopes sent to us meanwhile
+            # are lost, so the rooms' node lists are read again (sync answers them).
+            self._dirty = True
             self.reactor.callLater(0, self._tick)
 
     def _tick(self) -> None:
