@@ -287,9 +287,10 @@ class ICluster(Interface):
     def require() -> None:
         """Raise Refusal(503) now if a Connect cannot be registered (the link is down)."""
 
-    def session_opened(conn: IConnection) -> None:
+    def session_opened(conn: IConnection) -> Deferred[None]:
         """``conn`` holds ``conn.user_id``'s session now: claim it cluster-wide (a session
-        on another node is closed with 409, whichever transport)."""
+        on another node is closed with 409, whichever transport). Fires once claimed (the
+        router acks the Connect then); fails with Refusal(503) when it cannot be."""
 
     def session_closed(conn: IConnection) -> None:
         """``conn``'s session ended here: release it unless another node holds it now."""

@@ -353,7 +353,38 @@ class Router:
         conn.nickname = nickname or f"user{uid}"
         self.sessions[uid] = conn
         self.metrics.sessions.inc()
-        self.cluster.session_opened(conn)
+        # The ack waits for the cluster's claim (NullCluster: fired already), so a client
+        # that moves to another node after its ack is the newer session there.
+        d = self.cluster.session_opened(conn)
+        box: list[Any] = []
+        d.addBoth(box.append)
+        if box and not isinstance(box[0], Failure):
+            self._connected(conn, uid, seat)  # one process: at once, errors are the handler's
+            return
+        d.addCallback(lambda _: self._claimed(conn, uid, seat, box[0]))
+
+    def _claimed(self, conn: IConnection, uid: int, seat: int | None, result: object) -> None:
+        if isinstance(result, Failure):
+            self._not_connected(result, conn)
+            return
+        try:
+            self._connected(conn, uid, seat)
+        except Exception:
+            _log.failure("acknowledging the Connect of user {uid}", uid=uid)
+            conn.disconnect(500, "internal error while handling Connect", reason="refused")
+
+    def _not_connected(self, failure: Failure, conn: IConnection) -> None:
+        """The cluster could not claim the session: refuse it (fail closed)."""
+        refusal = failure.value
+        if not isinstance(refusal, Refusal):
+            _log.failure("claiming a session", failure)
+            refusal = Refusal(503, "cluster unavailable: the session could not be claimed")
+        conn.disconnect(refusal.code, refusal.message, reason="refused")
+
+    def _connected(self, conn: IConnection, uid: int, seat: int | None) -> None:
+        """The session is ours: ack it, then hand back a held seat, if any."""
+        if self.sessions.get(uid) is not conn:
+            return  # closed or replaced while the claim was in flight
         conn.send(m.ConnectionAck(uid))
         self.events.emit(ev.UserConnected(uid, conn.ctx.peer_host, self.clock.seconds()))
         room_id = self.games.reclaim(uid) if seat is None else seat

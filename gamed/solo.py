@@ -28,8 +28,8 @@ class NullCluster:
     def require(self) -> None:
         pass
 
-    def session_opened(self, conn: IConnection) -> None:
-        pass
+    def session_opened(self, conn: IConnection) -> defer.Deferred[None]:
+        return defer.succeed(None)
 
     def session_closed(self, conn: IConnection) -> None:
         pass

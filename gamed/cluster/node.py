@@ -304,7 +304,7 @@ class ClusterNode(Service):
             r=len(self.rooms),
         )
         for uid, claim in list(self._claims.items()):
-            self._claim(uid, claim, claim.epoch or "")
+            self._claim(uid, claim, claim.epoch or "").addErrback(self._failed)
 
         def rooms(known: list[int]) -> None:
             for room_id in sorted(set(known) | {r.room_id for r in self.rooms.rooms()}):
@@ -349,16 +349,26 @@ class ClusterNode(Service):
         if self.state == DOWN:
             raise unavailable("no connection to Redis")
 
-    def session_opened(self, conn: IConnection) -> None:
+    def session_opened(self, conn: IConnection) -> defer.Deferred[None]:
         uid = conn.user_id
         claim = Claim(conn)
         self._claims[uid] = claim
-        self._claim(uid, claim, "")
 
-    def _claim(self, uid: int, claim: Claim, epoch: str) -> None:
+        def failed(failure: Failure) -> None:
+            if self._claims.get(uid) is claim:
+                del self._claims[uid]
+            if failure.check(ClusterUnavailable):
+                raise unavailable(failure.getErrorMessage())
+            _log.failure("cluster: claiming the session of user {uid}", failure, uid=uid)
+            raise unavailable("the session could not be claimed")
+
+        return self._claim(uid, claim, "").addCallbacks(lambda _: None, failed)
+
+    def _claim(self, uid: int, claim: Claim, epoch: str) -> defer.Deferred[None]:
+        """Claim (``epoch`` "") or re-register (its epoch) a session; fires when answered."""
         directory = self.directory
         if directory is None:
-            return
+            return defer.fail(unavailable("the node is not started"))
 
         def claimed(reply: tuple[str, str]) -> None:
             first, second = reply
@@ -374,7 +384,7 @@ class ClusterNode(Service):
             if claim.kicked > int(second):
                 self._kick(uid, claim)
 
-        directory.claim(uid, epoch).addCallbacks(claimed, self._failed)
+        return directory.claim(uid, epoch).addCallback(claimed)
 
     def session_closed(self, conn: IConnection) -> None:
         uid = conn.user_id

@@ -13,7 +13,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 
 from tests.integration.helpers import GamedProcess, RedisServer, WireClient, poll_until
 
@@ -186,6 +189,20 @@ def test_a_second_connect_on_another_node_replaces_the_first(
     assert redis.call("GET", "gamed:session:120").startswith("b ")
     # the new session works, and the user is in no room until it joins one
     assert joined(second, 13) == 2
+
+
+def test_takeover_across_nodes_and_transports(nodes: tuple[GamedProcess, GamedProcess]) -> None:
+    a, b = nodes
+    with ws_connect(b.ws_url, ping_interval=None, open_timeout=5, close_timeout=5) as ws:
+        ws.send(orjson.dumps({"Connect": {"room_id": 0, "user_id": 125}}).decode())
+        assert orjson.loads(ws.recv(5)) == {"ConnectionAck": {"user_id": 125}}
+        a.client(125)  # a TCP Connect on the other node
+        assert orjson.loads(ws.recv(5)) == {
+            "Error": {"code": 409, "message": "replaced by a new connection"}
+        }
+        with pytest.raises(ConnectionClosed):
+            ws.recv(5)
+        assert ws.close_code == 1008 and ws.close_reason == "replaced"
 
 
 def test_a_join_in_flight_answers_a_second_join_with_409(

@@ -55,11 +55,15 @@ from gamed.telemetry import ServerMetrics
 @implementer(ICluster)
 class FakeCluster:
     """An ICluster whose joins wait until the test answers them (``joins``: the
-    Deferreds in call order, with their room ids); every other call is recorded."""
+    Deferreds in call order, with their room ids), and claims too if asked
+    (``hold_claims``); every other call is recorded."""
 
     def __init__(self, state: str = "up") -> None:
         self.state = state
         self.joins: list[tuple[int, defer.Deferred[Any]]] = []
+        #: ``hold_claims``: Connects wait in ``claims`` until the test answers them.
+        self.hold_claims = False
+        self.claims: list[defer.Deferred[None]] = []
         self.calls: list[tuple[str, Any, ...]] = []
 
     def __bool__(self) -> bool:
@@ -69,8 +73,13 @@ class FakeCluster:
         if self.state == "down":
             raise Refusal(503, "cluster unavailable: no connection to Redis")
 
-    def session_opened(self, conn: IConnection) -> None:
+    def session_opened(self, conn: IConnection) -> defer.Deferred[None]:
         self.calls.append(("opened", conn.user_id))
+        if not self.hold_claims:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self.claims.append(d)
+        return d
 
     def session_closed(self, conn: IConnection) -> None:
         self.calls.append(("closed", conn.user_id))

@@ -175,3 +175,35 @@ def test_leave_notices_show_the_cluster_count(h: Harness) -> None:
 
 def m_dict(msg: object) -> dict[str, object]:
     return orjson.loads(codec.frame(msg)[4:])
+
+
+def test_the_connect_ack_waits_for_the_claim(h: Harness) -> None:
+    h.cluster.hold_claims = True
+    conn = FakeConnection(h.router, h.clock).open()
+    conn.receive(b'{"Connect":{"room_id":0,"user_id":1}}')
+    assert conn.messages() == []
+    h.cluster.claims[0].callback(None)
+    assert conn.messages() == [{"ConnectionAck": {"user_id": 1}}]
+
+
+def test_a_claim_that_fails_refuses_the_session(h: Harness) -> None:
+    h.cluster.hold_claims = True
+    conn = FakeConnection(h.router, h.clock).open()
+    conn.receive(b'{"Connect":{"room_id":0,"user_id":1}}')
+    h.cluster.claims[0].errback(Failure(Refusal(503, "cluster unavailable: timeout")))
+    assert_error(conn.messages(), 503, "cluster unavailable")
+    assert conn.closing and conn.close_reason == "refused"
+    conn.lose()
+    assert h.router.sessions == {}
+
+
+def test_a_connection_replaced_before_its_claim_is_answered_gets_no_ack(h: Harness) -> None:
+    h.cluster.hold_claims = True
+    first = FakeConnection(h.router, h.clock).open()
+    first.receive(b'{"Connect":{"room_id":0,"user_id":1}}')
+    second = FakeConnection(h.router, h.clock).open()
+    second.receive(b'{"Connect":{"room_id":0,"user_id":1}}')
+    h.cluster.claims[0].callback(None)
+    h.cluster.claims[1].callback(None)
+    assert_error(first.messages(), 409, "replaced")
+    assert second.messages() == [{"ConnectionAck": {"user_id": 1}}]
