@@ -215,12 +215,10 @@ def test_a_join_in_flight_answers_a_second_join_with_409(
     c.send(join)
     replies = [c.recv(), c.recv()]
     assert {"RoomJoinSuccess": {"room_id": 14, "user_count": 1}} in replies
-    other = next(r for r in replies if "RoomJoinSuccess" not in r)
-    # the second arrives while the first waits for Redis, or after it: either way one seat
-    assert other in (
-        {"Error": {"code": 409, "message": "join in progress"}},
-        {"RoomJoinSuccess": {"room_id": 14, "user_count": 1}},
-    )
+    others = [r for r in replies if "RoomJoinSuccess" not in r]
+    # the second arrives while the first waits for Redis (409), or after it (in the room
+    # already: success); either way one seat. tests/unit/test_cluster_seam.py pins the 409.
+    assert others in ([], [{"Error": {"code": 409, "message": "join in progress"}}])
 
 
 def test_a_killed_node_is_cleaned_up_within_the_bound(
