@@ -31,7 +31,7 @@ def node(workdir: Path, redis: RedisServer, name: str, *extra: str) -> GamedProc
     p = GamedProcess(
         workdir / name,
         "--redis",
-        redis.url,
+        redis.url(),
         "--node-id",
         name,
         "--max-room-users",
@@ -93,8 +93,8 @@ def test_counts_are_cluster_wide_in_every_notice(
     assert joined(b2, 10) == 3
     assert a1.recv()["UserJoinedRoom"]["user_count"] == 3
     assert b1.recv()["UserJoinedRoom"]["user_count"] == 3
-    assert redis.call("HLEN", "gamed:{room:10}:members") == 3
-    assert redis.call("ZSCORE", "gamed:rooms", 10) == "3"
+    assert redis.cli("HLEN", "gamed:{room:10}:members") == 3
+    assert redis.cli("ZSCORE", "gamed:rooms", "10") == "3"
 
     a1.send({"RoomLeave": {"user_id": 101, "room_id": 10}})
     assert a1.recv() == {"RoomLeaveSuccess": {"room_id": 10, "user_count": 2}}
@@ -104,7 +104,7 @@ def test_counts_are_cluster_wide_in_every_notice(
         }
     b2.close()  # a connection lost: the notice shows the new count too
     assert b1.recv()["UserLeftRoom"]["user_count"] == 1
-    poll_until(lambda: redis.call("HLEN", "gamed:{room:10}:members") == 1, 5, "b2's seat gone")
+    poll_until(lambda: redis.cli("HLEN", "gamed:{room:10}:members") == 1, 5, "b2's seat gone")
     status, page = a.get_json("/cluster")
     assert status == 200
     assert {"room_id": 10, "user_count": 1} in page["rooms"]["rooms"]
@@ -170,7 +170,7 @@ def test_the_last_seat_goes_to_one_joiner_across_nodes(
                 refused += 1
                 break
     assert (admitted, refused) == (MAX_USERS, 20 - MAX_USERS)
-    assert redis.call("HLEN", "gamed:{room:12}:members") == MAX_USERS
+    assert redis.cli("HLEN", "gamed:{room:12}:members") == MAX_USERS
 
 
 def test_a_second_connect_on_another_node_replaces_the_first(
@@ -186,7 +186,7 @@ def test_a_second_connect_on_another_node_replaces_the_first(
     assert first.recv() == {"Error": {"code": 409, "message": "replaced by a new connection"}}
     first.expect_closed()
     assert watcher.until("UserLeftRoom")[0]["user_count"] == 1
-    assert redis.call("GET", "gamed:session:120").startswith("b ")
+    assert redis.cli("GET", "gamed:session:120").startswith("b ")
     # the new session works, and the user is in no room until it joins one
     assert joined(second, 13) == 2
 
@@ -242,10 +242,10 @@ def test_a_killed_node_is_cleaned_up_within_the_bound(
         assert sorted(n["user_id"] for n in left) == [141, 142]
         assert sorted(n["user_count"] for n in left) == [1, 2]
         assert took <= CLEANUP_BOUND + 2, f"cleanup took {took:.1f}s"
-        poll_until(lambda: redis.call("EXISTS", "gamed:session:141") == 0, 5, "sessions gone")
-        assert redis.call("HLEN", "gamed:{room:15}:members") == 1
-        assert redis.call("ZSCORE", "gamed:nodes", "c") is None
-        assert redis.call("EXISTS", "gamed:node:c:rooms", "gamed:node:c:sessions") == 0
+        poll_until(lambda: redis.cli("EXISTS", "gamed:session:141") == 0, 5, "sessions gone")
+        assert redis.cli("HLEN", "gamed:{room:15}:members") == 1
+        assert redis.cli("ZSCORE", "gamed:nodes", "c") is None
+        assert redis.cli("EXISTS", "gamed:node:c:rooms", "gamed:node:c:sessions") == 0
         # the survivor no longer relays to the dead node
         a1.chat(15, "still here")
         assert a1.recv()["ChatMessage"]["message"] == "still here"
@@ -254,8 +254,10 @@ def test_a_killed_node_is_cleaned_up_within_the_bound(
         c.stop()
 
 
-def test_a_redis_restart_keeps_local_play_and_the_cluster_recovers(tmp_path: Path) -> None:
-    redis = RedisServer(tmp_path)
+def test_a_redis_restart_keeps_local_play_and_the_cluster_recovers(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    redis = redis_server
     x = node(tmp_path, redis, "x")
     y = node(tmp_path, redis, "y")
     try:
@@ -290,14 +292,14 @@ def test_a_redis_restart_keeps_local_play_and_the_cluster_recovers(tmp_path: Pat
         # re-registered: sessions, members, the listing
         poll_until(
             lambda: (
-                redis.call("HLEN", "gamed:{room:16}:members") == 2
-                and redis.call("HLEN", "gamed:{room:17}:members") == 2
-                and redis.call("EXISTS", "gamed:session:150", "gamed:session:151") == 2
+                redis.cli("HLEN", "gamed:{room:16}:members") == 2
+                and redis.cli("HLEN", "gamed:{room:17}:members") == 2
+                and redis.cli("EXISTS", "gamed:session:150", "gamed:session:151") == 2
             ),
             10,
             "the nodes' sessions and members back in Redis",
         )
-        assert redis.call("ZSCORE", "gamed:rooms", 17) == "2"
+        assert redis.cli("ZSCORE", "gamed:rooms", "17") == "2"
         # cross-node delivery resumes
         x1.chat(16, "back")
         assert y1.until("ChatMessage")[0]["message"] == "back"
@@ -308,4 +310,3 @@ def test_a_redis_restart_keeps_local_play_and_the_cluster_recovers(tmp_path: Pat
         for p in (x, y):
             p.close_clients()
             p.stop()
-        redis.stop()
