@@ -529,10 +529,14 @@ class Router:
         count = room.user_count
         if notify is not None:
             notify.send(m.RoomLeaveSuccess(room.room_id, count))
-        if count and not self.draining:
+        if count and (not self.draining or room.remote):
             notice = m.UserLeftRoom(room.room_id, member.user_id, member.nickname, count)
-            # the room object: emptied here, its members on other nodes still hear of it
-            self.rooms.broadcast_room(room, codec.frame(notice))
+            frame = codec.frame(notice)
+            if not self.draining:
+                # the room object: emptied here, its members on other nodes still hear of it
+                self.rooms.broadcast_room(room, frame)
+            elif self.rooms.relay is not None:
+                self.rooms.relay(room, frame)  # draining: only the other nodes' members
         self.metrics.rooms.set(len(self.rooms))
         self.games.member_left(member, room.room_id)
 

@@ -254,6 +254,54 @@ def test_a_killed_node_is_cleaned_up_within_the_bound(
         c.stop()
 
 
+def test_a_stopped_node_takes_its_registration_with_it(
+    nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer, tmp_path: Path
+) -> None:
+    a, _ = nodes
+    d = node(tmp_path, redis, "d")
+    try:
+        a1 = a.client(160)
+        joined(a1, 19)
+        d1 = d.client(161)
+        joined(d1, 19)
+        assert a1.recv()["UserJoinedRoom"]["user_count"] == 2
+    finally:
+        d.close_clients()  # the client leaves first: a plain leave
+        d.stop()
+    assert a1.until("UserLeftRoom")[0] == {
+        "room_id": 19,
+        "user_id": 161,
+        "nickname": "u161",
+        "user_count": 1,
+    }
+    assert redis.cli("ZSCORE", "gamed:nodes", "d") is None
+    assert redis.cli("EXISTS", "gamed:node:d", "gamed:node:d:rooms", "gamed:node:d:sessions") == 0
+    assert redis.cli("EXISTS", "gamed:session:161") == 0
+    assert redis.cli("HLEN", "gamed:{room:19}:members") == 1
+
+
+def test_a_draining_node_tells_the_other_nodes_its_members_left(
+    nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer, tmp_path: Path
+) -> None:
+    a, _ = nodes
+    e = node(tmp_path, redis, "e", "--shutdown-grace", "5")
+    try:
+        a1 = a.client(170)
+        joined(a1, 20)
+        e1 = e.client(171)
+        joined(e1, 20)
+        assert a1.recv()["UserJoinedRoom"]["user_count"] == 2
+        e.proc.send_signal(signal.SIGTERM)
+        e1.until("SystemMessage")  # the drain's notice; e1 then leaves as told
+        e1.close()
+        assert a1.until("UserLeftRoom")[0]["user_count"] == 1
+        e.proc.wait(15)
+    finally:
+        e.close_clients()
+        e.stop()
+    assert redis.cli("ZSCORE", "gamed:nodes", "e") is None
+
+
 def test_a_redis_restart_keeps_local_play_and_the_cluster_recovers(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
