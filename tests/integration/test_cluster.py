@@ -152,6 +152,14 @@ def test_chat_crosses_nodes_in_send_order_without_loss(
     status, health = a.get_json("/stats")
     assert status == 200
     assert health["cluster"]["messages_out"] >= n
+    assert health["cluster"]["remote_rooms"] == 1
+    status, body = b.http("/metrics")
+    metrics = body.decode()
+    assert status == 200
+    sent = [line for line in metrics.splitlines() if "gamed_cluster_deliveries_in_total" in line]
+    assert sent and float(sent[-1].split()[-1]) >= 2 * n  # a's chats to b's two members
+    assert "gamed_cluster_lease_age_seconds " in metrics
+    assert 'gamed_cluster_messages_total{direction="in"}' in metrics
 
 
 def test_the_last_seat_goes_to_one_joiner_across_nodes(
