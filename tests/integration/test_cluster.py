@@ -366,6 +366,8 @@ def test_a_redis_restart_keeps_local_play_and_the_cluster_recovers(
             "the nodes' sessions and members back in Redis",
         )
         assert redis.cli("ZSCORE", "gamed:rooms", "17") == "2"
+        assert redis.cli("EXISTS", "gamed:node:x", "gamed:node:y") == 2  # the leases
+        assert redis.cli("ZSCORE", "gamed:nodes", "x") is not None
         # cross-node delivery resumes
         x1.chat(16, "back")
         assert y1.until("ChatMessage")[0]["message"] == "back"
