@@ -7,6 +7,11 @@ and an unavailable cluster, and counts that come from the cluster.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import orjson
 import pytest
 from twisted.python.failure import Failure
@@ -207,3 +212,31 @@ def test_a_connection_replaced_before_its_claim_is_answered_gets_no_ack(h: Harne
     h.cluster.claims[1].callback(None)
     assert_error(first.messages(), 409, "replaced")
     assert second.messages() == [{"ConnectionAck": {"user_id": 1}}]
+
+
+BUILD = """
+import json, sys, tempfile
+from twisted.internet.testing import MemoryReactorClock
+from gamed import tap
+options = tap.Options()
+options.parseOptions(["--port", "tcp:7001", "--metrics-port", "none", "--ws-port", "none",
+                      "--data-dir", tempfile.mkdtemp(), *sys.argv[1:]])
+tap.makeService(options, reactor=MemoryReactorClock())
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("gamed.cluster"))))
+"""
+
+
+def test_without_redis_nothing_of_the_cluster_is_imported(tmp_path: Path) -> None:
+    def loaded(*args: str) -> list[str]:
+        run = subprocess.run(
+            [sys.executable, "-c", BUILD, *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return list(json.loads(run.stdout.splitlines()[-1]))
+
+    assert loaded() == []
+    assert "gamed.cluster.node" in loaded("--redis", "redis://127.0.0.1:6379/0")
