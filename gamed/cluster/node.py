@@ -505,6 +505,17 @@ class ClusterNode(Service):
             link.publish(f"gamed:n:{node}", payload)
         self.messages_out += len(room.remote)
 
+    def add_handler(self, kind: int, handler: Callable[[list[bytes], bytes], None]) -> None:
+        """Read envelopes of ``kind`` (one byte, e.g. ``ord("G")`` for games across nodes)
+        with ``handler(header_fields, body)``; the kinds of gamed.cluster.envelope are taken."""
+        if kind in self.handlers:
+            raise ValueError(f"envelope kind {chr(kind)!r} is taken")
+        self.handlers[kind] = handler
+
+    def publish_to(self, node: str, payload: bytes) -> None:
+        """One envelope to ``node``'s channel, in order after everything this node sent."""
+        self._publish(node, payload)
+
     def _publish(self, node: str, payload: bytes) -> None:
         if self.link is not None:
             self.link.publish(channel(node), payload)

@@ -170,3 +170,14 @@ def test_stopping_takes_the_node_off_the_index(w: World) -> None:
     assert d.called
     assert ("ZREM", "gamed:nodes", "me") in w.link.commands
     assert w.rooms.relay is None
+
+
+def test_a_new_envelope_kind_is_one_handler_more(w: World) -> None:
+    seen: list[tuple[list[bytes], bytes]] = []
+    w.node.add_handler(ord("G"), lambda header, body: seen.append((header, body)))
+    w.deliver(b"G5 act\nbody")
+    assert seen == [([b"5", b"act"], b"body")]
+    with pytest.raises(ValueError):
+        w.node.add_handler(env.FRAME, lambda header, body: None)
+    w.node.publish_to("b", b"G5 x\n")
+    assert w.link.published[-1] == ("gamed:n:b", b"G5 x\n")
