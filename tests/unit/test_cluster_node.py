@@ -6,14 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
 
 from gamed import codec
 from gamed import messages as m
 from gamed.cluster import envelope as env
 from gamed.cluster.node import ClusterNode
+from gamed.cluster.pages import ClusterPage
 from gamed.config import Settings
 from gamed.errors import Refusal
 from gamed.events import EventBus
@@ -181,3 +185,33 @@ def test_a_new_envelope_kind_is_one_handler_more(w: World) -> None:
         w.node.add_handler(env.FRAME, lambda header, body: None)
     w.node.publish_to("b", b"G5 x\n")
     assert w.link.published[-1] == ("gamed:n:b", b"G5 x\n")
+
+
+def render(page: ClusterPage, **args: str) -> tuple[int, Any]:
+    request = DummyRequest([b"cluster"])
+    request.args = {k.encode(): [v.encode()] for k, v in args.items()}
+    out = page.render_GET(request)
+    if out is NOT_DONE_YET:
+        assert request.finished, "the page waits for Redis"
+        out = b"".join(request.written)
+    return request.responseCode or 200, orjson.loads(out)
+
+
+def test_the_cluster_page_reads_one_page_of_the_listing(w: World) -> None:
+    answers = {
+        "ZRANGE": ["me", "1764540000000"],
+        "ZREVRANGE": ["7", "3", "5", "1"],
+    }
+    w.link.reply = lambda command: answers.get(command[0])
+    status, body = render(ClusterPage(w.node), offset="0", limit="2")
+    assert status == 200
+    assert body["rooms"]["rooms"] == [
+        {"room_id": 7, "user_count": 3},
+        {"room_id": 5, "user_count": 1},
+    ]
+    assert body["nodes"] == [{"node": "me", "lease_deadline_ms": 1764540000000}]
+    assert ("ZREVRANGE", "gamed:rooms", 0, 1, "WITHSCORES") in w.link.commands
+    assert render(ClusterPage(w.node), limit="x")[0] == 400
+    w.link.state = "down"
+    status, body = render(ClusterPage(w.node))
+    assert status == 503 and body["error"].startswith("cluster unavailable")
