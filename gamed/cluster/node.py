@@ -11,6 +11,7 @@ Redis comes back without them.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 from collections import Counter
@@ -31,7 +32,7 @@ from gamed.cluster import envelope as env
 from gamed.cluster.directory import Directory, Full, Seat, Synced, channel
 from gamed.cluster.link import DOWN, UP, ClusterUnavailable, RedisLink
 from gamed.cluster.url import parse_redis_url
-from gamed.config import Settings
+from gamed.config import NODE_ID, Settings
 from gamed.errors import Refusal
 from gamed.interfaces import ICluster, IConnection, IRoomClient
 from gamed.rooms import Room, RoomService
@@ -50,8 +51,12 @@ LinkFactory = Callable[..., RedisLink]
 
 
 def default_node_id() -> str:
-    """host:pid: unique per process on a host; computed after twistd's fork."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """host:pid: unique per process on a host; computed after twistd's fork. A host name
+    with characters a node id may not have (keys, channels, envelopes) gets ``_`` for them."""
+    node = f"{socket.gethostname()}:{os.getpid()}"
+    if not NODE_ID.fullmatch(node):
+        node = re.sub(r"[^A-Za-z0-9_.:@-]", "_", node)[-64:]
+    return node
 
 
 class Claim:

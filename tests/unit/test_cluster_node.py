@@ -16,6 +16,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from gamed import codec
 from gamed import messages as m
 from gamed.cluster import envelope as env
+from gamed.cluster import node as node_module
 from gamed.cluster.node import ClusterNode
 from gamed.cluster.pages import ClusterPage
 from gamed.config import Settings
@@ -215,3 +216,11 @@ def test_the_cluster_page_reads_one_page_of_the_listing(w: World) -> None:
     w.link.state = "down"
     status, body = render(ClusterPage(w.node))
     assert status == 503 and body["error"].startswith("cluster unavailable")
+
+
+def test_the_default_node_id_is_host_and_pid_made_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node_module.socket, "gethostname", lambda: "box one/é")
+    monkeypatch.setattr(node_module.os, "getpid", lambda: 42)
+    assert node_module.default_node_id() == "box_one__:42"
+    monkeypatch.setattr(node_module.socket, "gethostname", lambda: "game-1.example")
+    assert node_module.default_node_id() == "game-1.example:42"
