@@ -17,6 +17,7 @@ from gamed import codec
 from gamed import messages as m
 from gamed.cluster import envelope as env
 from gamed.cluster import node as node_module
+from gamed.cluster.directory import Seat, room_keys
 from gamed.cluster.node import ClusterNode
 from gamed.cluster.pages import ClusterPage
 from gamed.config import Settings
@@ -224,3 +225,22 @@ def test_the_default_node_id_is_host_and_pid_made_safe(monkeypatch: pytest.Monke
     assert node_module.default_node_id() == "box_one__:42"
     monkeypatch.setattr(node_module.socket, "gethostname", lambda: "game-1.example")
     assert node_module.default_node_id() == "game-1.example:42"
+
+
+def test_seated_and_left_tell_the_other_nodes_our_count(w: World) -> None:
+    a, b = Member(1), Member(2)
+    room = w.rooms.join(a, 5)
+    w.node.seated(room, Seat(3, {"me": 1, "b": 2}))
+    assert (room.remote, room.user_count) == ({"b": 2}, 3)
+    assert w.link.published[-1] == ("gamed:n:b", env.members(5, "me", 1, 3))
+    w.rooms.join(b, 5)
+    w.node.seated(room, Seat(4, {"me": 2, "b": 2}))
+    w.rooms.leave(b, 5)
+    w.node.left(room, b)
+    assert room.user_count == 3
+    assert w.link.published[-1] == ("gamed:n:b", env.members(5, "me", 1, 3))
+    assert ("SCRIPT:leave", *room_keys(5, "me"), 2, "me", 5) in w.link.commands
+    w.rooms.leave(a, 5)
+    w.node.left(room, a)  # the last one here: the room leaves the node's set too
+    assert w.link.published[-1] == ("gamed:n:b", env.members(5, "me", 0, 2))
+    assert ("SREM", "gamed:node:me:rooms", 5) in w.link.commands
