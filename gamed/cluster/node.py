@@ -197,8 +197,8 @@ class ClusterNode(Service):
 
     def _tick(self) -> None:
         """Every second: refresh the lease (re-register if it was gone), sweep dead nodes."""
-        if self._ticking or self.directory is None or self.state == DOWN:
-            return
+        if self._ticking or not self.running or self.directory is None or self.state == DOWN:
+            return  # (not running: a stopped node must not take its lease again)
         self._ticking = True
         directory = self.directory
 
@@ -229,7 +229,7 @@ class ClusterNode(Service):
         for node in dead:
             if node != self.node_id and node not in self._cleaning:
                 _log.info("cluster: node {node} is gone; removing its members", node=node)
-                self._cleanup(node, local=True)
+                self._cleanup(node, local=True).addErrback(lambda _: None)  # logged there
 
     def _cleanup(self, node: str, local: bool) -> defer.Deferred[Any]:
         """Remove ``node``'s members (notices to the rooms' other nodes), sessions and keys.
