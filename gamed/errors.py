@@ -14,3 +14,10 @@ class Refusal(Exception):
 
     def __repr__(self) -> str:
         return f"Refusal({self.code}, {self.message!r})"
+
+
+class SharedStateUnavailable(Exception):
+    """The cluster's shared state (``ISharedState``) cannot answer now: Redis down or slow.
+
+    Defined here, not in gamed.cluster, so plugins can catch it without importing the cluster.
+    """

@@ -314,3 +314,47 @@ class ICluster(Interface):
 
     def health() -> dict:
         """For /healthz and /stats: the link state and what the node knows of the cluster."""
+
+
+class ISharedState(Interface):
+    """Cluster-wide tables of small records, and notices of their changes (docs/cluster.md).
+
+    What a plugin may share with the other nodes of a ``--redis`` cluster without
+    importing the cluster: ``PluginEnvironment.shared`` (None without ``--redis``).
+    A table is a Redis hash ``gamed:shared:{table}``; a record is ``(version,
+    expires_at, value)``: a put keeps the record with the newest version (last
+    writer wins, by the writer's clock), expired records are dropped on read.
+    Each stored put is announced on ``gamed:all`` to every other node's ``watch``.
+    Every call that needs Redis fails with ``gamed.errors.SharedStateUnavailable``
+    while it is unreachable: a caller can refuse a change rather than make it on
+    one node only. Nothing here is meant for the per-message path.
+    """
+
+    node_id = Attribute("str: this node's id (records and notices name their writer)")
+
+    def available() -> bool:
+        """True while Redis takes commands: a put can be made cluster-wide now."""
+
+    def put(
+        table: str, key: str, value: str, version: float, expires_at: float | None
+    ) -> Any:
+        """Deferred[bool]: store the record unless a newer version is stored (False),
+        then notify the other nodes. ``expires_at`` (Unix seconds) or None: kept until replaced."""
+
+    def records(table: str) -> Any:
+        """Deferred[dict[str, tuple[float, float | None, str]]]: every unexpired record
+        (read in pages, never one big HGETALL); expired ones are deleted on the way."""
+
+    def watch(table: str, handler: Callable[[str, float, float | None, str], None]) -> None:
+        """``handler(key, version, expires_at, value)`` for each record another node stored."""
+
+    def on_ready(callback: Callable[[], None]) -> None:
+        """``callback()`` each time Redis becomes reachable (start, reconnect): notices may
+        have been missed while it was not, so re-read what matters (``records``)."""
+
+    def stash(table: str, key: str, value: str, ttl: float) -> Any:
+        """Deferred[None]: keep ``value`` for ``ttl`` seconds under (table, key), e.g. a
+        user's rate window for the node their next session lands on."""
+
+    def take(table: str, key: str) -> Any:
+        """Deferred[str | None]: the stashed value, removed (GETDEL); None if none."""

@@ -62,6 +62,9 @@ class PluginEnvironment:
     control: Any = None  # IServerControl: kick, auth hook, reload; None in some unit tests
     #: The admin token check, shared: the security plugin sets its source, others use it.
     admin: AdminGate = field(default_factory=AdminGate)
+    #: ISharedState: tables every node of a --redis cluster sees (bans, blocks); None
+    #: without --redis. Plugins share through this, never by importing gamed.cluster.
+    shared: Any = None
 
 
 @dataclass
