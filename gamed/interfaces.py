@@ -335,9 +335,7 @@ class ISharedState(Interface):
     def available() -> bool:
         """True while Redis takes commands: a put can be made cluster-wide now."""
 
-    def put(
-        table: str, key: str, value: str, version: float, expires_at: float | None
-    ) -> Any:
+    def put(table: str, key: str, value: str, version: float, expires_at: float | None) -> Any:
         """Deferred[bool]: store the record unless a newer version is stored (False),
         then notify the other nodes. ``expires_at`` (Unix seconds) or None: kept until replaced."""
 

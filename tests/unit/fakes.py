@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from gamed import codec, tap
 from gamed.config import Settings
-from gamed.errors import Refusal
+from gamed.errors import Refusal, SharedStateUnavailable
 from gamed.events import EventBus
 from gamed.interfaces import (
     ICluster,
@@ -37,6 +37,7 @@ from gamed.interfaces import (
     IMessageContext,
     IRoomClient,
     IServerControl,
+    ISharedState,
 )
 from gamed.messages import Error
 from gamed.middleware.analytics import middleware as analytics
@@ -467,10 +468,19 @@ class SecurityPlugin:
     """The security plugin as make_plugin builds it, on a Clock and a FakeServerControl;
     ``call`` renders its /admin/ resource from a DummyRequest."""
 
-    def __init__(self, tmp_path: Path, admin: bool = True, **table: Any) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        admin: bool = True,
+        shared: Any = None,
+        clock: Clock | None = None,
+        **table: Any,
+    ) -> None:
         self.tmp = tmp_path
-        self.clock = Clock()
-        self.clock.advance(1_700_000_000)
+        if clock is None:
+            clock = Clock()
+            clock.advance(1_700_000_000)
+        self.clock = clock
         self.control = FakeServerControl()
         self.control.reload_result = {"reloaded": ["security"]}
         admin_file = None
@@ -490,6 +500,7 @@ class SecurityPlugin:
             registry=CollectorRegistry(),
             rooms=None,
             control=self.control,
+            shared=shared,
         )
         self.parts = make_plugin(env)
         self.mw = self.parts.middleware
@@ -664,3 +675,147 @@ def deferred_result(d: defer.Deferred[Any]) -> Any:
     if isinstance(out[0], BaseException) or hasattr(out[0], "raiseException"):
         out[0].raiseException()
     return out[0]
+
+
+# -- ISharedState: an in-memory "Redis" several nodes share (the security plugin's cluster tests) --
+
+
+class SharedHub:
+    """What Redis holds for FakeSharedState nodes: tables, stashes, and who hears notices.
+
+    ``down``: every node's Redis is unreachable (calls fail with SharedStateUnavailable).
+    A node in ``deaf`` (its subscriber is down) misses notices, as a real one would.
+    Notices are delivered at once, in order, to every other node's watchers.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self.tables: dict[str, dict[str, tuple[float, float | None, str]]] = {}
+        self.stashes: dict[str, tuple[str, float]] = {}
+        self.nodes: list[FakeSharedState] = []
+        self.down = False
+        self.deaf: set[str] = set()
+        self.commands = 0
+
+    def node(self, node_id: str) -> FakeSharedState:
+        n = FakeSharedState(self, node_id)
+        self.nodes.append(n)
+        return n
+
+    def restart(self, lose_data: bool = True) -> None:
+        """Redis comes back (empty, without persistence): every node's ready callbacks run."""
+        if lose_data:
+            self.tables.clear()
+            self.stashes.clear()
+        self.down = False
+        for n in self.nodes:
+            for callback in list(n.ready):
+                callback()
+
+
+@implementer(ISharedState)
+class FakeSharedState:
+    def __init__(self, hub: SharedHub, node_id: str) -> None:
+        self.hub = hub
+        self.node_id = node_id
+        self.watchers: dict[str, list[Any]] = {}
+        self.ready: list[Any] = []
+
+    def available(self) -> bool:
+        return not self.hub.down
+
+    def _call(self) -> None:
+        if self.hub.down:
+            raise SharedStateUnavailable("cluster unavailable: Redis is down")
+        self.hub.commands += 1
+
+    def put(
+        self, table: str, key: str, value: str, version: float, expires_at: float | None
+    ) -> defer.Deferred[bool]:
+        try:
+            self._call()
+        except SharedStateUnavailable as e:
+            return defer.fail(e)
+        rows = self.hub.tables.setdefault(table, {})
+        old = rows.get(key)
+        if old is not None and old[0] > version:
+            return defer.succeed(False)
+        rows[key] = (version, expires_at, value)
+        for n in self.hub.nodes:
+            if n is not self and n.node_id not in self.hub.deaf:
+                for handler in n.watchers.get(table, ()):
+                    handler(key, version, expires_at, value)
+        return defer.succeed(True)
+
+    def records(self, table: str) -> defer.Deferred[dict[str, tuple[float, float | None, str]]]:
+        try:
+            self._call()
+        except SharedStateUnavailable as e:
+            return defer.fail(e)
+        now = self.hub.clock.seconds()
+        rows = self.hub.tables.get(table, {})
+        for key in [k for k, r in rows.items() if r[1] is not None and r[1] <= now]:
+            del rows[key]
+        return defer.succeed(dict(rows))
+
+    def watch(self, table: str, handler: Any) -> None:
+        self.watchers.setdefault(table, []).append(handler)
+
+    def on_ready(self, callback: Any) -> None:
+        self.ready.append(callback)
+
+    def stash(self, table: str, key: str, value: str, ttl: float) -> defer.Deferred[None]:
+        try:
+            self._call()
+        except SharedStateUnavailable as e:
+            return defer.fail(e)
+        self.hub.stashes[f"{table}:{key}"] = (value, self.hub.clock.seconds() + ttl)
+        return defer.succeed(None)
+
+    def take(self, table: str, key: str) -> defer.Deferred[str | None]:
+        try:
+            self._call()
+        except SharedStateUnavailable as e:
+            return defer.fail(e)
+        got = self.hub.stashes.pop(f"{table}:{key}", None)
+        if got is None or got[1] <= self.hub.clock.seconds():
+            return defer.succeed(None)
+        return defer.succeed(got[0])
+
+
+class FakeLink:
+    """The RedisLink calls SharedState makes, recorded (no Redis): ``executed``,
+    ``scripts`` run, ``subscribed`` handlers, ``listeners`` of state changes."""
+
+    def __init__(self) -> None:
+        self.state = "up"
+        self.executed: list[tuple[Any, ...]] = []
+        self.ran: list[tuple[str, list[Any], list[Any]]] = []
+        self.subscribed: dict[str, list[Any]] = {}
+        self.listeners: list[Any] = []
+        self.replies: list[Any] = []
+
+    def script(self, name: str, source: str) -> Any:
+        link = self
+
+        class _Script:
+            def run(self, keys: Any, args: Any) -> defer.Deferred[Any]:
+                link.ran.append((name, list(keys), list(args)))
+                return defer.succeed(link.replies.pop(0) if link.replies else 1)
+
+        return _Script()
+
+    def execute(self, *command: Any, timeout: float | None = None) -> defer.Deferred[Any]:
+        self.executed.append(command)
+        return defer.succeed(self.replies.pop(0) if self.replies else None)
+
+    def subscribe(self, channel: str, handler: Any) -> None:
+        self.subscribed.setdefault(channel, []).append(handler)
+
+    def on_state(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+    def set_state(self, new: str) -> None:
+        old, self.state = self.state, new
+        for listener in self.listeners:
+            listener(old, new)

@@ -29,6 +29,7 @@ from zope.interface.verify import verifyObject
 import gamed
 from gamed.bench import fanout_micro, hot_path_micro, wsframe
 from gamed.cluster.node import ClusterNode
+from gamed.cluster.shared import SharedState
 from gamed.config import Settings
 from gamed.events import EventBus
 from gamed.games import Games, NullGames
@@ -48,9 +49,12 @@ from tests.unit.fakes import (
     Ctx,
     FakeCluster,
     FakeConnection,
+    FakeLink,
     FakeServerControl,
+    FakeSharedState,
     Member,
     MemoryServer,
+    SharedHub,
 )
 
 
@@ -110,6 +114,8 @@ CASES: dict[type, Callable[[MemoryServer], Any]] = {
     FakeCluster: lambda tree: FakeCluster(),
     FakeServerControl: lambda tree: FakeServerControl(),
     Member: lambda tree: Member(1),
+    SharedState: lambda tree: SharedState(FakeLink(), "node-a", Clock()),  # type: ignore[arg-type]
+    FakeSharedState: lambda tree: SharedHub(Clock()).node("a"),
 }
 
 

@@ -40,8 +40,10 @@ from gamed.errors import Refusal
 from gamed.interfaces import IConnectionObserver, IFrameObserver, IMessageContext, IMiddleware
 from gamed.messages import ChatMessage, Connect, HeartBeat, RoomJoin
 from gamed.middleware.registry import PluginEnvironment, PluginFactory, PluginParts
+from gamed.middleware.security.handover import RateHandover
 from gamed.middleware.security.policy import OFF, ON, SHADOW, Policy, build_policy, normalize_ip
 from gamed.middleware.security.store import FILENAME, BlockStore
+from gamed.middleware.security.sync import BlockSync
 from gamed.middleware.security.web import AdminResource
 from gamed.pipeline import Veto
 from gamed.store import preflight
@@ -179,6 +181,10 @@ class SecurityMiddleware:
         self._seconds = clock.seconds
         self.control = control
         self.store = store or BlockStore(None, clock=clock)
+        #: With --redis (PluginEnvironment.shared): bans and blocks shared with every
+        #: node, and users' rate windows handed over between nodes; None: one process.
+        self.sync: BlockSync | None = None
+        self.handover: RateHandover | None = None
         self._conns: dict[int, ConnState] = {}
         self.users: dict[int, UserState] = {}
         self.ips: dict[str, IPState] = {}
@@ -377,6 +383,7 @@ class SecurityMiddleware:
         now = self._seconds()
         users = self.users
         user = users.pop(user_id, None)  # re-insert: the dict's order is least recently seen first
+        fresh = user is None
         if user is None:
             if len(users) >= self.policy.max_tracked_users:
                 self._evict(users)
@@ -395,6 +402,8 @@ class SecurityMiddleware:
             user.flood_at = now
         user.flood_at += self._flood_step
         cs.user = user
+        if self.handover is not None:  # once per session, never per message
+            self.handover.arrived(user_id, user, fresh)
 
     def connection_opened(self, ctx: IMessageContext) -> Veto | None:
         cs = self._attach(ctx)
@@ -437,6 +446,11 @@ class SecurityMiddleware:
         cs = self._conns.get(ctx.connection_id)
         if cs is not None:
             self._detach(cs, self._seconds())
+            user = cs.user
+            if self.handover is not None and user is not None and user.conns <= 0:
+                uid = cs.ctx.user_id
+                if uid is not None:
+                    self.handover.left(uid, user)
 
     def frame_refused(self, ctx: IMessageContext, reason: str, size: int) -> None:
         cs = self._conns.get(ctx.connection_id)
@@ -489,6 +503,10 @@ class SecurityMiddleware:
         if state.shadow is None:
             state.shadow = Ledger(self._seconds())
         return state.shadow
+
+    def decay(self, led: Ledger, now: float) -> None:
+        """Bring ``led``'s scores up to ``now`` (the rate handover's stash and merge)."""
+        self._decay(led, now)
 
     def _decay(self, led: Ledger, now: float) -> None:
         """Linear decay since the last touch: ``suspicion_decay_per_minute`` points
@@ -675,8 +693,11 @@ class SecurityMiddleware:
         now: float | None = None,
         state: UserState | None = None,
         keep: bool = False,
+        share: bool = True,
     ) -> Block:
-        """Block (``seconds`` = inf: ban) a user, persistently; does not kick."""
+        """Block (``seconds`` = inf: ban) a user, persistently; does not kick.
+        ``share``: also push it to the cluster (an automatic block; the admin API and
+        the cluster sync pass False: theirs is in Redis already)."""
         now = self._seconds() if now is None else now
         until = now + seconds
         if not math.isinf(until) and len(self.user_blocks) >= self.policy.max_blocks:
@@ -686,18 +707,22 @@ class SecurityMiddleware:
         if state is not None:
             state.blocked_until = until
         self.store.put("user", user_id, until, reason, now, keep=keep)
+        if share and self.sync is not None:
+            self.sync.push("user", user_id, b)
         return b
 
-    def ban_user(self, user_id: int, reason: str = "admin_ban") -> bool:
-        """Ban for good and kick; True if the user was connected."""
-        self.block_user(user_id, BAN, reason, keep=True)
+    def ban_user(self, user_id: int, reason: str = "admin_ban", now: float | None = None) -> bool:
+        """Ban for good and kick; True if the user was connected. ``now``: the change's
+        time (with --redis, the version already written to Redis)."""
+        self.block_user(user_id, BAN, reason, now=now, keep=True, share=False)
         self._decide("admin", "ban", None, f"user {user_id}", always=True)
         if self.control is not None:
             return bool(self.control.kick_user(user_id, 403, f"banned ({reason})"))
         return False
 
-    def unblock_user(self, user_id: int) -> bool:
-        """Lift a block or ban and forget the user's suspicion; True if one was lifted."""
+    def unblock_user(self, user_id: int, rule: str = "admin") -> bool:
+        """Lift a block or ban and forget the user's suspicion; True if one was lifted.
+        ``rule``: "admin" (the admin API) or "cluster" (another node's unblock)."""
         b = self.user_blocks.pop(user_id, None)
         state = self.users.get(user_id)
         if state is not None:
@@ -706,8 +731,8 @@ class SecurityMiddleware:
             state.warned = False
             state.shadow = None
         if b is not None:
-            self.store.delete("user", user_id, keep=True)
-        self._decide("admin", "unblock", None, f"user {user_id}", always=True)
+            self.store.delete("user", user_id, keep=rule == "admin")
+        self._decide(rule, "unblock", None, f"user {user_id}", always=True)
         return b is not None
 
     def kick_user(self, user_id: int) -> bool:
@@ -723,29 +748,36 @@ class SecurityMiddleware:
         reason: str,
         kick: bool = True,
         now: float | None = None,
+        share: bool = True,
     ) -> int:
-        """Block an address (``seconds`` = inf: until unblocked); returns connections kicked."""
+        """Block an address (``seconds`` = inf: until unblocked); returns connections kicked.
+        ``share`` as for block_user."""
         now = self._seconds() if now is None else now
         until = now + seconds
         if not math.isinf(until) and len(self.ip_blocks) >= self.policy.max_blocks:
             self._make_room(self.ip_blocks, now, "ip")
-        self.ip_blocks[key] = Block(until, reason, now)
+        b = self.ip_blocks[key] = Block(until, reason, now)
         ip = self.ips.get(key)
         if ip is not None:
             ip.blocked_until = until
         self.store.put("ip", key, until, reason, now, keep=kick)  # kick: an admin call
         if not kick:  # an automatic block (rate_ip): logged by _decide
+            if share and self.sync is not None:
+                self.sync.push("ip", key, b)
             return 0
         self._decide("admin", "block_ip", None, f"{key} for {seconds:g}s ({reason})", always=True)
+        return self.kick_address(key, f"your address is blocked ({reason})")
+
+    def kick_address(self, key: str, text: str) -> int:
+        """Close every connection from address ``key`` with Error{403, text}; how many."""
         hosts = {cs.ctx.peer_host for cs in self._conns.values() if cs.key == key}
-        text = f"your address is blocked ({reason})"
         kicked = 0
         for host in hosts:
             if self.control is not None:
                 kicked += self.control.kick_host(host, 403, text)
         return kicked
 
-    def unblock_ip(self, key: str) -> bool:
+    def unblock_ip(self, key: str, rule: str = "admin") -> bool:
         b = self.ip_blocks.pop(key, None)
         ip = self.ips.get(key)
         if ip is not None:
@@ -753,9 +785,19 @@ class SecurityMiddleware:
             ip.violations = ip.suspicion = 0.0
             ip.shadow = None
         if b is not None:
-            self.store.delete("ip", key, keep=True)
-        self._decide("admin", "unblock_ip", None, key, always=True)
+            self.store.delete("ip", key, keep=rule == "admin")
+        self._decide(rule, "unblock_ip", None, key, always=True)
         return b is not None
+
+    def block_text(self, key: Any, kind: str) -> str:
+        """What a user or address blocked now is told (a kick on another node's change)."""
+        blocks: dict[Any, Block] = self.user_blocks if kind == "user" else self.ip_blocks
+        return self._block_text(blocks.get(key), self._seconds())
+
+    def cluster_decision(self, kind: str, key: str, how: str) -> None:
+        """Log and count a block another node made, applied here (rule "cluster")."""
+        action = "block" if kind == "user" else "block_ip"
+        self._decide("cluster", action, None, f"{kind} {key} ({how})", always=True)
 
     def _make_room(self, blocks: dict[Any, Block], now: float, kind: str) -> None:
         """At the cap: drop expired blocks; else the temporary one ending soonest."""
@@ -859,6 +901,12 @@ class SecurityMiddleware:
             "modes": dict(self.policy.modes),
             "rate_limit_per_minute": self.policy.rate_limit_per_minute,
             "store": self.store.stats(),
+            "cluster": None
+            if self.sync is None
+            else {
+                **self.sync.stats(),
+                "rate_handover": None if self.handover is None else self.handover.stats(),
+            },
         }
 
     def user_view(self, user_id: int) -> dict[str, Any]:
@@ -960,6 +1008,8 @@ class SecurityService(Service):
                 i=len(rows["ip"]),
                 path=path,
             )
+        if self.mw.sync is not None:
+            self.mw.sync.start()  # after the SQLite copy: merge it with Redis
         self._start_sweeper()
         self._flusher = LoopingCall(self._flush)
         self._flusher.clock = self.clock
@@ -990,6 +1040,8 @@ class SecurityService(Service):
             if loop is not None and loop.running:
                 loop.stop()
         self._sweeper = self._flusher = None
+        if self.mw.sync is not None:
+            self.mw.sync.stop()
         self.mw.store.close()
         super().stopService()
 
@@ -1050,6 +1102,9 @@ def _refuse_token(text: str) -> Exception:
 def make_plugin(env: PluginEnvironment) -> PluginParts:
     current: SecurityConfig = env.config  # the config in force (a reload swaps it)
     mw = SecurityMiddleware(current.policy, env.clock, env.control, env.registry)
+    if env.shared is not None:  # --redis: bans, blocks and rate windows are cluster-wide
+        mw.sync = BlockSync(mw, env.shared, env.clock)
+        mw.handover = RateHandover(mw, env.shared, env.clock, WINDOW)
     verify = tokens.authenticator(
         lambda: current.auth_secret or b"", env.clock.seconds, _refuse_token
     )

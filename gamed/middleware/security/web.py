@@ -10,6 +10,11 @@ it is durable: 200 with ``"durable": true`` after the write committed, or 202
 with ``"durable": false, "pending": true, "why": ...`` when the write failed
 (read-only data dir, disk full) or has not finished within ``ACK_WAIT``
 seconds. A pending change is kept and retried until it is written.
+
+With ``--redis`` (the plugin's ``sync``) these four changes are cluster-wide:
+each is first written to Redis (which tells every node), and applied and
+written here only once Redis stored it; Redis unreachable is 503 with nothing
+changed anywhere (docs/security.md, "In a cluster").
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import orjson
+from twisted.internet import defer
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +33,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gamed.config import ConfigError
+from gamed.errors import SharedStateUnavailable
 from gamed.httputil import bearer_refusal, json_response, path_id
 from gamed.middleware.security.policy import normalize_ip
 
@@ -35,8 +42,10 @@ if TYPE_CHECKING:
 
 _log = Logger()
 
+#: An answer: (status, body), or a Deferred of one (a change written to Redis first).
+_Answer: TypeAlias = "tuple[int, Any] | defer.Deferred[tuple[int, Any]]"
 #: An admin action on one user or IP: its answer, or None for an action that does not exist.
-_Action = Callable[[Request, Any, bytes], "tuple[int, Any] | None"]
+_Action = Callable[[Request, Any, bytes], "_Answer | None"]
 
 _MAX_U32 = 2**32 - 1
 _MAX_BODY = 4096
@@ -108,22 +117,100 @@ class AdminResource(Resource):
         try:
             self._authorize(request)
             seq = self.mw.store.seq
-            status, body = self._route(request, method)
+            answer = self._route(request, method)
+            if isinstance(answer, defer.Deferred):
+                return self._when_shared(request, method, answer, seq)
+            status, body = answer
             if status == 200 and self.mw.store.seq != seq:
                 return self._when_durable(request, method, body, self.mw.store.seq)
-        except _HTTPError as e:
+        except Exception as e:
+            return self._refused(request, method, e)
+        self._audit(request, method, status, "")
+        return json_response(request, status, body)
+
+    def _refused(self, request: Request, method: str, e: Exception) -> bytes:
+        if isinstance(e, _HTTPError):
             if e.allow:
                 request.setHeader(b"allow", ", ".join(e.allow).encode())
             if e.status == 401:
                 request.setHeader(b"www-authenticate", b'Bearer realm="gamed-admin"')
             self._audit(request, method, e.status, e.message)
             return json_response(request, e.status, {"error": e.message})
-        except Exception as e:
-            _log.failure("admin request {path} failed", path=request.path)
-            self._audit(request, method, 500, type(e).__name__)
-            return json_response(request, 500, {"error": f"internal error: {type(e).__name__}"})
-        self._audit(request, method, status, "")
-        return json_response(request, status, body)
+        if isinstance(e, SharedStateUnavailable):
+            # Fail closed: never acknowledge a change that is not cluster-wide. Nothing
+            # was applied here either; what is in force stays enforced.
+            text = (
+                f"{e}; the change was not made (bans and blocks in force are still "
+                "enforced on every node); retry when the cluster is back"
+            )
+            self._audit(request, method, 503, str(e))
+            return json_response(request, 503, {"error": text})
+        _log.failure("admin request {path} failed", Failure(e), path=request.path)
+        self._audit(request, method, 500, type(e).__name__)
+        return json_response(request, 500, {"error": f"internal error: {type(e).__name__}"})
+
+    def _when_shared(
+        self,
+        request: Request,
+        method: str,
+        answer: defer.Deferred[tuple[int, Any]],
+        seq: int,
+    ) -> int:
+        """A change Redis is storing: once it did (and it was applied here), answer as a
+        local change (200 once on disk, else 202); if it could not, 503 (or 409)."""
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def done(result: tuple[int, Any]) -> None:
+            if gone:
+                return
+            status, body = result
+            if status == 200 and self.mw.store.seq != seq:
+                self._when_durable(request, method, body, self.mw.store.seq)
+                return
+            self._audit(request, method, status, "")
+            request.write(json_response(request, status, body))
+            request.finish()
+
+        def failed(f: Failure) -> None:
+            if gone:
+                return
+            assert isinstance(f.value, Exception)
+            request.write(self._refused(request, method, f.value))
+            request.finish()
+
+        answer.addCallbacks(done, failed)
+        return NOT_DONE_YET
+
+    def _shared(
+        self,
+        kind: str,
+        key: object,
+        until: float | None,
+        reason: str,
+        apply: Callable[[float], tuple[int, Any]],
+    ) -> _Answer:
+        """Run ``apply(now)`` (the local change) at once without --redis; with it, write
+        the change to Redis first (``until`` None: an unblock) and apply it once stored."""
+        now = self.mw.clock.seconds()
+        sync = self.mw.sync
+        if sync is None:
+            return apply(now)
+        version = now
+        stored = sync.publish(
+            kind, key, None if until is None else until + now, reason, version, kick=True
+        )
+
+        def then(ok: bool) -> tuple[int, Any]:
+            if not ok:
+                raise _HTTPError(
+                    409,
+                    f"a newer change of {kind} {key} was made on another node: reload and retry",
+                )
+            return apply(version)
+
+        answer: defer.Deferred[tuple[int, Any]] = stored.addCallback(then)
+        return answer
 
     def _when_durable(self, request: Request, method: str, body: dict[str, Any], seq: int) -> int:
         """Answer once change ``seq`` is on disk (200), or say why it is pending (202)."""
@@ -189,7 +276,7 @@ class AdminResource(Resource):
         if refused is not None:
             raise _HTTPError(401, refused)
 
-    def _route(self, request: Request, method: str) -> tuple[int, Any]:
+    def _route(self, request: Request, method: str) -> _Answer:
         assert request.postpath is not None  # Site.getResourceFor sets it before any render
         path = [seg for seg in request.postpath if seg != b""]
         mw = self.mw
@@ -232,21 +319,31 @@ class AdminResource(Resource):
                 return answer
         raise _HTTPError(404, f"no admin call at /admin/{b'/'.join(path).decode(errors='replace')}")
 
-    def _user_action(self, request: Request, uid: int, action: bytes) -> tuple[int, Any] | None:
+    def _user_action(self, request: Request, uid: int, action: bytes) -> _Answer | None:
         mw = self.mw
         if action == b"unblock":
-            return 200, {"user_id": uid, "unblocked": mw.unblock_user(uid)}
+            return self._shared(
+                "user",
+                uid,
+                None,
+                "",
+                lambda _now: (200, {"user_id": uid, "unblocked": mw.unblock_user(uid)}),
+            )
         if action == b"ban":
             reason = _reason(_body(request), "admin_ban")
-            kicked = mw.ban_user(uid, reason)
-            return 200, {"user_id": uid, "banned": True, "kicked": kicked}
+
+            def ban(now: float) -> tuple[int, Any]:
+                kicked = mw.ban_user(uid, reason, now=now)
+                return 200, {"user_id": uid, "banned": True, "kicked": kicked}
+
+            return self._shared("user", uid, math.inf, reason, ban)
         if action == b"kick":
             if not mw.kick_user(uid):
                 raise _HTTPError(404, f"user {uid} is not connected")
             return 200, {"user_id": uid, "kicked": True}
         return None
 
-    def _ip_action(self, request: Request, ip: str, action: bytes) -> tuple[int, Any] | None:
+    def _ip_action(self, request: Request, ip: str, action: bytes) -> _Answer | None:
         mw = self.mw
         if action == b"block":
             body = _body(request)
@@ -261,19 +358,28 @@ class AdminResource(Resource):
                 raise _HTTPError(400, f"duration must be seconds in (0, {_MAX_DURATION:g}] or null")
             else:
                 seconds = float(duration)
-            n_kicked = mw.block_ip(ip, seconds, _reason(body, "admin_block"))
-            return 200, {
-                "ip": ip,
-                "blocked": True,
-                "duration": None if math.isinf(seconds) else seconds,
-                "kicked": n_kicked,
-            }
+            reason = _reason(body, "admin_block")
+
+            def block(now: float) -> tuple[int, Any]:
+                n_kicked = mw.block_ip(ip, seconds, reason, now=now, share=False)
+                return 200, {
+                    "ip": ip,
+                    "blocked": True,
+                    "duration": None if math.isinf(seconds) else seconds,
+                    "kicked": n_kicked,
+                }
+
+            return self._shared("ip", ip, seconds, reason, block)
         if action == b"unblock":
-            lifted = mw.unblock_ip(ip)
-            view = mw.ip_view(ip)
-            return 200, {
-                "ip": ip,
-                "unblocked": lifted,
-                "still_blocklisted": view["blocklisted"],
-            }
+
+            def unblock(_now: float) -> tuple[int, Any]:
+                lifted = mw.unblock_ip(ip)
+                view = mw.ip_view(ip)
+                return 200, {
+                    "ip": ip,
+                    "unblocked": lifted,
+                    "still_blocklisted": view["blocklisted"],
+                }
+
+            return self._shared("ip", ip, None, "", unblock)
         return None
