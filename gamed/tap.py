@@ -269,6 +269,11 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     names = validated.enabled
     parts: list[tuple[str, registry.PluginParts]] = []
     admin = AdminGate()  # one for all: security sets the token, analytics checks it
+    shared, shared_service = None, None
+    if settings.redis:  # until the cluster node hands out its SharedState (issue 13)
+        from gamed.cluster.shared import standalone_shared_state
+
+        shared, shared_service = standalone_shared_state(settings, reactor)
     for name in names:
         env = registry.PluginEnvironment(
             settings=settings,
@@ -279,6 +284,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
             rooms=rooms,
             control=router,
             admin=admin,
+            shared=shared,
         )
         parts.append((name, validated.factories[name].make(env)))
     router.set_pipeline(Pipeline([p.middleware for _, p in parts]))
@@ -316,6 +322,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         # Before "game": stopped after the drain, so the node's last leaves reach Redis
         # before it takes its registration down.
         cluster.setServiceParent(top)
+    if shared_service is not None:
+        shared_service.setServiceParent(top)
     for name, p in parts:
         if p.service is not None:
             p.service.setName(f"middleware-{name}")

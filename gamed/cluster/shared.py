@@ -211,16 +211,16 @@ class LinkService(Service):
         return self.link.stop()
 
 
-def standalone_shared_state(settings: Any, reactor: Any) -> tuple[SharedState, Service] | None:
-    """A SharedState on its own link from ``settings.redis`` (None without --redis), and
-    the service that runs the link. Temporary: the cluster node takes this over."""
-    if not settings.redis:
-        return None
+def standalone_shared_state(settings: Any, reactor: Any) -> tuple[SharedState, Service]:
+    """A SharedState on a link of its own for ``settings.redis``, and the service that
+    runs the link. Temporary: once the cluster node (gamed.cluster.node) runs the
+    node's one link, it hands out the SharedState and this goes."""
     import os
     import socket
 
     from gamed.cluster.url import parse_redis_url
 
+    assert settings.redis
     node_id = settings.node_id or f"{socket.gethostname()}:{os.getpid()}"
     link = RedisLink(parse_redis_url(settings.redis), reactor, reactor, node_id)
     service = LinkService(link)
