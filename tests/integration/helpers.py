@@ -583,3 +583,65 @@ __all__ = [
     "poll_until",
     "two_in_room",
 ]
+
+
+def admin_call(
+    srv: GamedProcess, method: str, path: str, token: str | None, body: Any = None
+) -> tuple[int, Any]:
+    """One /admin/ call with ``Authorization: Bearer token``; (status, decoded JSON)."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    try:
+        conn.request(
+            method, path, body=orjson.dumps(body) if body is not None else None, headers=headers
+        )
+        r = conn.getresponse()
+        return r.status, orjson.loads(r.read())
+    finally:
+        conn.close()
+
+
+def free_port() -> int:
+    """A loopback port free now (for a server that cannot report the one it bound)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A real ``redis-server`` on 127.0.0.1, a free port, no persistence; ``stop`` and
+    ``start`` again on the same port (an outage, a restart that lost everything)."""
+
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port)]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        log = open(self.workdir / "redis.log", "ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        poll_until(self.ping, 10.0, f"redis-server on {self.port}")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None

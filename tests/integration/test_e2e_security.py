@@ -11,7 +11,6 @@ POST /admin/reload end to end: tests/integration/test_faults.py.
 
 from __future__ import annotations
 
-import http.client
 import signal
 import subprocess
 import sys
@@ -20,7 +19,13 @@ from typing import Any
 
 import orjson
 
-from tests.integration.helpers import GamedProcess, WireClient, heartbeat_ok, two_in_room
+from tests.integration.helpers import (
+    GamedProcess,
+    WireClient,
+    admin_call,
+    heartbeat_ok,
+    two_in_room,
+)
 
 ADMIN = "admin-token-for-tests-0123456789"
 
@@ -40,16 +45,7 @@ def admin_file(tmp_path: Path) -> str:
 def call(
     srv: GamedProcess, method: str, path: str, token: str | None = ADMIN, body: Any = None
 ) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    try:
-        conn.request(
-            method, path, body=orjson.dumps(body) if body is not None else None, headers=headers
-        )
-        r = conn.getresponse()
-        return r.status, orjson.loads(r.read())
-    finally:
-        conn.close()
+    return admin_call(srv, method, path, token, body)
 
 
 def errors(msgs: list[Any]) -> list[int]:

@@ -1,0 +1,129 @@
+"""Bans and IP blocks across two `twistd -n gamed --redis` nodes and a real redis-server.
+
+The bound these tests hold (docs/security.md, "In a cluster"): a change made on
+one node's admin API reaches a connection on the other node over pub/sub, in
+well under a second while Redis is up; BOUND leaves room for a loaded machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import (
+    GamedProcess,
+    RedisServer,
+    WireClient,
+    admin_call,
+    heartbeat_ok,
+    poll_until,
+)
+
+ADMIN = "admin-token-for-cluster-tests-0123"
+#: Seconds within which a change on node A must show on node B (pub/sub; stated: < 1 s).
+BOUND = 5.0
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nodes(
+    gamed: Callable[..., GamedProcess], redis: RedisServer, tmp_path: Path
+) -> tuple[GamedProcess, GamedProcess]:
+    token = tmp_path / "admin.token"
+    token.write_text(ADMIN + "\n")
+    a, b = (
+        gamed("--redis", redis.url, "--node-id", name, "--admin-token-file", str(token))
+        for name in ("a", "b")
+    )
+    for node in (a, b):  # both linked to Redis and merged with it before the test acts
+        poll_until(
+            lambda node=node: cluster(node).get("resyncs", 0) >= 1,
+            10.0,
+            "the node's first resync",
+            detail=node.log_tail,
+        )
+    return a, b
+
+
+def cluster(node: GamedProcess) -> dict[str, object]:
+    section = node.stats()["security"]["cluster"]
+    assert section is not None, "the node runs without --redis"
+    return dict(section)
+
+
+def call(node: GamedProcess, path: str, body: object = None) -> tuple[int, object]:
+    return admin_call(node, "POST", path, ADMIN, body)
+
+
+def refused(node: GamedProcess, user_id: int) -> str | None:
+    """Connect as ``user_id``: the Error's text if refused (403), None if accepted."""
+    c = WireClient(node.port)
+    try:
+        c.send({"Connect": {"room_id": 0, "user_id": user_id}})
+        msg = c.recv()
+        if "Error" in msg:
+            assert msg["Error"]["code"] == 403, msg
+            return str(msg["Error"]["message"])
+        return None
+    finally:
+        c.close()
+
+
+def test_a_ban_or_ip_block_on_node_a_kicks_and_refuses_on_node_b(
+    nodes: tuple[GamedProcess, GamedProcess],
+) -> None:
+    a, b = nodes
+    victim = b.client(7)
+    status, body = call(a, "/admin/users/7/ban", {"reason": "cheating"})
+    assert status == 200 and body == {  # type: ignore[comparison-overlap]
+        "user_id": 7,
+        "banned": True,
+        "kicked": False,  # not on A
+        "durable": True,
+    }
+    # B holds the connection: B kicks it.
+    msg = victim.recv(BOUND)
+    assert msg["Error"]["code"] == 403 and "cheating" in msg["Error"]["message"], msg
+    victim.expect_closed()
+    assert "banned" in (refused(b, 7) or "")
+    assert call(a, "/admin/users/7/unblock")[0] == 200
+    poll_until(lambda: refused(b, 7) is None, BOUND, "the unban on B")
+
+    bystander = b.client(8)
+    status, body = call(a, "/admin/ips/127.0.0.1/block", {"duration": 120})
+    assert status == 200
+    msg = bystander.recv(BOUND)
+    assert msg["Error"]["code"] == 403 and "blocked" in msg["Error"]["message"], msg
+    again = WireClient(b.port)
+    assert "blocked" in again.recv_error(403)  # refused at accept on B
+    assert call(b, "/admin/ips/127.0.0.1/unblock")[0] == 200  # and lifted from B
+    poll_until(lambda: heartbeat_ok(WireClient(a.port)), BOUND, "the unblock on A")
+
+
+def test_redis_down_refuses_changes_and_keeps_enforcing(
+    nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer
+) -> None:
+    a, b = nodes
+    assert call(a, "/admin/users/9/ban")[0] == 200
+    poll_until(lambda: refused(b, 9), BOUND, "the ban on B")
+    redis.stop()
+
+    def refused_503() -> bool:
+        status, body = call(a, "/admin/users/10/ban")
+        assert status in (200, 503), body
+        return status == 503
+
+    poll_until(refused_503, 15.0, "a ban refused with 503 while Redis is down")
+    status, body = call(b, "/admin/users/9/unblock")
+    assert status == 503 and "cluster unavailable" in body["error"]  # type: ignore[index]
+    # What is in force stays enforced on both nodes; the refused ban was made nowhere.
+    assert refused(a, 9) and refused(b, 9)
+    assert refused(a, 10) is None and refused(b, 10) is None
