@@ -120,7 +120,9 @@ class SharedState:
     def watch(self, table: str, handler: Watcher) -> None:
         self._watchers.setdefault(table, []).append(handler)
 
-    def _notice(self, payload: bytes) -> None:
+    def _notice(self, payload: bytes | str) -> None:
+        if isinstance(payload, str):
+            payload = payload.encode()
         if not payload.startswith(PREFIX):
             return  # a node notice, not ours
         try:
@@ -146,7 +148,9 @@ class SharedState:
         if not self.available():
             return defer.fail(SharedStateUnavailable(f"cluster unavailable: Redis is {DOWN}"))
         raw = orjson.dumps([version, expires_at, value]).decode()
-        notice = PREFIX + orjson.dumps({"n": self.node_id, "t": table, "k": key, "r": raw})
+        notice = (
+            PREFIX + orjson.dumps({"n": self.node_id, "t": table, "k": key, "r": raw})
+        ).decode()
         d = self._put.run([table_key(table)], [key, repr(version), raw, CHANNEL, notice])
         d.addCallback(lambda stored: int(stored) == 1)
         d.addErrback(_unavailable)

@@ -309,7 +309,7 @@ def test_shared_state_put_runs_one_script_that_stores_and_publishes() -> None:
     field, version, raw, channel, notice = args
     assert (field, version, channel) == ("7", "12.5", CHANNEL)
     assert decode_record(raw) == (12.5, None, '{"x":1}')
-    assert notice.startswith(PREFIX)
+    assert notice.encode().startswith(PREFIX)
 
 
 def test_shared_state_fails_fast_while_down_and_signals_ready() -> None:
