@@ -34,23 +34,36 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def nodes(
+def start_nodes(
     gamed: Callable[..., GamedProcess], redis: RedisServer, tmp_path: Path
-) -> tuple[GamedProcess, GamedProcess]:
+) -> Callable[..., tuple[GamedProcess, GamedProcess]]:
+    """Two nodes "a" and "b" on ``redis`` with the admin token, plus ``extra`` options;
+    returned once both have merged their bans with Redis."""
     token = tmp_path / "admin.token"
     token.write_text(ADMIN + "\n")
-    a, b = (
-        gamed("--redis", redis.url, "--node-id", name, "--admin-token-file", str(token))
-        for name in ("a", "b")
-    )
-    for node in (a, b):  # both linked to Redis and merged with it before the test acts
-        poll_until(
-            lambda node=node: cluster(node).get("resyncs", 0) >= 1,
-            10.0,
-            "the node's first resync",
-            detail=node.log_tail,
+
+    def start(*extra: str) -> tuple[GamedProcess, GamedProcess]:
+        a, b = (
+            gamed("--redis", redis.url, "--node-id", name, "--admin-token-file", str(token), *extra)
+            for name in ("a", "b")
         )
-    return a, b
+        for node in (a, b):
+            poll_until(
+                lambda node=node: cluster(node).get("resyncs", 0) >= 1,
+                10.0,
+                "the node's first resync",
+                detail=node.log_tail,
+            )
+        return a, b
+
+    return start
+
+
+@pytest.fixture
+def nodes(
+    start_nodes: Callable[..., tuple[GamedProcess, GamedProcess]],
+) -> tuple[GamedProcess, GamedProcess]:
+    return start_nodes()
 
 
 def cluster(node: GamedProcess) -> dict[str, object]:
@@ -131,3 +144,21 @@ def test_redis_down_refuses_changes_and_keeps_enforcing(
     # What is in force stays enforced on both nodes; the refused ban was made nowhere.
     assert refused(a, 9) and refused(b, 9)
     assert refused(a, last[0]) is None and refused(b, last[0]) is None
+
+
+def test_a_users_rate_window_follows_them_to_the_other_node(
+    start_nodes: Callable[..., tuple[GamedProcess, GamedProcess]],
+) -> None:
+    a, b = start_nodes("--rate-limit", "10")
+    first = a.client(31)
+    assert first.join(5)  # the Connect and the join: 2 of the minute's 10
+    for i in range(6):
+        first.chat(5, f"m{i}")
+    assert len(first.replies(6)) >= 6  # 8 counted on A
+    first.close()
+    poll_until(lambda: cluster(a)["rate_handover"]["stashed"] >= 1, BOUND, "the stash on A")  # type: ignore[index]
+    second = b.client(31)  # 9
+    assert second.join(5)  # 10
+    second.chat(5, "eleventh")
+    error, before = second.until("Error")  # after the warning (a SystemMessage)
+    assert error["code"] == 429, (error, before)  # though only the third message on B
