@@ -213,6 +213,31 @@ def test_start_merges_the_local_copy_and_redis(tmp_path: Path, hub: SharedHub) -
     assert 2 in a.mw.user_blocks  # pushed, so A heard it too
 
 
+def test_the_service_merges_the_sqlite_copy_with_redis_at_start(
+    tmp_path: Path, hub: SharedHub
+) -> None:
+    """The real start-up order: SQLite loaded first, then merged with Redis, then swept
+    and resynced on the clock; a restarted node keeps its bans even with Redis down."""
+    first = Node(tmp_path / "a", hub, "a")
+    first.parts.service.startService()  # type: ignore[union-attr]
+    first.mw.ban_user(1)
+    first.mw.block_ip("10.3.3.3", 600, "admin_block")
+    first.parts.service.stopService()  # type: ignore[union-attr]
+    hub.tables.clear()  # Redis lost everything meanwhile
+    again = SecurityPlugin(tmp_path / "a", shared=hub.node("a2"), clock=hub.clock)
+    again.parts.service.startService()  # type: ignore[union-attr]
+    try:
+        assert set(hub.tables["user_blocks"]) == {"1"}  # pushed back from the SQLite copy
+        assert set(hub.tables["ip_blocks"]) == {"10.3.3.3"}
+        hub.down = True
+        assert again.mw.sync is not None and again.mw.sync.resync() is None  # nothing to do
+        ctx = Ctx(hub.clock)
+        assert again.mw.connection_opened(ctx) is None
+        assert code(again.mw.before_process(ctx, m.Connect(0, 1))) == 403
+    finally:
+        again.parts.service.stopService()  # type: ignore[union-attr]
+
+
 def test_redis_restarted_empty_gets_the_nodes_bans_back(
     nodes: tuple[Node, Node], hub: SharedHub
 ) -> None:
