@@ -324,7 +324,7 @@ class ISharedState(Interface):
     A table is a Redis hash ``gamed:shared:{table}``; a record is ``(version,
     expires_at, value)``: a put keeps the record with the newest version (last
     writer wins, by the writer's clock), expired records are dropped on read.
-    Each stored put is announced on ``gamed:all`` to every other node's ``watch``.
+    Each stored put is announced on ``gamed:shared`` to every other node's ``watch``.
     Every call that needs Redis fails with ``gamed.errors.SharedStateUnavailable``
     while it is unreachable: a caller can refuse a change rather than make it on
     one node only. Nothing here is meant for the per-message path.

@@ -3,12 +3,13 @@
 A table is the hash ``gamed:shared:{table}``: field = key, value = JSON
 ``[version, expires_at, value]``. ``put`` is one Lua script that keeps the newer
 version (last writer wins, by the writer's clock) and, when it stored, PUBLISHes
-the record on ``gamed:all`` in the same step: a stored record is always
+the record on ``gamed:shared`` in the same step: a stored record is always
 announced. ``records`` reads a table in HSCAN pages and deletes expired records
 on the way (each with a compare-and-delete script, so a newer put is never
 deleted). Stashes are plain keys ``gamed:shared:{table}:{key}`` with a TTL
-(SET PX, GETDEL). Notices on ``gamed:all`` are ``shared `` + JSON; anything else
-on that channel (node notices) is not ours and is ignored here.
+(SET PX, GETDEL). Notices are ``shared `` + JSON on a channel of their own,
+``gamed:shared`` (not ``gamed:all``: the link has one handler per channel, and
+``gamed:all`` is the cluster node's); anything else there is ignored.
 
 docs/cluster.md lists the keys and the channel; docs/security.md what the
 security plugin keeps here and why.
@@ -26,13 +27,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gamed.cluster.link import DOWN, ClusterUnavailable, RedisLink
+from gamed.cluster.link import DOWN, ClusterUnavailable, RedisError, RedisLink
 from gamed.errors import SharedStateUnavailable
 from gamed.interfaces import ISharedState
 
 _log = Logger()
 
-CHANNEL = "gamed:all"
+CHANNEL = "gamed:shared"
 PREFIX = b"shared "
 #: HSCAN page size: a table is never read in one reply.
 PAGE = 500
@@ -83,8 +84,12 @@ def decode_record(raw: Any) -> Record | None:
 
 
 def _unavailable(f: Failure) -> Failure:
+    """Redis down, slow, or refusing (an error reply: OOM, READONLY...): the caller
+    hears SharedStateUnavailable, so a change it cannot make is refused, never half made."""
     if f.check(ClusterUnavailable):
-        return Failure(SharedStateUnavailable(str(f.value)))
+        return Failure(SharedStateUnavailable(f"cluster unavailable: {f.value}"))
+    if f.check(RedisError):
+        return Failure(SharedStateUnavailable(f"cluster unavailable: redis refused: {f.value}"))
     return f
 
 

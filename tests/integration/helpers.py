@@ -566,25 +566,6 @@ def live_game(
     return a, b
 
 
-__all__ = [
-    "GAME_ROOM",
-    "TWISTD",
-    "FakeSentinel",
-    "GamedProcess",
-    "RedisServer",
-    "SilencingProxy",
-    "WireClient",
-    "act",
-    "attack",
-    "free_port",
-    "heartbeat_ok",
-    "live_game",
-    "move",
-    "poll_until",
-    "two_in_room",
-]
-
-
 def admin_call(
     srv: GamedProcess, method: str, path: str, token: str | None, body: Any = None
 ) -> tuple[int, Any]:
@@ -601,47 +582,21 @@ def admin_call(
         conn.close()
 
 
-def free_port() -> int:
-    """A loopback port free now (for a server that cannot report the one it bound)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A real ``redis-server`` on 127.0.0.1, a free port, no persistence; ``stop`` and
-    ``start`` again on the same port (an outage, a restart that lost everything)."""
-
-    def __init__(self, workdir: Path) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port)]
-        args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
-        log = open(self.workdir / "redis.log", "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        poll_until(self.ping, 10.0, f"redis-server on {self.port}")
-
-    def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
+__all__ = [
+    "GAME_ROOM",
+    "TWISTD",
+    "FakeSentinel",
+    "GamedProcess",
+    "RedisServer",
+    "SilencingProxy",
+    "WireClient",
+    "act",
+    "admin_call",
+    "attack",
+    "free_port",
+    "heartbeat_ok",
+    "live_game",
+    "move",
+    "poll_until",
+    "two_in_room",
+]

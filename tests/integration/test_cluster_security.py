@@ -7,7 +7,7 @@ well under a second while Redis is up; BOUND leaves room for a loaded machine.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,24 +27,25 @@ BOUND = 5.0
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def start_nodes(
-    gamed: Callable[..., GamedProcess], redis: RedisServer, tmp_path: Path
+    gamed: Callable[..., GamedProcess], redis_server: RedisServer, tmp_path: Path
 ) -> Callable[..., tuple[GamedProcess, GamedProcess]]:
-    """Two nodes "a" and "b" on ``redis`` with the admin token, plus ``extra`` options;
+    """Two nodes "a" and "b" on ``redis_server`` with the admin token, plus ``extra`` options;
     returned once both have merged their bans with Redis."""
     token = tmp_path / "admin.token"
     token.write_text(ADMIN + "\n")
 
     def start(*extra: str) -> tuple[GamedProcess, GamedProcess]:
         a, b = (
-            gamed("--redis", redis.url, "--node-id", name, "--admin-token-file", str(token), *extra)
+            gamed(
+                "--redis",
+                redis_server.url(),
+                "--node-id",
+                name,
+                "--admin-token-file",
+                str(token),
+                *extra,
+            )
             for name in ("a", "b")
         )
         for node in (a, b):
@@ -133,12 +134,12 @@ def test_a_ban_or_ip_block_on_node_a_kicks_and_refuses_on_node_b(
 
 
 def test_redis_down_refuses_changes_and_keeps_enforcing(
-    nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer
+    nodes: tuple[GamedProcess, GamedProcess], redis_server: RedisServer
 ) -> None:
     a, b = nodes
     assert call(a, "/admin/users/9/ban")[0] == 200
     poll_until(lambda: refused(b, 9), BOUND, "the ban on B")
-    redis.stop()
+    redis_server.stop()
 
     ids = iter(range(100, 400))
     last = [0]

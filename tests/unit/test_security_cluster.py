@@ -332,7 +332,7 @@ def test_shared_state_put_runs_one_script_that_stores_and_publishes() -> None:
     (name, keys, args) = link.ran[0]
     assert name == "shared_put" and keys == ["gamed:shared:user_blocks"]
     field, version, raw, channel, notice = args
-    assert (field, version, channel) == ("7", "12.5", CHANNEL)
+    assert (field, version, channel) == ("7", "12.5", "gamed:shared")
     assert decode_record(raw) == (12.5, None, '{"x":1}')
     assert notice.encode().startswith(PREFIX)
 

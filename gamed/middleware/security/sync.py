@@ -10,7 +10,7 @@ in Redis.
 
 - An admin change is written to Redis first; only once Redis stored it is it
   applied here (and written to SQLite), and every other node applies it when
-  the notice on ``gamed:all`` arrives (kicking the user or address if it is
+  the notice on ``gamed:shared`` arrives (kicking the user or address if it is
   connected there). Redis unreachable: the change is refused (503), nothing
   changes anywhere, and what is in force stays enforced.
 - An automatic block (rate_user, suspicion, rate_ip) is enforced here at once
