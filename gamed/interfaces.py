@@ -347,8 +347,9 @@ class ISharedState(Interface):
         """``handler(key, version, expires_at, value)`` for each record another node stored."""
 
     def on_ready(callback: Callable[[], None]) -> None:
-        """``callback()`` each time Redis becomes reachable (start, reconnect): notices may
-        have been missed while it was not, so re-read what matters (``records``)."""
+        """``callback()`` each time Redis becomes reachable (start, reconnect) and each time
+        the notice subscription is back: notices may have been missed, so re-read what
+        matters (``records``)."""
 
     def stash(table: str, key: str, value: str, ttl: float) -> Any:
         """Deferred[None]: keep ``value`` for ``ttl`` seconds under (table, key), e.g. a

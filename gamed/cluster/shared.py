@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gamed.cluster.link import DOWN, ClusterUnavailable, RedisError, RedisLink
+from gamed.cluster.link import DEGRADED, DOWN, UP, ClusterUnavailable, RedisError, RedisLink
 from gamed.errors import SharedStateUnavailable
 from gamed.interfaces import ISharedState
 
@@ -112,7 +112,8 @@ class SharedState:
         return self.link.state != DOWN
 
     def _state(self, old: str, new: str) -> None:
-        if old == DOWN and new != DOWN:
+        # Commands work again, or the subscriber is back: notices may have been missed.
+        if (old == DOWN and new != DOWN) or (old == DEGRADED and new == UP):
             for callback in list(self._ready):
                 try:
                     callback()

@@ -349,8 +349,11 @@ def test_shared_state_fails_fast_while_down_and_signals_ready() -> None:
     s.records("t").addErrback(failures.append)
     assert len(failures) == 2 and all(f.check(SharedStateUnavailable) for f in failures)  # type: ignore[attr-defined]
     link.set_state(DEGRADED)  # commands work again: resync (notices may have been missed)
-    link.set_state(UP)
     assert ready == [1]
+    link.set_state(UP)  # the subscriber is back: notices sent meanwhile were lost
+    assert ready == [1, 1]
+    link.set_state(DEGRADED)  # nothing to re-read while the subscriber is away
+    assert ready == [1, 1]
 
 
 def test_shared_state_notices_reach_watchers_of_other_nodes_only() -> None:
