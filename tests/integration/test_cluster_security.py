@@ -170,7 +170,37 @@ def test_a_users_rate_window_follows_them_to_the_other_node(
     first.close()
     poll_until(lambda: cluster(a)["rate_handover"]["stashed"] >= 1, BOUND, "the stash on A")  # type: ignore[index]
     second = b.client(31)  # 9
+    # The Connect does not wait for Redis: the stash is merged one round trip later.
+    poll_until(lambda: cluster(b)["rate_handover"]["merged"] >= 1, BOUND, "the merge on B")  # type: ignore[index]
     assert second.join(5)  # 10
     second.chat(5, "eleventh")
     error, before = second.until("Error")  # after the warning (a SystemMessage)
     assert error["code"] == 429, (error, before)  # though only the third message on B
+
+
+def test_a_redis_restarted_empty_gets_the_bans_back_and_changes_flow_again(
+    nodes: tuple[GamedProcess, GamedProcess], redis_server: RedisServer
+) -> None:
+    a, b = nodes
+    assert call(a, "/admin/users/61/ban")[0] == 200
+    assert call(a, "/admin/ips/10.61.61.61/block", {"duration": 600})[0] == 200
+    redis_server.restart()  # no persistence: Redis comes back empty
+    poll_until(
+        lambda: (
+            redis_server.cli("HEXISTS", "gamed:shared:user_blocks", "61") == 1
+            and redis_server.cli("HEXISTS", "gamed:shared:ip_blocks", "10.61.61.61") == 1
+        ),
+        15.0,
+        "the nodes to write their bans back to Redis",
+    )
+    # The notice subscription is back too: a new ban on A reaches B's connection.
+    victim = b.client(62)
+
+    def banned() -> bool:
+        status, _ = call(a, "/admin/users/62/ban")
+        return status == 200
+
+    poll_until(banned, 15.0, "a ban accepted once Redis is back")
+    msg = victim.recv(BOUND)
+    assert msg["Error"]["code"] == 403, msg
+    assert refused(b, 61) and refused(b, 62)

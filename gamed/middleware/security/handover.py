@@ -12,7 +12,9 @@ on A is still open) closes A's session only after B's Connect, so B reads
 again ``RETRY_SECONDS`` later if the first read found nothing.
 
 Two Redis commands per session (one at each end), none per message; a
-failure costs only the carry-over (the limits still hold per node).
+failure costs only the carry-over (the limits still hold per node). The
+Connect does not wait for the read: what the user sends in that round trip
+counts on the new node's window, and the stash is added when it arrives.
 """
 
 from __future__ import annotations
@@ -81,8 +83,10 @@ class RateHandover:
             }
         ).decode()
         d = self.shared.stash(TABLE, str(user_id), value, min(ttl, MAX_TTL))
+        d.addCallbacks(self._stashed, self._failed)
+
+    def _stashed(self, _: None) -> None:
         self.stashed += 1
-        d.addErrback(self._failed)
 
     def arrived(self, user_id: int, user: UserState, fresh: bool, retry: bool = True) -> None:
         """The user's session started here (after Connect): take a stash and merge it.
