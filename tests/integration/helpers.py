@@ -567,10 +567,12 @@ def live_game(
 
 
 def admin_call(
-    srv: GamedProcess, method: str, path: str, token: str | None, body: Any = None
+    srv: GamedProcess | int, method: str, path: str, token: str | None, body: Any = None
 ) -> tuple[int, Any]:
-    """One /admin/ call with ``Authorization: Bearer token``; (status, decoded JSON)."""
-    conn = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=10)
+    """One /admin/ call with ``Authorization: Bearer token`` to a server (or an HTTP port:
+    a worker's); (status, decoded JSON)."""
+    port = srv if isinstance(srv, int) else srv.http_port
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     try:
         conn.request(

@@ -204,3 +204,33 @@ def test_a_redis_restarted_empty_gets_the_bans_back_and_changes_flow_again(
     msg = victim.recv(BOUND)
     assert msg["Error"]["code"] == 403, msg
     assert refused(b, 61) and refused(b, 62)
+
+
+def test_with_workers_a_ban_through_one_worker_kicks_on_every_worker(
+    gamed: Callable[..., GamedProcess], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    token = tmp_path / "admin.token"
+    token.write_text(ADMIN + "\n")
+    p = gamed("--workers", "2", "--redis", redis_server.url(), "--admin-token-file", str(token))
+
+    def ready() -> list[dict[str, object]]:
+        workers: list[dict[str, object]] = p.stats()["workers"]
+        return workers if all(w["ready"] and w["http_port"] for w in workers) else []
+
+    first = poll_until(ready, 30, "both workers ready", detail=p.log_tail)[0]
+    clients: list[WireClient] = []
+
+    def both_hold_some() -> bool:  # the kernel picks the worker: connect until both have some
+        for _ in range(4):
+            clients.append(p.client(100 + len(clients)))
+        assert len(clients) <= 200, p.stats()
+        return all(w["stats"]["connections"] > 0 for w in p.stats()["workers"])
+
+    poll_until(both_hold_some, 30, "connections on both workers")
+    port = first["http_port"]
+    assert isinstance(port, int)
+    for c in clients:  # every ban through worker 1; each kick where the user's connection is
+        assert admin_call(port, "POST", f"/admin/users/{c.user_id}/ban", ADMIN)[0] == 200
+    for c in clients:
+        msg = c.recv(BOUND)
+        assert msg["Error"]["code"] == 403 and "banned" in msg["Error"]["message"], msg
