@@ -270,10 +270,10 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     parts: list[tuple[str, registry.PluginParts]] = []
     admin = AdminGate()  # one for all: security sets the token, analytics checks it
     shared, shared_service = None, None
-    if settings.redis:  # until the cluster node hands out its SharedState (issue 13)
-        from gamed.cluster.shared import standalone_shared_state
+    if cluster is not None:  # what plugins share cluster-wide, on the node's link
+        from gamed.cluster.shared import node_shared_state
 
-        shared, shared_service = standalone_shared_state(settings, reactor)
+        shared, shared_service = node_shared_state(cluster, reactor)
     for name in names:
         env = registry.PluginEnvironment(
             settings=settings,

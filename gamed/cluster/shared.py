@@ -95,21 +95,40 @@ def _unavailable(f: Failure) -> Failure:
 
 @implementer(ISharedState)
 class SharedState:
-    """ISharedState on one RedisLink (the node's; docs/cluster.md)."""
+    """ISharedState on the node's RedisLink (docs/cluster.md).
 
-    def __init__(self, link: RedisLink, node_id: str, clock: Any) -> None:
-        self.link = link
+    Plugins get it when they are built, before twistd's fork; the cluster node makes
+    its link only in startService, after the fork. So the link comes later, through
+    ``attach`` (``node_shared_state``); until then nothing is available.
+    """
+
+    def __init__(self, link: RedisLink | None, node_id: str, clock: Any) -> None:
+        self.link: RedisLink | None = None
         self.node_id = node_id
         self.clock = clock
         self._watchers: dict[str, list[Watcher]] = {}
         self._ready: list[Callable[[], None]] = []
+        if link is not None:
+            self.attach(link, node_id)
+
+    def attach(self, link: RedisLink, node_id: str) -> None:
+        """Use ``link`` (the node's, once it made it) from now on."""
+        self.link = link
+        self.node_id = node_id
         self._put = link.script("shared_put", PUT)
         self._delete_if = link.script("shared_delete_if", DELETE_IF)
         link.subscribe(CHANNEL, self._notice)
         link.on_state(self._state)
+        if link.state != DOWN:  # already connected: read now what may have been missed
+            self.clock.callLater(0, self._state, DOWN, link.state)
 
     def available(self) -> bool:
-        return self.link.state != DOWN
+        return self.link is not None and self.link.state != DOWN
+
+    def _link(self) -> RedisLink:
+        if self.link is None:
+            raise SharedStateUnavailable("cluster unavailable: the node has not started")
+        return self.link
 
     def _state(self, old: str, new: str) -> None:
         # Commands work again, or the subscriber is back: notices may have been missed.
@@ -169,7 +188,7 @@ class SharedState:
         out: dict[str, Record] = {}
         cursor = "0"
         for _page in range(MAX_PAGES):
-            reply = yield self.link.execute("HSCAN", key, cursor, "COUNT", PAGE)
+            reply = yield self._link().execute("HSCAN", key, cursor, "COUNT", PAGE)
             cursor, flat = _text(reply[0]), reply[1]
             for i in range(0, len(flat) - 1, 2):
                 field, raw = _text(flat[i]), _text(flat[i + 1])
@@ -192,47 +211,42 @@ class SharedState:
 
     def stash(self, table: str, key: str, value: str, ttl: float) -> defer.Deferred[None]:
         ms = max(1, int(ttl * 1000))
+        if self.link is None:
+            return defer.fail(SharedStateUnavailable("cluster unavailable: not started"))
         d = self.link.execute("SET", f"{table_key(table)}:{key}", value, "PX", ms)
         d.addCallback(lambda _: None)
         d.addErrback(_unavailable)
         return d
 
     def take(self, table: str, key: str) -> defer.Deferred[str | None]:
+        if self.link is None:
+            return defer.fail(SharedStateUnavailable("cluster unavailable: not started"))
         d = self.link.execute("GETDEL", f"{table_key(table)}:{key}")
         d.addCallback(lambda v: None if v is None else _text(v))
         d.addErrback(_unavailable)
         return d
 
 
-class LinkService(Service):
-    """Starts and stops a RedisLink of its own: ``standalone_shared_state`` until the
-    cluster node (gamed.cluster.node) owns the node's one link and hands out its
-    SharedState."""
+class AttachService(Service):
+    """Hands the cluster node's link to the plugins' SharedState once the node made it.
 
-    def __init__(self, link: RedisLink) -> None:
-        self.link = link
+    In the service tree right after the node (gamed.tap): started after it (the link
+    exists then), stopped before it (the node closes the link)."""
+
+    def __init__(self, shared: SharedState, node: Any) -> None:
+        self.shared = shared
+        self.node = node
 
     def startService(self) -> None:
         super().startService()
-        self.link.start()
-
-    def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
-        return self.link.stop()
+        assert self.node.link is not None, "the cluster node starts before its shared state"
+        self.shared.attach(self.node.link, self.node.node_id)
 
 
-def standalone_shared_state(settings: Any, reactor: Any) -> tuple[SharedState, Service]:
-    """A SharedState on a link of its own for ``settings.redis``, and the service that
-    runs the link. Temporary: once the cluster node (gamed.cluster.node) runs the
-    node's one link, it hands out the SharedState and this goes."""
-    import os
-    import socket
-
-    from gamed.cluster.url import parse_redis_url
-
-    assert settings.redis
-    node_id = settings.node_id or f"{socket.gethostname()}:{os.getpid()}"
-    link = RedisLink(parse_redis_url(settings.redis), reactor, reactor, node_id)
-    service = LinkService(link)
-    service.setName("cluster-shared-link")
-    return SharedState(link, node_id, reactor), service
+def node_shared_state(node: Any, reactor: Any) -> tuple[SharedState, Service]:
+    """The plugins' SharedState (PluginEnvironment.shared) on the cluster node's one link,
+    and the service that attaches it: put that service in the tree after the node."""
+    shared = SharedState(None, node.node_id, reactor)
+    service = AttachService(shared, node)
+    service.setName("cluster-shared-state")
+    return shared, service

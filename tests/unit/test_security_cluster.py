@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 
 from gamed import messages as m
 from gamed.cluster.link import DEGRADED, DOWN, UP
-from gamed.cluster.shared import CHANNEL, PREFIX, SharedState, decode_record
+from gamed.cluster.shared import CHANNEL, PREFIX, SharedState, decode_record, node_shared_state
 from gamed.errors import SharedStateUnavailable
 from gamed.middleware.security import handover, sync
 from gamed.pipeline import Veto
@@ -323,15 +323,21 @@ def test_handover_with_redis_down_costs_only_the_carry_over(
 # -- SharedState on a (fake) link ---------------------------------------------------------------
 
 
+def set_state(link: FakeLink, new: str) -> None:
+    old, link.state = link.state, new
+    for listener in link.listeners:
+        listener(old, new)
+
+
 def test_shared_state_put_runs_one_script_that_stores_and_publishes() -> None:
     link = FakeLink()
+    link.reply = lambda command: 1
     s = SharedState(link, "n1", Clock())  # type: ignore[arg-type]
     out: list[object] = []
     s.put("user_blocks", "7", '{"x":1}', 12.5, None).addBoth(out.append)
     assert out == [True]
-    (name, keys, args) = link.ran[0]
-    assert name == "shared_put" and keys == ["gamed:shared:user_blocks"]
-    field, version, raw, channel, notice = args
+    (name, key, field, version, raw, channel, notice) = link.commands[0]
+    assert (name, key) == ("SCRIPT:shared_put", "gamed:shared:user_blocks")
     assert (field, version, channel) == ("7", "12.5", "gamed:shared")
     assert decode_record(raw) == (12.5, None, '{"x":1}')
     assert notice.encode().startswith(PREFIX)
@@ -342,17 +348,18 @@ def test_shared_state_fails_fast_while_down_and_signals_ready() -> None:
     s = SharedState(link, "n1", Clock())  # type: ignore[arg-type]
     ready: list[int] = []
     s.on_ready(lambda: ready.append(1))
-    link.set_state(DOWN)
+    set_state(link, DOWN)
     assert not s.available()
     failures: list[object] = []
     s.put("t", "k", "v", 1.0, None).addErrback(failures.append)
     s.records("t").addErrback(failures.append)
     assert len(failures) == 2 and all(f.check(SharedStateUnavailable) for f in failures)  # type: ignore[attr-defined]
-    link.set_state(DEGRADED)  # commands work again: resync (notices may have been missed)
+    assert link.commands == []  # failed before asking Redis
+    set_state(link, DEGRADED)  # commands work again: resync (notices may have been missed)
     assert ready == [1]
-    link.set_state(UP)  # the subscriber is back: notices sent meanwhile were lost
+    set_state(link, UP)  # the subscriber is back: notices sent meanwhile were lost
     assert ready == [1, 1]
-    link.set_state(DEGRADED)  # nothing to re-read while the subscriber is away
+    set_state(link, DEGRADED)  # nothing to re-read while the subscriber is away
     assert ready == [1, 1]
 
 
@@ -361,11 +368,11 @@ def test_shared_state_notices_reach_watchers_of_other_nodes_only() -> None:
     s = SharedState(link, "n1", Clock())  # type: ignore[arg-type]
     seen: list[tuple[object, ...]] = []
     s.watch("user_blocks", lambda *a: seen.append(a))
-    (deliver,) = link.subscribed[CHANNEL]
+    deliver = link.handlers[CHANNEL]
     raw = orjson.dumps([5.0, None, "v"]).decode()
     for node in ("n2", "n1"):
         deliver(PREFIX + orjson.dumps({"n": node, "t": "user_blocks", "k": "3", "r": raw}))
-    deliver(b"node-left n3")  # not ours: ignored
+    deliver(b"something else")  # not ours: ignored
     deliver(PREFIX + b"{broken")  # malformed: ignored, never raises
     assert seen == [("3", 5.0, None, "v")]
 
@@ -377,12 +384,39 @@ def test_shared_state_records_reads_pages_and_deletes_expired() -> None:
     s = SharedState(link, "n1", clock)  # type: ignore[arg-type]
     live = orjson.dumps([1.0, 500.0, "a"]).decode()
     dead = orjson.dumps([1.0, 50.0, "b"]).decode()
-    link.replies = [["7", ["k1", live]], ["0", ["k2", dead]], 1]
+    replies = [["7", ["k1", live]], ["0", ["k2", dead]], 1]
+    link.reply = lambda command: replies.pop(0)
     out: list[object] = []
     s.records("ip_blocks").addBoth(out.append)
     assert out == [{"k1": (1.0, 500.0, "a")}]
-    assert [c[:3] for c in link.executed] == [
+    assert [c[:3] for c in link.commands] == [
         ("HSCAN", "gamed:shared:ip_blocks", "0"),
         ("HSCAN", "gamed:shared:ip_blocks", "7"),
+        ("SCRIPT:shared_delete_if", "gamed:shared:ip_blocks", "k2"),
     ]
-    assert link.ran == [("shared_delete_if", ["gamed:shared:ip_blocks"], ["k2", dead])]
+    assert link.commands[2][3] == dead  # deletes exactly what it read (if still there)
+
+
+def test_shared_state_waits_for_the_nodes_link() -> None:
+    """Plugins get the SharedState before the fork; the node makes its link after it."""
+
+    class Node:
+        link: FakeLink | None = None
+        node_id = ""
+
+    node = Node()
+    clock = Clock()
+    shared, service = node_shared_state(node, clock)
+    assert not shared.available()
+    failures: list[object] = []
+    shared.stash("rate", "1", "{}", 5.0).addErrback(failures.append)
+    shared.take("rate", "1").addErrback(failures.append)
+    assert len(failures) == 2
+    ready: list[int] = []
+    shared.on_ready(lambda: ready.append(1))
+    node.link, node.node_id = FakeLink(), "host:42"  # the node's startService
+    service.startService()
+    assert shared.available() and shared.node_id == "host:42"
+    assert CHANNEL in node.link.handlers
+    clock.advance(0)  # attached to a link already up: resync, notices may have been missed
+    assert ready == [1]
