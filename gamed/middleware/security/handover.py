@@ -11,7 +11,8 @@ takes it (GETDEL) and merges it. A takeover (Connect on B while the session
 on A is still open) closes A's session only after B's Connect, so B reads
 again ``RETRY_SECONDS`` later if the first read found nothing.
 
-Two Redis commands per session (one at each end), none per message; a
+At most three Redis commands per session (a read at Connect, a second read
+if the first found nothing, a write at the end), none per message; a
 failure costs only the carry-over (the limits still hold per node). The
 Connect does not wait for the read: what the user sends in that round trip
 counts on the new node's window, and the stash is added when it arrives.
