@@ -205,7 +205,7 @@ class BlockSync:
         else:
             mw.block_ip(k, until - version, reason, kick=False, now=version, share=False)
             if kick:
-                mw.kick_address(k, mw.block_text(k, kind))
+                mw.kick_address(k, f"your address is blocked ({reason})")  # as on the first node
         mw.cluster_decision(kind, key, "notice" if notice else "resync")
         self.applied += 1
         return "applied"
