@@ -315,7 +315,15 @@ class ClusterNode(Service):
             for room_id in sorted(set(known) | {r.room_id for r in self.rooms.rooms()}):
                 self._sync_room(room_id)
 
+        def sessions(known: list[int]) -> None:
+            # sessions that ended here while Redis could not hear of it
+            for uid in known:
+                if uid not in self._claims:
+                    directory.release(uid, "").addErrback(self._failed)
+                    directory.forget_session(uid).addErrback(self._failed)
+
         directory.node_rooms(self.node_id).addCallbacks(rooms, self._failed)
+        directory.node_sessions(self.node_id).addCallbacks(sessions, self._failed)
 
     def _failed(self, failure: Failure) -> None:
         """A change Redis did not take: the next tick with the link up re-registers."""

@@ -168,6 +168,9 @@ def test_a_lost_lease_makes_the_node_register_again(w: World) -> None:
     assert w.node.reregistrations == before + 1
     syncs = [c for c in w.link.commands if c[0] == "SCRIPT:sync"]
     assert syncs and syncs[-1][-4:] == ("me", 5, 1, "a")
+    # a session that ended while Redis could not hear of it (SMEMBERS answered [5]) goes
+    assert ("SCRIPT:release", "gamed:session:5", "me", "") in w.link.commands
+    assert ("SREM", "gamed:node:me:sessions", 5) in w.link.commands
 
 
 def test_stopping_takes_the_node_off_the_index(w: World) -> None:
