@@ -272,6 +272,24 @@ def test_a_killed_node_is_cleaned_up_within_the_bound(
         c.stop()
 
 
+def test_cross_node_chat_resumes_after_the_subscribers_are_cut(
+    nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer
+) -> None:
+    a, b = nodes
+    a1, b1 = a.client(180), b.client(181)
+    joined(a1, 21)
+    joined(b1, 21)
+    a1.recv()
+    before = [p.stats()["cluster"]["reregistrations"] for p in (a, b)]
+    assert redis.cli("CLIENT", "KILL", "TYPE", "pubsub") >= 2
+    for p, n in zip((a, b), before, strict=True):
+        # back up, and the node read its rooms' nodes again (degraded -> up)
+        p.wait_json("/stats", lambda s, n=n: s["cluster"]["reregistrations"] > n)
+        p.wait_json("/healthz", lambda body: body.get("cluster") == "up")
+    a1.chat(21, "after the cut")
+    assert b1.until("ChatMessage")[0]["message"] == "after the cut"
+
+
 def test_a_stopped_node_takes_its_registration_with_it(
     nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer, tmp_path: Path
 ) -> None:
