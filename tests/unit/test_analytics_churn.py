@@ -58,3 +58,25 @@ def test_visits_are_dropped_and_counted_only_when_storage_is_behind() -> None:
     assert agg.dropped == 15 and agg.visits == 10
     agg.apply(ev.RoomJoined(3, 7, 2, 101.0))  # a room already held still counts
     assert agg.users[7].rooms[3] == 2 and agg.dropped == 15
+
+
+def test_a_delta_counts_hours_and_visits_the_same_compact_or_spilled() -> None:
+    # One hour and one room are held without a list or dict; a second one spills them.
+    agg = Aggregates()
+    hour = 3600.0
+    agg.apply(ev.RoomJoined(5, 7, 1, 20 * hour))
+    agg.apply(ev.RoomJoined(5, 7, 1, 20 * hour + 1))
+    u = agg.users[7]
+    assert u.rooms == {5: 2} and u.hours[20] == 2 and sum(u.hours) == 2
+    agg.apply(ev.RoomJoined(6, 7, 1, 21 * hour))
+    agg.apply(ev.RoomJoined(5, 7, 1, 21 * hour + 1))
+    assert u.rooms == {5: 3, 6: 1} and agg.visits == 2
+    assert (u.hours[20], u.hours[21], sum(u.hours)) == (2, 2, 4)
+    # A failed flush merged back adds up either form.
+    users, rooms = agg.swap()
+    agg.apply(ev.RoomJoined(6, 7, 1, 22 * hour))
+    agg.merge_back(users, rooms)
+    merged = agg.users[7].as_dict()
+    assert merged["rooms"] == {5: 3, 6: 2} and agg.visits == 2
+    assert (merged["hours"][20], merged["hours"][21], merged["hours"][22]) == (2, 2, 1)
+    assert agg.rooms[5].hours[20] == 2 and agg.rooms[5].hours[21] == 1
