@@ -280,4 +280,7 @@ def normalize_ip(host: str) -> tuple[str, Any]:
         return host, None
     if addr.version == 6 and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
-    return str(addr), addr
+    text = str(addr)
+    # The caller's string when it is already canonical: a connection's state then
+    # shares its peer's address text instead of holding a second copy of it.
+    return (host if text == host else text), addr
