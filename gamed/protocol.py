@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import itertools
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,9 @@ from gamed.messages import SystemMessage
 
 _log = Logger()
 _ids = itertools.count(1)
+
+#: The frame's length prefix (``Int32StringReceiver.structFormat``), read in place.
+_unpack_prefix = struct.Struct("!I").unpack_from
 
 #: How long a connection we closed may take to flush before we abort it.
 CLOSE_FLUSH_SECONDS = 5.0
@@ -430,7 +434,30 @@ class GameProtocol(ConnectionBase, Int32StringReceiver):
         self.bytes_in += len(data)
         if self.closing:
             return  # we are closing this connection: its input is no longer read
-        super().dataReceived(data)
+        # Int32StringReceiver.dataReceived's loop, less its check for the legacy ``recvd``
+        # attribute after every frame: that check reads ``self.__dict__``, which makes
+        # CPython build a dict object for the instance (64 bytes per connection that
+        # ever sent a frame, and a dict lookup per frame). The length prefix is read in
+        # place (``unpack_from``) instead of from a slice.
+        alldata = self._unprocessed + data
+        self._unprocessed = alldata
+        offset = 0
+        end = len(alldata)
+        limit = self.MAX_LENGTH
+        while end - offset >= 4 and not self.paused:
+            (length,) = _unpack_prefix(alldata, offset)
+            if length > limit:
+                self.lengthLimitExceeded(length)  # it drops what is buffered
+                break
+            stop = offset + 4 + length
+            if stop > end:
+                self._unprocessed = alldata[offset:]
+                break
+            frame = alldata[offset + 4 : stop]
+            offset = stop
+            self.stringReceived(frame)
+        else:
+            self._unprocessed = alldata[offset:]
         if self._unprocessed or self.partial_bytes:
             self._partials.update(self, len(self._unprocessed))
 

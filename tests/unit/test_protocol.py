@@ -90,6 +90,21 @@ def test_frames_split_byte_by_byte_and_batched(h: Harness) -> None:
     assert [next(iter(x)) for x in msgs] == ["ConnectionAck", "HeartBeatResponse"]
 
 
+def test_pipelined_frames_wait_while_paused_and_run_on_resume(h: Harness) -> None:
+    c = h.client()
+    c.connect(1)
+    c.received()
+    beat = frame("HeartBeat")
+    c.proto.pauseProducing()
+    c.proto.dataReceived(beat * 2 + beat[:3])
+    assert c.received() == []
+    c.proto.resumeProducing()
+    assert [next(iter(x)) for x in c.received()] == ["HeartBeatResponse"] * 2
+    c.proto.dataReceived(beat[3:] + beat)
+    assert [next(iter(x)) for x in c.received()] == ["HeartBeatResponse"] * 2
+    assert c.proto.partial_bytes == 0 and not c.closed
+
+
 def test_client_that_does_not_read_is_dropped_not_buffered() -> None:
     h = Harness(max_outgoing_bytes=4096)
     reader, sink = h.client(), h.client()
