@@ -7,11 +7,9 @@ connection, or the reactor, down with it.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
-from types import TracebackType
 from typing import Any, TypeVar
 
 from twisted.logger import Logger
@@ -46,42 +44,74 @@ def _is_noop(hook: Callable[..., Any]) -> bool:
     return bool(getattr(hook, "gamed_noop", False))
 
 
-#: Lines of generated code per hook in a fused call (the first hook's call is on line 2).
-_LINES_PER_HOOK = {"before": 5, "after": 1}
+def _compile(pipeline: Pipeline) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``before`` and ``after`` for this configuration: one generated function each.
 
-
-def _compile(phase: str, hooks: Sequence[Callable[..., Any]]) -> Callable[..., Any]:
-    """One function that calls every hook in order, unrolled.
+    Each calls the plugins' hooks in order, unrolled, with the timer's sampling
+    (when a timer is installed) in the same call: the router's call is the only
+    Python call on the way to the hooks. Each hook has a try of its own: free on
+    Python 3.11+ while nothing raises (zero-cost exceptions); a hook that raises is
+    counted and logged (``Pipeline._failed``) and the next one runs.
 
     ``before``: each hook may hand back a replacement message or a Veto (which ends
-    the run); ``after``: each is called with the result. No try/except per hook: the
-    caller puts one around the whole call and, when a hook raised, finds which one
-    from the traceback's line (each call is on a line of its own) and goes on with
-    the next hook (``Pipeline._isolate_before``/``_isolate_after``).
+    the run); ``after``: each is called with the result.
     """
-    env: dict[str, Any] = {"Veto": Veto}
-    if phase == "before":
-        lines = ["def fused(ctx, message):"]
-        for i, hook in enumerate(hooks):
-            env[f"h{i}"] = hook
-            lines += [
-                f"    o = h{i}(ctx, message)",
-                "    if o is not None:",
-                "        if isinstance(o, Veto):",
-                f"            return o, {i}",
-                "        message = o",
-            ]
-        lines.append("    return message, -1")
-    else:
-        lines = ["def fused(ctx, message, result):"]
-        for i, hook in enumerate(hooks):
-            env[f"h{i}"] = hook
-            lines.append(f"    h{i}(ctx, message, result)")
-        lines.append("    return None")
-    code = compile("\n".join(lines), f"<gamed pipeline {phase}>", "exec")
+    timed = pipeline.timer is not None
+    env: dict[str, Any] = {
+        "p": pipeline,
+        "Veto": Veto,
+        "timer": pipeline.timer,
+        "SAMPLE": TIMER_SAMPLE,
+        "failed": pipeline._failed,
+    }
+    before = ["def before(ctx, message):"]
+    if timed:
+        before += [
+            # Time one message in TIMER_SAMPLE: two clock reads and a histogram
+            # update per plugin per message cost more than a cheap plugin does.
+            "    p._tick = tick = p._tick + 1",
+            "    if not tick % SAMPLE:",
+            "        p._timing = True",
+            "        return p._timed_before(timer, ctx, message)",
+            "    p._timing = False",
+        ]
+    for i, (mw, hook) in enumerate(pipeline._befores):
+        env[f"h{i}"], env[f"m{i}"] = hook, mw
+        before += [
+            "    try:",
+            f"        o = h{i}(ctx, message)",
+            "    except Exception:",
+            f"        failed(m{i}, 'before')",
+            "    else:",
+            "        if o is not None:",
+            "            if isinstance(o, Veto):",
+        ]
+        if timed:
+            before.append(f"                timer.middleware_vetoed(m{i}.name)")
+        before += [
+            "                return o",
+            "            message = o",
+        ]
+    before.append("    return message")
+    after = ["def after(ctx, message, result):"]
+    if timed:
+        after += [
+            "    if p._timing:",
+            "        p._timed_after(timer, ctx, message, result)",
+            "        return",
+        ]
+    for i, (plugin, after_hook) in enumerate(pipeline._afters):
+        env[f"a{i}"], env[f"n{i}"] = after_hook, plugin
+        after += [
+            "    try:",
+            f"        a{i}(ctx, message, result)",
+            "    except Exception:",
+            f"        failed(n{i}, 'after')",
+        ]
+    after.append("    return None")
+    code = compile("\n".join(before + after), "<gamed pipeline>", "exec")
     exec(code, env)
-    fused: Callable[..., Any] = env["fused"]
-    return fused
+    return env["before"], env["after"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -101,9 +131,7 @@ class Pipeline:
         self.middleware: tuple[IMiddleware, ...] = tuple(middleware)
         self._observers = tuple(mw for mw in self.middleware if IConnectionObserver.providedBy(mw))
         self._frame_observers = tuple(mw for mw in self.middleware if IFrameObserver.providedBy(mw))
-        #: An IPipelineObserver: when set, one message in TIMER_SAMPLE has every
-        #: plugin call timed, and every veto is counted.
-        self.timer: IPipelineObserver | None = None
+        self._timer: IPipelineObserver | None = None
         self._tick = 0
         self._timing = False
         self.failures: dict[tuple[str, str], int] = {}
@@ -112,15 +140,30 @@ class Pipeline:
         #: ``bool(pipeline)`` as a plain attribute, for the per-frame test.
         self.active = bool(self.middleware)
         # The hooks that do something (noop_hook-marked ones are left out), each with
-        # its plugin, and the fused call of each phase (see _compile).
+        # its plugin (see _compile).
         self._befores = tuple(
             (mw, mw.before_process) for mw in self.middleware if not _is_noop(mw.before_process)
         )
         self._afters = tuple(
             (mw, mw.after_process) for mw in self.middleware if not _is_noop(mw.after_process)
         )
-        self._fused_before = _compile("before", [h for _, h in self._befores])
-        self._fused_after = _compile("after", [h for _, h in self._afters])
+        #: ``before(ctx, message)``: the message to handle (maybe replaced), or a Veto.
+        #: ``after(ctx, message, result)``: every plugin's after_process. Generated for
+        #: this configuration (see _compile), again when a timer is installed.
+        self.before: Callable[[IMessageContext, object], object]
+        self.after: Callable[[IMessageContext, object, object], None]
+        self.before, self.after = _compile(self)
+
+    @property
+    def timer(self) -> IPipelineObserver | None:
+        """An IPipelineObserver: when set, one message in TIMER_SAMPLE has every plugin
+        call timed, and every veto is counted."""
+        return self._timer
+
+    @timer.setter
+    def timer(self, timer: IPipelineObserver | None) -> None:
+        self._timer = timer
+        self.before, self.after = _compile(self)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -135,68 +178,6 @@ class Pipeline:
         _log.failure("middleware {name} failed in {phase}", name=mw.name, phase=phase)
         if self.on_failure is not None:
             self.on_failure(mw.name, phase)
-
-    def before(self, ctx: IMessageContext, message: object) -> object:
-        """The message to handle (maybe replaced), or a Veto."""
-        timer = self.timer
-        if timer is not None:
-            # Time one message in TIMER_SAMPLE: two clock reads and a histogram
-            # update per plugin per message cost more than a cheap plugin does.
-            self._tick += 1
-            self._timing = not self._tick % TIMER_SAMPLE
-            if self._timing:
-                return self._timed_before(timer, ctx, message)
-        try:
-            outcome, vetoed_by = self._fused_before(ctx, message)
-        except Exception:
-            outcome, vetoed_by = self._isolate_before(ctx, message, sys.exc_info()[2])
-        if vetoed_by >= 0 and timer is not None:
-            timer.middleware_vetoed(self._befores[vetoed_by][0].name)
-        return outcome
-
-    def _failed_at(self, tb: TracebackType | None) -> tuple[int, dict[str, Any]]:
-        """The index of the hook that raised in a fused call, and that call's locals."""
-        while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<gamed pipeline"):
-            tb = tb.tb_next
-        assert tb is not None, "an exception from outside the fused call"
-        phase = tb.tb_frame.f_code.co_filename.removeprefix("<gamed pipeline ").rstrip(">")
-        return (tb.tb_lineno - 2) // _LINES_PER_HOOK[phase], tb.tb_frame.f_locals
-
-    def _isolate_before(
-        self, ctx: IMessageContext, message: object, tb: TracebackType | None
-    ) -> tuple[object, int]:
-        """A hook raised in the fused call: count it, then run the rest one by one."""
-        failed, local = self._failed_at(tb)
-        message = local.get("message", message)
-        self._failed(self._befores[failed][0], "before")
-        for i in range(failed + 1, len(self._befores)):
-            mw, hook = self._befores[i]
-            try:
-                outcome = hook(ctx, message)
-            except Exception:
-                self._failed(mw, "before")
-                continue
-            if outcome is None:
-                continue
-            if isinstance(outcome, Veto):
-                return outcome, i
-            message = outcome
-        return message, -1
-
-    def after(self, ctx: IMessageContext, message: object, result: object) -> None:
-        if self._timing and self.timer is not None:
-            self._timed_after(self.timer, ctx, message, result)
-            return
-        try:
-            self._fused_after(ctx, message, result)
-        except Exception:
-            failed, _ = self._failed_at(sys.exc_info()[2])
-            self._failed(self._afters[failed][0], "after")
-            for mw, hook in self._afters[failed + 1 :]:
-                try:
-                    hook(ctx, message, result)
-                except Exception:
-                    self._failed(mw, "after")
 
     def _timed_after(
         self, timer: IPipelineObserver, ctx: IMessageContext, message: object, result: object
