@@ -129,6 +129,11 @@ class IMessageContext(Interface):
     peer_port = Attribute("int: the peer's port")
     connected_at = Attribute("float: clock.seconds() when the TCP connection opened")
     frame_size = Attribute("int: size in bytes of the frame being processed")
+    received_at = Attribute(
+        "float: clock.seconds() when the frame being processed arrived: the one clock"
+        " read per frame, for every plugin (a read of the clock per plugin per message"
+        " cost ~500 instructions each)"
+    )
     clock = Attribute("IReactorTime: the clock every time decision must use")
 
     def notify(text: str) -> None:

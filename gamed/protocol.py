@@ -83,6 +83,7 @@ class ConnectionContext:
         "frame_size",
         "peer_host",
         "peer_port",
+        "received_at",
         "user_id",
     )
 
@@ -97,7 +98,7 @@ class ConnectionContext:
         self.peer_host = peer_host
         self.peer_port = peer_port
         self.clock = clock
-        self.connected_at = clock.seconds()
+        self.connected_at = self.received_at = clock.seconds()
         self.frame_size = 0
 
     def notify(self, text: str) -> None:
@@ -471,8 +472,10 @@ class GameProtocol(ConnectionBase, Int32StringReceiver):
     def stringReceived(self, data: bytes) -> None:
         if self.closing:
             return  # frames pipelined behind a fatal one are not processed
-        self.last_seen = self.clock.seconds()
-        self.ctx.frame_size = len(data)
+        self.last_seen = now = self.clock.seconds()
+        ctx = self.ctx
+        ctx.frame_size = len(data)
+        ctx.received_at = now  # the frame's one clock read, for every plugin
         self.handler.frame_received(self, data)
 
     def lengthLimitExceeded(self, length: int) -> None:

@@ -361,9 +361,10 @@ class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ign
             self.handler.frame_refused(self, "invalid", len(payload))
             self._close_with(1003, "binary", "send JSON in text messages")
             return
-        self.last_seen = self.clock.seconds()
+        self.last_seen = now = self.clock.seconds()
         self.factory.messages += 1
         self.ctx.frame_size = len(payload)
+        self.ctx.received_at = now
         try:
             self.handler.frame_received(self, payload)
         except Exception:

@@ -50,6 +50,10 @@ class _Ctx:
         self.connected_at = clock.seconds()
         self.frame_size = 60
 
+    @property
+    def received_at(self) -> float:
+        return self.clock.seconds()
+
     def notify(self, text: str) -> None:  # pragma: no cover - no rule fires
         pass
 

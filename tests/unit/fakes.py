@@ -231,6 +231,7 @@ class FakeConnection:
         if self.closing:
             return
         self.ctx.frame_size = len(payload)
+        self.ctx.received_at = self.ctx.clock.seconds()
         self.handler.frame_received(self, payload)
 
     def lose(self) -> None:
@@ -330,6 +331,11 @@ class Ctx:
         self.connected_at = self.clock.seconds()
         self.frame_size = 60
         self.notices: list[str] = []
+
+    @property
+    def received_at(self) -> float:
+        """The frame arrives now (a test calls the plugin when the frame would arrive)."""
+        return self.clock.seconds()
 
     def notify(self, text: str) -> None:
         self.notices.append(text)
@@ -651,7 +657,7 @@ class Rig:
         self.events.emit(event)
 
     def message(self, user_id: int | None, message: object, result: object = None) -> None:
-        self.mw.after_process(Ctx(user_id=user_id), message, result)
+        self.mw.after_process(Ctx(self.clock, user_id=user_id), message, result)
 
     def user(self, user_id: int) -> dict[str, Any] | None:
         return deferred_result(self.hub.user(user_id))

@@ -58,6 +58,10 @@ class _Ctx:
         self.connected_at = clock.seconds()
         self.frame_size = 80
 
+    @property
+    def received_at(self) -> float:
+        return self.clock.seconds()
+
     def notify(self, text: str) -> None:
         pass
 

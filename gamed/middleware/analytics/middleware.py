@@ -634,7 +634,6 @@ class AnalyticsMiddleware:
         # Bound once: after_process runs for every message.
         self._queue = hub.queue
         self._cap = hub.queue_size
-        self._now = hub.now
         hub._reconfigured.append(self._recap)
 
     def _recap(self) -> None:
@@ -654,7 +653,7 @@ class AnalyticsMiddleware:
                     cast("ClientMessage", message).TAG,
                     getattr(message, "room_id", None),
                     result,
-                    self._now(),
+                    ctx.received_at,  # the frame's arrival: no clock read of our own
                 )
             )
         else:

@@ -275,7 +275,7 @@ class SecurityMiddleware:
         cs = self._conns.get(ctx.connection_id)
         if cs is None:
             cs = self._attach(ctx)
-        now = self._seconds()
+        now = ctx.received_at  # the frame's arrival: no clock read of our own
         ip = cs.ip
         if ip.blocked_until > now:
             return self._deny_ip(cs, now)
