@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pylru
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -269,11 +270,9 @@ class MultiTierCache:
             raw, kind = self._serializer[0](value), _ZSER
         else:
             return value, _RAW
-        if len(raw) < self._threshold:
+        packed = compress(raw, self.config)
+        if packed is None:
             return value, _RAW
-        packed = zlib.compress(raw, self.config.compress_level)
-        if len(packed) >= len(raw):
-            return value, _RAW  # incompressible: keep the original
         self.compressed_values += 1
         self.compression_saved_bytes += len(raw) - len(packed)
         return packed, kind
@@ -286,6 +285,71 @@ class MultiTierCache:
             return raw.decode()
         assert self._serializer is not None
         return self._serializer[1](raw)
+
+
+def compress(raw: bytes, config: CacheConfig) -> bytes | None:
+    """``raw`` zlib-compressed if it is at least ``compress_threshold`` bytes and shrinks;
+    else None (keep it raw). The one compression rule of the cache and of ``BlobCodec``."""
+    if len(raw) < config.compress_threshold:
+        return None
+    packed = zlib.compress(raw, config.compress_level)
+    return packed if len(packed) < len(raw) else None
+
+
+#: orjson both ways: what game snapshots (and any JSON-shaped value) serialise with.
+JSON_SERIALIZER: Serializer = (orjson.dumps, orjson.loads)
+
+#: ``BlobCodec`` header bytes: the payload after it is the serialised value as is, or zlib of it.
+BLOB_RAW, BLOB_ZLIB = b"J", b"Z"
+
+
+class BlobCodec:
+    """The cache's serializer and compression rule, as self-describing bytes for storage
+    outside the process (cluster game snapshots in Redis).
+
+    One header byte says how the rest is stored (``BLOB_RAW`` or ``BLOB_ZLIB``), so a
+    reader never needs the writer's settings: a node with compression off still reads a
+    compressed snapshot. Compression follows the same ``CacheConfig`` fields as the
+    cache (``enable_compression``, ``compress_threshold``, ``compress_level``).
+    """
+
+    def __init__(self, config: CacheConfig | None = None, serializer: Serializer | None = None):
+        self.config = config or CacheConfig()
+        self._dumps, self._loads = serializer or JSON_SERIALIZER
+        self.blobs = 0
+        self.compressed_blobs = 0
+        self.raw_bytes = 0  # serialised sizes, summed
+        self.stored_bytes = 0  # sizes written (header included), summed
+
+    def dumps(self, value: Any) -> bytes:
+        raw = self._dumps(value)
+        packed = compress(raw, self.config) if self.config.enable_compression else None
+        blob = BLOB_RAW + raw if packed is None else BLOB_ZLIB + packed
+        self.blobs += 1
+        self.compressed_blobs += packed is not None
+        self.raw_bytes += len(raw)
+        self.stored_bytes += len(blob)
+        return blob
+
+    def loads(self, blob: bytes) -> Any:
+        """The value back; ValueError for bytes no ``dumps`` wrote (unknown header, bad zlib)."""
+        head, body = blob[:1], blob[1:]
+        if head == BLOB_ZLIB:
+            try:
+                body = zlib.decompress(body)
+            except zlib.error as e:
+                raise ValueError(f"corrupt compressed blob: {e}") from None
+        elif head != BLOB_RAW:
+            raise ValueError(f"not a BlobCodec blob (header {head!r})")
+        return self._loads(body)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "blobs": self.blobs,
+            "compressed_blobs": self.compressed_blobs,
+            "raw_bytes": self.raw_bytes,
+            "stored_bytes": self.stored_bytes,
+        }
 
 
 class GameStateCache(MultiTierCache):

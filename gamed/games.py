@@ -16,8 +16,8 @@ holds the room id of each player's game, read when a player reconnects.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 from twisted.application.service import IService
@@ -28,7 +28,7 @@ from zope.interface import implementer
 from gamed import codec
 from gamed import events as ev
 from gamed import messages as m
-from gamed.cache import CacheCollector, CacheConfig, GameStateCache, make_sweeper
+from gamed.cache import BlobCodec, CacheCollector, CacheConfig, GameStateCache, make_sweeper
 from gamed.config import Settings
 from gamed.errors import Refusal
 from gamed.interfaces import IGameService, IRoomClient
@@ -40,6 +40,23 @@ WAITING, IN_PROGRESS, FINISHED = "Waiting", "InProgress", "Finished"
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 #: Longest ``UseItem.item_id`` accepted (it is echoed to the whole room).
 ITEM_ID_MAX_CHARS = 64
+#: Format of ``Games.snapshot``; ``restore`` refuses any other.
+SNAPSHOT_VERSION = 1
+#: A turn restored from a snapshot has at least this long (or the whole turn time-out,
+#: if shorter) before it times out: the failover was not the player's fault.
+RESUME_TURN_FLOOR = 5.0
+
+
+class SnapshotError(ValueError):
+    """A snapshot this server cannot restore (other version, missing or bad fields)."""
+
+
+class GameWatcher(Protocol):
+    """Told about every change of a game (the cluster writes its snapshot from this)."""
+
+    def game_changed(self, game: Game) -> None: ...
+
+    def game_ended(self, room_id: int) -> None: ...
 
 
 class Player:
@@ -75,6 +92,7 @@ class Game:
         "players",
         "room_id",
         "round",
+        "seq",
         "status",
         "timer",
         "turn",
@@ -90,6 +108,7 @@ class Game:
         self.created_at = now
         self.live_at: float | None = None  # when it went InProgress
         self.timer: IDelayedCall | None = None
+        self.seq = 0  # changes so far: a snapshot's age (bumped before each watcher call)
 
     def add(self, player: Player) -> None:
         self.players.append(player)
@@ -151,6 +170,9 @@ class Games:
         # Values are live Game objects and room ids: nothing to serialise, so
         # compression never applies to them (see docs/cache.md).
         self.cache = GameStateCache(clock, cache_config)
+        # Snapshots (cluster failover) use the cache's serializer and compression rule.
+        self.blob = BlobCodec(cache_config)
+        self.watcher: GameWatcher | None = None
         self.service: IService = make_sweeper(self.cache, clock)
         self.service.setName("game-cache-sweeper")
         if registry is not None:
@@ -165,6 +187,9 @@ class Games:
         self.seats_held = 0
         self.seats_reclaimed = 0
         self.seats_expired = 0
+        self.restored = 0  # games resumed here from another node's snapshot
+        self.restore_dropped = 0  # players removed by a restore (not present any more)
+        self.abandoned = 0  # games stopped here because another node owns them now
 
     # -- lookups (through the cache) -----------------------------------------------------
 
@@ -275,6 +300,7 @@ class Games:
         if player is not None:
             self.leavers += 1
             self._remove_player(game, player)
+            self._changed(game)
 
     def connection_lost(self, client: IRoomClient, room_id: int) -> bool:
         if self.reconnect_grace <= 0:
@@ -339,6 +365,7 @@ class Games:
         for p in game.players:
             cache.set(f"user_game:{p.user_id}", room_id)
         self._broadcast(room_id, m.GameStarted(room_id, [p.wire() for p in game.players]))
+        self._changed(game)
 
     def _toggle_ready(self, client: IRoomClient, room_id: int) -> None:
         game = self.game(room_id)
@@ -356,6 +383,7 @@ class Games:
             self._go_live(game)
         else:
             self._broadcast(room_id, m.PlayerReadyUpdate(room_id, player.user_id, player.ready))
+        self._changed(game)
 
     def _act(self, client: IRoomClient, room_id: int, action: m.Action) -> None:
         game = self.game(room_id)
@@ -389,6 +417,7 @@ class Games:
             self._end(game)
         else:
             self._arm_timer(game)
+            self._changed(game)
 
     def _go_live(self, game: Game) -> None:
         game.status = IN_PROGRESS
@@ -415,12 +444,14 @@ class Games:
             game.round += 1
         return False
 
-    def _arm_timer(self, game: Game) -> None:
+    def _arm_timer(self, game: Game, delay: float | None = None) -> None:
+        if delay is None:
+            delay = self.turn_timeout
         timer = game.timer
         if timer is not None and timer.active():
-            timer.reset(self.turn_timeout)
+            timer.reset(delay)
         else:
-            game.timer = self._clock.callLater(self.turn_timeout, self._turn_timed_out, game)
+            game.timer = self._clock.callLater(delay, self._turn_timed_out, game)
 
     def _announce_turn(self, game: Game) -> None:
         current = game.players[game.turn]
@@ -436,6 +467,7 @@ class Games:
             self._end(game)
         else:
             self._announce_turn(game)
+            self._changed(game)
 
     def _remove_player(self, game: Game, player: Player) -> None:
         index = game.players.index(player)
@@ -463,22 +495,29 @@ class Games:
                 game.round += 1
             self._announce_turn(game)
 
-    def _end(self, game: Game) -> None:
-        room_id = game.room_id
+    def _drop(self, game: Game) -> None:
+        """Forget the game here: timer, game table, cache keys (no message)."""
         if game.timer is not None and game.timer.active():
             game.timer.cancel()
         game.timer = None
-        live_at = game.live_at
-        went_live = live_at is not None
         game.status = FINISHED
-        del self._games[room_id]
-        self.cache.remove(f"game_state:{room_id}")
+        del self._games[game.room_id]
+        self.cache.remove(f"game_state:{game.room_id}")
         for p in game.players:
             self.cache.remove(f"user_game:{p.user_id}")
-        winner = _winner(game.players) if went_live else None
+
+    def _end(self, game: Game, result: bool = True) -> None:
+        """GameEnded to the room; ``result=False`` (an aborted game): no winner."""
+        room_id = game.room_id
+        live_at = game.live_at
+        went_live = live_at is not None
+        self._drop(game)
+        winner = _winner(game.players) if went_live and result else None
         scores = [[p.user_id, p.score] for p in game.players]
         self.ended += 1
         self._broadcast(room_id, m.GameEnded(room_id, winner.wire() if winner else None, scores))
+        if self.watcher is not None:
+            self.watcher.game_ended(room_id)
         if live_at is not None and self._events.active:
             now = self._clock.seconds()
             self._events.emit(
@@ -504,6 +543,143 @@ class Games:
         if game is not None and user_id in game.by_id:  # nobody removed the member
             self.leavers += 1
             self._remove_player(game, game.by_id[user_id])
+            self._changed(game)
+
+    def _changed(self, game: Game) -> None:
+        """A turn (or any state change) was applied: bump ``seq``, tell the watcher."""
+        if self._games.get(game.room_id) is not game:
+            return  # it ended on the way: the watcher heard game_ended
+        game.seq += 1
+        if self.watcher is not None:
+            self.watcher.game_changed(game)
+
+    # -- snapshots (cluster failover: docs/cluster.md) -------------------------------------
+
+    def snapshot(self, room_id: int) -> dict[str, Any] | None:
+        """Everything needed to resume the room's game elsewhere; None without a game.
+
+        ``turn_deadline`` is a reading of this server's clock (the reactor's: Unix time),
+        so another node can compute the time left on the turn.
+        """
+        game = self._games.get(room_id)
+        if game is None:
+            return None
+        timer = game.timer
+        deadline = timer.getTime() if timer is not None and timer.active() else None
+        return {
+            "v": SNAPSHOT_VERSION,
+            "room_id": room_id,
+            "seq": game.seq,
+            "status": game.status,
+            "round": game.round,
+            "turn": game.turn,
+            "created_at": game.created_at,
+            "live_at": game.live_at,
+            "turn_deadline": deadline,
+            "players": [
+                {
+                    "user_id": p.user_id,
+                    "nickname": p.nickname,
+                    "score": p.score,
+                    "ready": p.ready,
+                    "position": p.position,
+                    "away": p.away,
+                }
+                for p in game.players
+            ],
+        }
+
+    def snapshot_blob(self, room_id: int) -> bytes | None:
+        """``snapshot`` through the cache's serializer (orjson, zlib above the threshold)."""
+        snap = self.snapshot(room_id)
+        return None if snap is None else self.blob.dumps(snap)
+
+    def read_snapshot(self, blob: bytes) -> dict[str, Any]:
+        """A blob from ``snapshot_blob`` (any node's) back to a checked snapshot."""
+        try:
+            snap = self.blob.loads(blob)
+        except ValueError as e:
+            raise SnapshotError(f"unreadable snapshot: {e}") from None
+        return check_snapshot(snap)
+
+    def restore(self, snap: Mapping[str, Any], present: Collection[int]) -> Game | None:
+        """Resume a game from another node's snapshot, with the room members present now.
+
+        Players not in ``present`` are removed as leavers, by the rules of docs/games.md
+        ("Players who leave"): the turn passes, fewer than 2 players ends the game. Held
+        seats are not carried over (a player's connection was on some node; the ones
+        still present are back, the others are gone). The room gets a SystemMessage
+        saying the game resumed, then the state as a spectator gets it (GameStarted,
+        GameInProgress); the turn timer runs on from the snapshot's deadline, with at
+        least ``RESUME_TURN_FLOOR`` seconds. Returns the game, None if it ended here.
+        """
+        check_snapshot(snap)
+        room_id = snap["room_id"]
+        if room_id in self._games:
+            raise SnapshotError(f"room {room_id} already has a game on this server")
+        game = Game(room_id, snap["created_at"])
+        game.status = snap["status"]
+        game.round = snap["round"]
+        game.turn = snap["turn"]
+        game.live_at = snap["live_at"]
+        game.seq = snap["seq"]
+        for p in snap["players"]:
+            player = Player(p["user_id"], p["nickname"], p["ready"])
+            player.score = p["score"]
+            player.position = p["position"]
+            game.add(player)
+        self._games[room_id] = game
+        cache = self.cache
+        cache.set(f"game_state:{room_id}", game)
+        for p in game.players:
+            cache.set(f"user_game:{p.user_id}", room_id)
+        self.restored += 1
+        gone = [p for p in game.players if p.user_id not in present]
+        text = f"the game resumed on another server after its server stopped (round {game.round})"
+        if gone:
+            names = ", ".join(f"{p.nickname} (user {p.user_id})" for p in gone)
+            text += f"; left the game: {names}"
+        self._broadcast(room_id, m.SystemMessage(text))
+        for p in gone:
+            self.restore_dropped += 1
+            self._remove_player(game, p)
+            if self._games.get(room_id) is not game:
+                return None
+        self._broadcast(room_id, m.GameStarted(room_id, [p.wire() for p in game.players]))
+        if game.status == IN_PROGRESS:
+            current = game.players[game.turn]
+            self._broadcast(room_id, m.GameInProgress(room_id, current.user_id, game.round))
+            if game.timer is None or not game.timer.active():
+                now = self._clock.seconds()
+                deadline = snap["turn_deadline"]
+                floor = min(RESUME_TURN_FLOOR, self.turn_timeout)
+                left = self.turn_timeout if deadline is None else deadline - now
+                self._arm_timer(game, max(floor, min(left, self.turn_timeout)))
+        self._changed(game)
+        return game
+
+    def abandon(self, room_id: int, text: str) -> bool:
+        """Stop the room's game here without a result and say ``text`` to the room.
+
+        For an owner that lost its lease: a newer owner may be running the game, so no
+        GameEnded and no watcher call (a fenced-out owner must not write anything).
+        """
+        game = self._games.get(room_id)
+        if game is None:
+            return False
+        self._drop(game)
+        self.abandoned += 1
+        self._broadcast(room_id, m.SystemMessage(text))
+        return True
+
+    def abort(self, room_id: int, text: str) -> bool:
+        """End the room's game now without a winner: SystemMessage ``text``, then GameEnded."""
+        game = self._games.get(room_id)
+        if game is None:
+            return False
+        self._broadcast(room_id, m.SystemMessage(text))
+        self._end(game, result=False)
+        return True
 
     # -- output ---------------------------------------------------------------------------
 
@@ -537,6 +713,10 @@ class Games:
             "seats_held_total": self.seats_held,
             "seats_reclaimed_total": self.seats_reclaimed,
             "seats_expired_total": self.seats_expired,
+            "restored_total": self.restored,
+            "restore_dropped_total": self.restore_dropped,
+            "abandoned_total": self.abandoned,
+            "snapshots": self.blob.stats(),
             "round_limit": self.round_limit,
             "turn_timeout_seconds": self.turn_timeout,
             "reconnect_grace_seconds": self.reconnect_grace,
@@ -584,6 +764,59 @@ class NullGames:
 
     def reclaimed(self, client: IRoomClient, room_id: int) -> None:
         pass
+
+
+def _is_int(v: object) -> bool:
+    return type(v) is int
+
+
+def _is_num(v: object) -> bool:
+    return type(v) in (int, float)
+
+
+def _check_player(p: object) -> bool:
+    if not isinstance(p, dict):
+        return False
+    pos = p.get("position")
+    return (
+        _is_int(p.get("user_id"))
+        and isinstance(p.get("nickname"), str)
+        and _is_int(p.get("score"))
+        and type(p.get("ready")) is bool
+        and type(p.get("away")) is bool
+        and (pos is None or (isinstance(pos, dict) and all(_is_num(v) for v in pos.values())))
+    )
+
+
+def check_snapshot(snap: Any) -> dict[str, Any]:
+    """``snap`` if it is a snapshot ``restore`` can use; else SnapshotError saying why."""
+    if not isinstance(snap, dict):
+        raise SnapshotError("a snapshot is a JSON object")
+    if snap.get("v") != SNAPSHOT_VERSION:
+        raise SnapshotError(
+            f"snapshot version {snap.get('v')!r}, this server reads {SNAPSHOT_VERSION}"
+        )
+    players = snap.get("players")
+    if not isinstance(players, list) or not all(_check_player(p) for p in players):
+        raise SnapshotError("snapshot players are not a list of player objects")
+    if len({p["user_id"] for p in players}) != len(players):
+        raise SnapshotError("a player is in the snapshot twice")
+    if len(players) < 2:
+        raise SnapshotError("a snapshot has at least 2 players")
+    status: Any = snap.get("status")
+    turn: Any = snap.get("turn")
+    if status not in (WAITING, IN_PROGRESS):
+        raise SnapshotError(f"snapshot status {status!r} is not a running game")
+    if not (_is_int(turn) and _is_int(snap.get("round")) and _is_int(snap.get("seq"))):
+        raise SnapshotError("snapshot turn, round and seq must be integers")
+    if status == IN_PROGRESS and not 0 <= turn < len(players):
+        raise SnapshotError(f"snapshot turn {turn} is not a player index")
+    if not _is_int(snap.get("room_id")) or not _is_num(snap.get("created_at")):
+        raise SnapshotError("snapshot room_id and created_at are missing")
+    for key in ("live_at", "turn_deadline"):
+        if snap.get(key) is not None and not _is_num(snap[key]):
+            raise SnapshotError(f"snapshot {key} must be a number or null")
+    return snap
 
 
 def _winner(players: list[Player]) -> Player | None:
