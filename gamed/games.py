@@ -32,7 +32,7 @@ from gamed.cache import BlobCodec, CacheCollector, CacheConfig, GameStateCache, 
 from gamed.config import Settings
 from gamed.errors import Refusal
 from gamed.interfaces import IGameService, IRoomClient
-from gamed.rooms import Room, RoomService
+from gamed.rooms import RoomService
 
 _log = Logger()
 
@@ -273,13 +273,23 @@ class Games:
         room = self._rooms.room_of(uid)
         if room is None or room.room_id != room_id or room.members.get(uid) is not client:
             raise Refusal(404, f"not in room {room_id}")
+        self.apply(client, message, list(room.members.values()))
+
+    def apply(self, client: IRoomClient, message: Any, members: list[IRoomClient]) -> None:
+        """A game message from a member whose membership the caller checked.
+
+        ``members`` are the room's members in join order (StartGame makes them the
+        players); in a cluster the owner of the game passes the members of every node,
+        those elsewhere as stand-ins whose ``send_frame`` reaches them.
+        """
+        room_id = message.room_id
         tag = message.TAG
         if tag == "PlayerAction":
             self._act(client, room_id, message.action)
         elif tag == "ToggleReady":
             self._toggle_ready(client, room_id)
         elif tag == "StartGame":
-            self._start(client, room)
+            self._start(client, room_id, members)
         else:  # pragma: no cover - the router only routes these three
             raise Refusal(400, f"not a game message: {tag}")
 
@@ -345,13 +355,12 @@ class Games:
 
     # -- the rules ----------------------------------------------------------------------
 
-    def _start(self, client: IRoomClient, room: Room) -> None:
-        room_id = room.room_id
+    def _start(self, client: IRoomClient, room_id: int, present: list[IRoomClient]) -> None:
         game = self.game(room_id)
         if game is not None:
             raise Refusal(409, f"a game is already {_doing(game.status)} in room {room_id}")
         away = self._away
-        members = [c for c in room.members.values() if c.user_id not in away]
+        members = [c for c in present if c.user_id not in away]
         if len(members) < 2:
             raise Refusal(
                 409, f"a game needs at least 2 players in the room, there are {len(members)}"
@@ -602,7 +611,9 @@ class Games:
             raise SnapshotError(f"unreadable snapshot: {e}") from None
         return check_snapshot(snap)
 
-    def restore(self, snap: Mapping[str, Any], present: Collection[int]) -> Game | None:
+    def restore(
+        self, snap: Mapping[str, Any], present: Collection[int], *, moved: bool = False
+    ) -> Game | None:
         """Resume a game from another node's snapshot, with the room members present now.
 
         Players not in ``present`` are removed as leavers, by the rules of docs/games.md
@@ -612,6 +623,7 @@ class Games:
         saying the game resumed, then the state as a spectator gets it (GameStarted,
         GameInProgress); the turn timer runs on from the snapshot's deadline, with at
         least ``RESUME_TURN_FLOOR`` seconds. Returns the game, None if it ended here.
+        ``moved``: the previous server let the game go (its members left), it did not stop.
         """
         check_snapshot(snap)
         room_id = snap["room_id"]
@@ -635,7 +647,12 @@ class Games:
             cache.set(f"user_game:{p.user_id}", room_id)
         self.restored += 1
         gone = [p for p in game.players if p.user_id not in present]
-        text = f"the game resumed on another server after its server stopped (round {game.round})"
+        why = (
+            "moved to another server"
+            if moved
+            else "resumed on another server after its server stopped"
+        )
+        text = f"the game {why} (round {game.round})"
         if gone:
             names = ", ".join(f"{p.nickname} (user {p.user_id})" for p in gone)
             text += f"; left the game: {names}"
@@ -658,7 +675,7 @@ class Games:
         self._changed(game)
         return game
 
-    def abandon(self, room_id: int, text: str) -> bool:
+    def abandon(self, room_id: int, text: str | None) -> bool:
         """Stop the room's game here without a result and say ``text`` to the room.
 
         For an owner that lost its lease: a newer owner may be running the game, so no
@@ -669,8 +686,13 @@ class Games:
             return False
         self._drop(game)
         self.abandoned += 1
-        self._broadcast(room_id, m.SystemMessage(text))
+        if text is not None:
+            self._broadcast(room_id, m.SystemMessage(text))
         return True
+
+    def live(self, room_id: int) -> Game | None:
+        """The room's game object, or None (no cache read: for the cluster's snapshot writer)."""
+        return self._games.get(room_id)
 
     def abort(self, room_id: int, text: str) -> bool:
         """End the room's game now without a winner: SystemMessage ``text``, then GameEnded."""

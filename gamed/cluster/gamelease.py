@@ -43,18 +43,23 @@ def fence_key(room_id: int) -> str:
     return f"gamed:{{room:{room_id}}}:fence"
 
 
-# KEYS: game, snapshot, fence. ARGV: node, mode ("start" | "resume"), ttl ms,
-# dead owner ("" = none), fence ttl ms.
+# KEYS: game, snapshot, fence. ARGV: node, mode ("start" | "resume" | "again"), ttl ms,
+# dead owner ("" = none), fence ttl ms, the token held before ("again" only).
 # Returns {1, node, token, snapshot-or-false} when this node now owns the game;
 # {0, owner, token, false} when another live node holds it; {0, "", 0, false} when
-# "resume" finds no snapshot (the game is gone: nothing to resume).
+# "resume" finds no snapshot (the game is gone: nothing to resume) or "again" finds
+# that another node held the game since (the fence moved past the old token).
 ACQUIRE = """
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner and owner ~= ARGV[1] and owner ~= ARGV[4] then
   return {0, owner, tonumber(redis.call('HGET', KEYS[1], 'token')), false}
 end
 local snap = false
-if ARGV[2] == 'resume' then
+if ARGV[2] == 'again' then
+  if tonumber(redis.call('GET', KEYS[3]) or '0') ~= tonumber(ARGV[6]) then
+    return {0, '', 0, false}
+  end
+elseif ARGV[2] == 'resume' then
   snap = redis.call('GET', KEYS[2])
   if not snap then
     return {0, '', 0, false}
@@ -163,18 +168,22 @@ class GameLeases:
         """Take the room's game: a new game (``resume=False``: an old snapshot is
         deleted) or a resume from the snapshot (only if there is one). A live other
         owner keeps it, unless it is ``dead_owner``."""
+        return (yield self._run_acquire(room_id, "resume" if resume else "start", dead_owner, 0))
+
+    @defer.inlineCallbacks
+    def again(self, room_id: int, token: int) -> Any:  # Deferred[Acquired]
+        """This node's lease ran out (Redis was away longer than the TTL): take it back
+        with a new token, only if no other node held the game since ``token``."""
+        return (yield self._run_acquire(room_id, "again", "", token))
+
+    @defer.inlineCallbacks
+    def _run_acquire(self, room_id: int, mode: str, dead_owner: str, token: int) -> Any:
         reply = yield self._acquire.run(
             [game_key(room_id), snapshot_key(room_id), fence_key(room_id)],
-            [
-                self.node_id,
-                "resume" if resume else "start",
-                self._ttl_ms,
-                dead_owner,
-                self._fence_ms,
-            ],
+            [self.node_id, mode, self._ttl_ms, dead_owner, self._fence_ms, token],
         )
-        ok, owner, token, snap = reply
-        return Acquired(bool(int(ok)), str(owner), int(token), _blob(snap))
+        ok, owner, new, snap = reply
+        return Acquired(bool(int(ok)), str(owner or ""), int(new), _blob(snap))
 
     @defer.inlineCallbacks
     def renew(self, room_id: int, token: int) -> Any:  # Deferred[bool]

@@ -98,6 +98,18 @@ def test_one_owner_tokens_grow_and_a_stale_owner_is_fenced(
     assert redis_server.cli("EXISTS", snapshot_key(ROOM)) == 0
     again = yield a.acquire(ROOM)
     assert (again.ok, again.token) == (True, 3)
+    # A's lease runs out with nobody taking the game: A takes it back ("again")...
+    yield sleep(0.5)
+    back = yield a.again(ROOM, 3)
+    assert (back.ok, back.token) == (True, 4)
+    # ...but not once another node held it since (the fence moved on).
+    yield sleep(0.5)
+    assert (yield b.acquire(ROOM, resume=True)).ok is False  # no snapshot: B takes nothing
+    took = yield b.acquire(ROOM)
+    assert took.ok and took.token == 5
+    yield sleep(0.5)
+    late = yield a.again(ROOM, 4)
+    assert (late.ok, late.owner) == (False, "")
     ttl = int(redis_server.cli("PTTL", fence_key(ROOM)))
     assert 0 < ttl <= 86_400_000
 
