@@ -440,7 +440,9 @@ def test_handoff_with_players_left_continues_on_their_node() -> None:
     b.leave(2)  # B has nobody left in the room: it hands the game to A
     c.drain()
     msgs = a.inbox(1)
-    assert any("moved to another server" in x.get("SystemMessage", {}).get("message", "") for x in msgs)
+    assert any(
+        "moved to another server" in x.get("SystemMessage", {}).get("message", "") for x in msgs
+    )
     assert c.redis.lease(ROOM) == ("A", 2) and a.cg.stats()["takeovers_total"] == 1
     assert b.cg.stats()["handoffs_total"] == 1
     game = a.games.live(ROOM)
