@@ -263,6 +263,11 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
 
         cluster = ClusterNode(settings, reactor, rooms, metrics.registry)
         router.cluster = cluster
+        from gamed.cluster.games import ClusterGames, NodeGames
+
+        # Games across nodes: the router's game service decides where each game runs.
+        cluster_games = ClusterGames(games, rooms, reactor)
+        router.games = cluster_games
     metrics.registry.register(TrafficCollector(router))
 
     validated = getattr(options, "validated", None) or validate_config(settings)
@@ -322,6 +327,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         # Before "game": stopped after the drain, so the node's last leaves reach Redis
         # before it takes its registration down.
         cluster.setServiceParent(top)
+        NodeGames(cluster, cluster_games).setServiceParent(top)  # binds once the link exists
     if shared_service is not None:
         shared_service.setServiceParent(top)
     for name, p in parts:
@@ -362,6 +368,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
             stats_sections={
                 "cache": games.cache_stats,
                 "games": games.stats,
+                **({"cluster_games": cluster_games.stats} if cluster is not None else {}),
                 **({"cluster": cluster.health} if cluster is not None else {}),
                 **{n: p.stats for n, p in parts if p.stats is not None},
             },

@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -46,6 +47,7 @@ from zope.interface import implementer
 
 from gamed import codec
 from gamed import messages as m
+from gamed.cluster.envelope import MEMBERS
 from gamed.cluster.gamelease import GameLeases
 from gamed.errors import Refusal
 from gamed.games import Game, Games, SnapshotError
@@ -62,6 +64,10 @@ PENDING_MAX = 64
 Roster = Callable[[int], "defer.Deferred[list[tuple[int, str, str]]]"]
 #: ``send(node, envelope)``: publish on that node's channel (in order, never waits).
 Send = Callable[[str, bytes], object]
+
+
+def _unbound(*args: Any) -> Any:
+    raise RuntimeError("ClusterGames used before bind()")
 
 
 def envelope(op: bytes, room_id: int, number: int, node: str, body: bytes = b"") -> bytes:
@@ -105,22 +111,15 @@ class _Owned:
 class ClusterGames:
     """IGameService of a cluster node: local games as before, remote ones by envelope."""
 
-    def __init__(
-        self,
-        games: Games,
-        rooms: RoomService,
-        leases: GameLeases,
-        clock: IReactorTime,
-        send: Send,
-        roster: Roster,
-    ) -> None:
+    def __init__(self, games: Games, rooms: RoomService, clock: IReactorTime) -> None:
         self.games = games
         self.rooms = rooms
-        self.leases = leases
-        self.node_id = leases.node_id
         self.clock = clock
-        self.send = send
-        self.roster = roster
+        # Bound by ``bind`` when the node's link exists (after twistd's fork).
+        self.leases: GameLeases = None  # type: ignore[assignment]
+        self.node_id = ""
+        self.send: Send = _unbound
+        self.roster: Roster = _unbound
         games.watcher = self
         self._owned: dict[int, _Owned] = {}
         self._owner_of: dict[int, str] = {}  # rooms with local members, game owned elsewhere
@@ -137,10 +136,22 @@ class ClusterGames:
 
     # -- life -------------------------------------------------------------------------
 
+    def bind(self, leases: GameLeases, send: Send, roster: Roster) -> None:
+        """The node's Redis side: lease scripts, its publish, the room roster."""
+        self.leases = leases
+        self.node_id = leases.node_id
+        self.send = send
+        self.roster = roster
+
+    @property
+    def watch_interval(self) -> float:
+        """How often a node checks the leases of games owned elsewhere (half the TTL)."""
+        return self.leases.ttl / 2
+
     def start(self) -> None:
-        """Start the watchdog (every lease TTL: is each remote owner still alive?)."""
+        """Start the watchdog: is each remote owner still holding its lease?"""
         if self._watch is None:
-            self._watch = self.clock.callLater(self.leases.ttl, self._watchdog)
+            self._watch = self.clock.callLater(self.watch_interval, self._watchdog)
 
     def stop(self) -> None:
         if self._watch is not None and self._watch.active():
@@ -290,6 +301,17 @@ class ClusterGames:
                 self._take_over(room_id, dead_owner=node)
         else:
             raise ValueError(f"unknown game envelope op {op!r}")
+
+    def node_left_room(self, room_id: int, node: str) -> None:
+        """``node`` has no members in ``room_id`` any more (it left, or died and was swept):
+        its players leave the game here; a game it owned is checked for takeover now."""
+        owned = self._owned.get(room_id)
+        if owned is not None:
+            for uid in [u for u, n in owned.nodes.items() if n == node]:
+                del owned.nodes[uid]
+                self.games.member_left(RemotePlayer(self, room_id, uid, node), room_id)
+        elif self._owner_of.get(room_id) == node:
+            self._take_over(room_id)
 
     def node_dead(self, node: str) -> None:
         """The cluster declared ``node`` dead: take over its games, drop its players."""
@@ -586,7 +608,7 @@ class ClusterGames:
     # -- taking over ------------------------------------------------------------------------
 
     def _watchdog(self) -> None:
-        self._watch = self.clock.callLater(self.leases.ttl, self._watchdog)
+        self._watch = self.clock.callLater(self.watch_interval, self._watchdog)
         for room_id in list(self._owner_of):
             if self.rooms.get(room_id) is None:
                 del self._owner_of[room_id]
@@ -678,3 +700,59 @@ class ClusterGames:
 
     def _log_failure(self, failure: Failure) -> None:
         _log.warn("cluster game step failed: {why}", why=failure.getErrorMessage())
+
+
+def members_key(room_id: int) -> str:
+    """The room's cluster membership (the rooms core's join script): uid -> "node\\tnick"."""
+    return f"gamed:{{room:{room_id}}}:members"
+
+
+def parse_roster(flat: Any) -> list[tuple[int, str, str]]:
+    """HGETALL of ``members_key`` as (user, node, nickname), in the hash's order."""
+    items = [x.decode() if isinstance(x, bytes) else str(x) for x in flat or ()]
+    out = []
+    for uid, value in zip(items[::2], items[1::2], strict=True):
+        node, _, nick = value.partition("\t")
+        out.append((int(uid), node, nick))
+    return out
+
+
+class NodeGames(Service):
+    """ClusterGames on a ClusterNode: bound when the node's link exists (the node's
+    ``startService`` ran: this service is added after it), reading ``G`` envelopes, and
+    told when a node has no members left in a room (the node's ``M`` envelope with 0)."""
+
+    name = "cluster-games"
+
+    def __init__(self, node: Any, cgames: ClusterGames) -> None:
+        self.node = node
+        self.cgames = cgames
+
+    def startService(self) -> None:
+        super().startService()
+        node, cg = self.node, self.cgames
+        link = node.link
+
+        def send(target: str, payload: bytes) -> None:
+            link.publish(f"gamed:n:{target}", payload)
+            node.messages_out += 1
+
+        def roster(room_id: int) -> defer.Deferred[list[tuple[int, str, str]]]:
+            d: defer.Deferred[Any] = link.execute("HGETALL", members_key(room_id))
+            return d.addCallback(parse_roster)
+
+        cg.bind(GameLeases(link, node.node_id), send, roster)
+        node.handlers[GAME] = cg.receive
+        members = node.handlers[MEMBERS]
+
+        def on_members(header: list[bytes], body: bytes) -> None:
+            members(header, body)
+            if header[2] == b"0":
+                cg.node_left_room(int(header[0]), header[1].decode())
+
+        node.handlers[MEMBERS] = on_members
+        cg.start()
+
+    def stopService(self) -> Any:
+        self.cgames.stop()
+        return super().stopService()

@@ -148,9 +148,8 @@ class Node:
         self.rooms.relay = self.relay
         self.games = Games(self.clock, self.rooms, EventBus(), settings)
         self.leases = FakeLeases(cluster.redis, node_id)
-        self.cg = ClusterGames(
-            self.games, self.rooms, self.leases, self.clock, self.send, self.roster
-        )  # type: ignore[arg-type]
+        self.cg = ClusterGames(self.games, self.rooms, self.clock)
+        self.cg.bind(self.leases, self.send, self.roster)  # type: ignore[arg-type]
         self.cg.start()
         self.members: dict[int, Member] = {}
 
