@@ -303,15 +303,19 @@ class ClusterGames:
             raise ValueError(f"unknown game envelope op {op!r}")
 
     def node_left_room(self, room_id: int, node: str) -> None:
-        """``node`` has no members in ``room_id`` any more (it left, or died and was swept):
-        its players leave the game here; a game it owned is checked for takeover now."""
+        """``node`` has no members in ``room_id`` any more (it died and was swept, or its
+        members left): its players leave the game here; a game it owned is taken over now.
+
+        Safe even if ``node`` is alive: an owner whose members all left has already let
+        the game go (its last snapshot was queued before its membership change), and an
+        owner that still ran the game would be fenced at its next write or renewal."""
         owned = self._owned.get(room_id)
         if owned is not None:
             for uid in [u for u, n in owned.nodes.items() if n == node]:
                 del owned.nodes[uid]
                 self.games.member_left(RemotePlayer(self, room_id, uid, node), room_id)
         elif self._owner_of.get(room_id) == node:
-            self._take_over(room_id)
+            self._take_over(room_id, dead_owner=node)
 
     def node_dead(self, node: str) -> None:
         """The cluster declared ``node`` dead: take over its games, drop its players."""

@@ -388,6 +388,27 @@ def test_a_dead_owner_named_by_the_cluster_is_taken_over_at_once(two: Cluster) -
     assert two.redis.lease(ROOM) is None
 
 
+def test_the_sweep_of_a_dead_owner_hands_its_game_over_before_the_lease_ttl() -> None:
+    c = Cluster("A", "B")
+    a, b = c["A"], c["B"]
+    a.join(1)
+    a.join(3)
+    b.join(2)
+    c.drain()
+    b.send_game(2, m.StartGame(ROOM))
+    c.drain()
+    c.kill("B")
+    c.clean_up("B")  # the node sweep removed B's members: node A hears "B has 0 here"
+    a.cg.node_left_room(ROOM, "B")
+    c.drain()
+    assert c.redis.lease(ROOM) == ("A", 2)  # at once, though B's lease had seconds left
+    assert a.games.live(ROOM) is not None
+    # And as the owner: players of a node that has nobody left in the room leave the game.
+    a.cg.node_left_room(ROOM, "A")  # not a remote node: nothing to drop
+    game = a.games.live(ROOM)
+    assert game is not None and [p.user_id for p in game.players] == [1, 3]
+
+
 def test_a_stalled_owner_that_comes_back_is_fenced_and_tells_its_players() -> None:
     c = Cluster("A", "B")
     a, b = c["A"], c["B"]
