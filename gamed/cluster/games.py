@@ -369,9 +369,13 @@ class ClusterGames:
     # -- forwarding and owner lookup ----------------------------------------------------
 
     def _forward(self, owner: str, client: IRoomClient, message: Any) -> None:
-        self.forwarded += 1
         body = codec.encode(message)
-        self.send(owner, envelope(b"a", message.room_id, client.user_id, self.node_id, body))
+        if (
+            self.send(owner, envelope(b"a", message.room_id, client.user_id, self.node_id, body))
+            is False
+        ):
+            raise Refusal(503, "cluster unavailable: the game's server cannot be reached now")
+        self.forwarded += 1
 
     def _learn_owner(self, room_id: int) -> defer.Deferred[str | None]:
         def got(found: tuple[str, int] | None) -> str | None:
@@ -665,8 +669,11 @@ class ClusterGames:
         self.takeovers += 1
         moved = dead_owner != "" and dead_owner == previous and self._handed.pop(room_id, False)
         if self.games.restore(snap, present, moved=moved) is not None and room_id in self._owned:
-            self._announce(room_id, owned)
-            self._arm_renew(room_id, owned)
+            if self.rooms.get(room_id) is None:
+                self._let_go(room_id)  # its members here left while it was being resumed
+            else:
+                self._announce(room_id, owned)
+                self._arm_renew(room_id, owned)
         self._flush(room_id)
 
     def _game_lost(self, room_id: int, why: str, everyone: bool) -> None:
@@ -737,9 +744,9 @@ class NodeGames(Service):
         node, cg = self.node, self.cgames
         link = node.link
 
-        def send(target: str, payload: bytes) -> None:
-            link.publish(f"gamed:n:{target}", payload)
+        def send(target: str, payload: bytes) -> bool:
             node.messages_out += 1
+            return bool(link.publish(f"gamed:n:{target}", payload))
 
         def roster(room_id: int) -> defer.Deferred[list[tuple[int, str, str]]]:
             d: defer.Deferred[Any] = link.execute("HGETALL", members_key(room_id))

@@ -143,6 +143,7 @@ class Node:
         self.clock = Clock()
         self.clock.advance(cluster.now)
         self.alive = True
+        self.publish_ok = True
         settings = Settings(round_limit=2, turn_timeout=30, reconnect_grace=0)
         self.rooms = RoomService(self.clock, 100, EventBus())
         self.rooms.relay = self.relay
@@ -153,9 +154,12 @@ class Node:
         self.cg.start()
         self.members: dict[int, Member] = {}
 
-    def send(self, node: str, payload: bytes) -> None:
+    def send(self, node: str, payload: bytes) -> bool:
+        if not self.publish_ok:
+            return False  # the link is down: RedisLink.publish drops and says so
         if self.alive:
             self.cluster.queue.append((node, payload))
+        return True
 
     def relay(self, room: Room, frame: bytes) -> None:
         for node in room.remote:
@@ -507,3 +511,13 @@ def test_redis_down_answers_game_messages_with_503_and_local_games_go_on() -> No
     assert a.games.live(ROOM) is not None and a.cg.stats()["fenced_total"] == 0
     move(a, 2)
     assert "ActionResult" in tags(a.inbox(1))
+
+
+def test_a_forward_the_link_cannot_publish_is_refused_with_503(two: Cluster) -> None:
+    a = two["A"]
+    a.inbox(1)
+    a.publish_ok = False
+    a.send_game(1, m.ToggleReady(ROOM))
+    (err,) = a.inbox(1)
+    assert err["Error"]["code"] == 503 and "cannot be reached" in err["Error"]["message"]
+    assert a.cg.stats()["forwarded_total"] == 0
