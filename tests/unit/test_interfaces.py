@@ -28,6 +28,7 @@ from zope.interface.verify import verifyObject
 
 import gamed
 from gamed.bench import fanout_micro, hot_path_micro, wsframe
+from gamed.cluster.games import ClusterGames, RemotePlayer
 from gamed.cluster.node import ClusterNode
 from gamed.cluster.shared import SharedState
 from gamed.config import Settings
@@ -80,6 +81,12 @@ def websocket(tree: MemoryServer) -> WebSocketConnection:
     return proto
 
 
+def cluster_games(tree: MemoryServer) -> ClusterGames:
+    """A node's game service on its own Games (the tree's is a single process's)."""
+    rooms = tree.router.rooms
+    return ClusterGames(Games(Clock(), rooms, EventBus(), Settings()), rooms, Clock())
+
+
 def plugin(tree: MemoryServer, cls: type) -> Any:
     (found,) = [mw for mw in tree.router.pipeline.middleware if isinstance(mw, cls)]
     return found
@@ -95,6 +102,8 @@ CASES: dict[type, Callable[[MemoryServer], Any]] = {
     ClusterNode: lambda tree: ClusterNode(
         Settings(redis="redis://127.0.0.1:6379/0"), Clock(), tree.router.rooms
     ),
+    ClusterGames: lambda tree: cluster_games(tree),
+    RemotePlayer: lambda tree: RemotePlayer(cluster_games(tree), 5, 2, "b", "n2"),
     EventBus: lambda tree: tree.router.events,
     GameProtocol: lambda tree: tree.client(),
     WebSocketConnection: websocket,
