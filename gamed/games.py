@@ -16,7 +16,7 @@ holds the room id of each player's game, read when a player reconnects.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -173,6 +173,9 @@ class Games:
         # Snapshots (cluster failover) use the cache's serializer and compression rule.
         self.blob = BlobCodec(cache_config)
         self.watcher: GameWatcher | None = None
+        #: Cluster only: ``lease_ok(room_id)``, False while this node is not sure it still
+        #: owns the game (a turn time-out then waits a second and asks again).
+        self.lease_ok: Callable[[int], bool] | None = None
         self.service: IService = make_sweeper(self.cache, clock)
         self.service.setName("game-cache-sweeper")
         if registry is not None:
@@ -470,6 +473,9 @@ class Games:
     def _turn_timed_out(self, game: Game) -> None:
         game.timer = None
         if self._games.get(game.room_id) is not game or game.status != IN_PROGRESS:
+            return
+        if self.lease_ok is not None and not self.lease_ok(game.room_id):
+            game.timer = self._clock.callLater(1.0, self._turn_timed_out, game)
             return
         self.turn_timeouts += 1
         if self._advance(game):

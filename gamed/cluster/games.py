@@ -57,6 +57,8 @@ from gamed.rooms import RoomService
 _log = Logger()
 
 GAME = ord("G")
+#: The answer to a game message while the owner re-confirms its lease (after a stall).
+UNSURE = "cluster unavailable: the game's server is confirming it still runs this game; try again"
 #: Game messages waiting for an answer from Redis (owner lookup, lease) per room.
 PENDING_MAX = 64
 
@@ -97,10 +99,13 @@ class RemotePlayer:
 class _Owned:
     """A game this node owns: its token, the snapshot writer's state, the renewal timer."""
 
-    __slots__ = ("dirty", "nodes", "renew", "token", "writing")
+    __slots__ = ("dirty", "nodes", "renew", "token", "valid_until", "writing")
 
-    def __init__(self, token: int) -> None:
+    def __init__(self, token: int, valid_until: float) -> None:
         self.token = token
+        #: The lease surely holds until then: the send time of the last acknowledged
+        #: acquire/renew/write plus the TTL (this node's clock; a stall runs past it).
+        self.valid_until = valid_until
         self.writing = False
         self.dirty = False
         self.renew: IDelayedCall | None = None
@@ -121,6 +126,7 @@ class ClusterGames:
         self.send: Send = _unbound
         self.roster: Roster = _unbound
         games.watcher = self
+        games.lease_ok = self.lease_ok
         self._owned: dict[int, _Owned] = {}
         self._owner_of: dict[int, str] = {}  # rooms with local members, game owned elsewhere
         self._pending: dict[int, list[tuple[IRoomClient, Any]]] = {}
@@ -181,6 +187,8 @@ class ClusterGames:
         """Here, to the owner, or (owner unknown) after asking Redis who owns it."""
         room_id = message.room_id
         if room_id in self._owned:
+            if not self.lease_ok(room_id):
+                raise Refusal(503, UNSURE)
             self.games.handle(client, message)
             return
         owner = self._owner_of.get(room_id)
@@ -343,6 +351,9 @@ class ClusterGames:
             player.send_frame(codec.frame(m.Error(404, f"no game in room {room_id}")))
             return
         owned.nodes[user_id] = node
+        if not self.lease_ok(room_id):
+            player.send_frame(codec.frame(m.Error(503, UNSURE)))
+            return
         self.applied_remote += 1
         try:
             self.games.apply(player, codec.decode(body), [])
@@ -432,6 +443,7 @@ class ClusterGames:
 
     @defer.inlineCallbacks
     def _start(self, room_id: int, client: IRoomClient, message: Any) -> Any:
+        sent = self.clock.seconds()
         got = yield self.leases.acquire(room_id)
         if not got.ok:
             # Another node runs the room's game: it answers (409, or it starts one).
@@ -440,7 +452,7 @@ class ClusterGames:
             self._forward(got.owner, client, message)
             self._flush(room_id)
             return
-        owned = _Owned(got.token)
+        owned = _Owned(got.token, sent + self.leases.ttl)
         try:
             members = yield self.roster(room_id)
         except Exception:
@@ -495,11 +507,13 @@ class ClusterGames:
         owned.writing = True
         owned.dirty = False
         d = self.leases.write(room_id, owned.token, blob, game.seq)
-        d.addCallback(self._written, room_id, owned)
+        d.addCallback(self._written, room_id, owned, self.clock.seconds())
         d.addErrback(self._write_failed, room_id, owned)
 
-    def _written(self, ok: bool, room_id: int, owned: _Owned) -> None:
+    def _written(self, ok: bool, room_id: int, owned: _Owned, sent: float) -> None:
         owned.writing = False
+        if ok:
+            owned.valid_until = sent + self.leases.ttl
         if not ok:
             self._fenced_out(room_id, owned)
         elif owned.dirty and self._owned.get(room_id) is owned:
@@ -529,6 +543,22 @@ class ClusterGames:
                 self.leases.renew_interval, self._renew, room_id, owned
             )
 
+    def lease_ok(self, room_id: int) -> bool:
+        """May this node change the room's game now? Not when its lease may have run out
+        (a stall, Redis away past the TTL) while another node could have taken the game
+        (the room has members elsewhere): it renews first; if that is refused, it was
+        fenced and stops. Keeps a stalled owner from sending stale events after waking."""
+        owned = self._owned.get(room_id)
+        if owned is None or self.clock.seconds() < owned.valid_until:
+            return True
+        room = self.rooms.get(room_id)
+        if room is None or not room.remote:
+            return True  # no other node has members: nobody can take it over
+        if not owned.writing and not owned.dirty:
+            self._cancel_renew(owned)
+            self._renew(room_id, owned)
+        return False
+
     def _cancel_renew(self, owned: _Owned) -> None:
         if owned.renew is not None and owned.renew.active():
             owned.renew.cancel()
@@ -542,10 +572,13 @@ class ClusterGames:
             self._write(room_id, owned)
             return
 
+        sent = self.clock.seconds()
+
         def renewed(ok: bool) -> None:
             if not ok:
                 self._fenced_out(room_id, owned)
             else:
+                owned.valid_until = sent + self.leases.ttl
                 self._arm_renew(room_id, owned)
 
         def failed(failure: Failure) -> None:
@@ -562,12 +595,14 @@ class ClusterGames:
         if self._owned.get(room_id) is not owned:
             return
         self._cancel_renew(owned)
+        sent = self.clock.seconds()
 
         def again(got: Any) -> None:
             if self._owned.get(room_id) is not owned:
                 return
             if got.ok:
                 owned.token = got.token
+                owned.valid_until = sent + self.leases.ttl
                 self.regained += 1
                 self._write(room_id, owned)
             else:
@@ -585,8 +620,12 @@ class ClusterGames:
         self._cancel_renew(owned)
         self.fenced += 1
         _log.warn("game of room {room}: another node owns it now; stopped here", room=room_id)
-        self.games.abandon(room_id, "this game continues on another server")
-        if self.rooms.get(room_id) is not None:
+        self.games.abandon(room_id, None)
+        room = self.rooms.get(room_id)
+        if room is not None:
+            # Only this node's members: the others heard from the new owner already.
+            text = "this game continues on another server"
+            self.rooms.deliver(room, codec.frame(m.SystemMessage(text)))
             self._learn_owner(room_id).addErrback(self._log_failure)
 
     def _let_go(self, room_id: int) -> None:
@@ -632,6 +671,7 @@ class ClusterGames:
 
     @defer.inlineCallbacks
     def _resume(self, room_id: int, dead_owner: str) -> Any:
+        sent = self.clock.seconds()
         got = yield self.leases.acquire(room_id, resume=True, dead_owner=dead_owner)
         previous = self._owner_of.get(room_id, "")
         if not got.ok:
@@ -643,7 +683,7 @@ class ClusterGames:
                 self._game_lost(room_id, "it was not saved", everyone=False)
             self._flush(room_id)
             return
-        owned = _Owned(got.token)
+        owned = _Owned(got.token, sent + self.leases.ttl)
         try:
             snap = self.games.read_snapshot(got.snapshot or b"")
         except SnapshotError as e:

@@ -436,6 +436,73 @@ def test_a_stalled_owner_that_comes_back_is_fenced_and_tells_its_players() -> No
     assert c.redis.lease(ROOM) == ("A", 2)  # nothing B did touched A's lease
 
 
+def test_a_woken_owner_sends_no_stale_event_before_its_lease_is_confirmed() -> None:
+    c = Cluster("A", "B")
+    a, b = c["A"], c["B"]
+    a.join(1)
+    a.join(3)
+    b.join(2)
+    c.drain()
+    b.send_game(2, m.StartGame(ROOM))
+    a.send_game(1, m.ToggleReady(ROOM))
+    a.send_game(3, m.ToggleReady(ROOM))
+    c.drain()
+    game = b.games.live(ROOM)
+    assert game is not None and game.players[game.turn].user_id == 2
+    b.alive = False  # B stalls with user 2 to play
+    c.advance(TTL + TTL)  # A takes over
+    assert c.redis.lease(ROOM) == ("A", 2)
+    a.inbox(1)
+    renewals: list[defer.Deferred[bool]] = []
+    real_renew = b.leases.renew
+
+    def slow_renew(room_id: int, token: int) -> defer.Deferred[bool]:
+        d: defer.Deferred[bool] = defer.Deferred()
+        d.addCallback(lambda _: real_renew(room_id, token))
+        renewals.append(d)
+        return d
+
+    b.leases.renew = slow_renew  # type: ignore[method-assign]
+    b.alive = True
+    b.clock.advance(c.now - b.clock.seconds())  # B wakes: its clock jumped, timers due
+    b.inbox(2)
+    move(b, 2)  # not applied: B's lease may be gone, B asks Redis first
+    (err,) = b.inbox(2)
+    assert err["Error"]["code"] == 503 and "confirming" in err["Error"]["message"]
+    assert renewals
+    for d in renewals:
+        d.callback(None)  # Redis answers: refused
+    c.drain()
+    assert tags(a.inbox(1)) == []  # nothing stale reached node A
+    assert b.games.live(ROOM) is None and b.cg.stats()["fenced_total"] == 1
+    assert b.inbox(2) == [{"SystemMessage": {"message": "this game continues on another server"}}]
+
+
+def test_a_woken_owner_holds_its_turn_timer_until_the_lease_is_confirmed() -> None:
+    c = Cluster("A", "B")
+    a, b = c["A"], c["B"]
+    a.join(1)
+    a.join(3)
+    b.join(2)
+    c.drain()
+    b.send_game(2, m.StartGame(ROOM))
+    a.send_game(1, m.ToggleReady(ROOM))
+    a.send_game(3, m.ToggleReady(ROOM))
+    c.drain()
+    b.leases.renew = lambda *_: defer.Deferred()  # type: ignore[method-assign]  # no answer
+    b.alive = False
+    c.advance(TTL + TTL)  # A takes over (and the game goes on there)
+    assert c.redis.lease(ROOM) == ("A", 2)
+    a.inbox(1)
+    b.inbox(2)
+    b.alive = True
+    b.clock.advance(c.now - b.clock.seconds() + 21)  # B wakes; user 2's turn times out on B
+    c.drain()
+    assert tags(a.inbox(1)) == [] and "GameInProgress" not in tags(b.inbox(2))
+    game = b.games.live(ROOM)
+    assert game is not None and game.timer is not None and game.timer.active()
+
+
 def test_an_owner_whose_members_all_left_hands_the_game_over(two: Cluster) -> None:
     a, b = two["A"], two["B"]
     a.send_game(1, m.ToggleReady(ROOM))
