@@ -431,14 +431,16 @@ class Games:
             self._arm_timer(game)
             self._changed(game)
 
-    def _go_live(self, game: Game) -> None:
+    def _go_live(self, game: Game, announce: bool = True) -> None:
         game.status = IN_PROGRESS
         game.round = 1
         game.turn = 0
         now = self._clock.seconds()
         game.live_at = now
         self.started += 1
-        self._broadcast(game.room_id, m.GameInProgress(game.room_id, game.players[0].user_id, 1))
+        if announce:
+            room_id = game.room_id
+            self._broadcast(room_id, m.GameInProgress(room_id, game.players[0].user_id, 1))
         self._arm_timer(game)
         if self._events.active:
             players = tuple(p.user_id for p in game.players)
@@ -484,7 +486,9 @@ class Games:
             self._announce_turn(game)
             self._changed(game)
 
-    def _remove_player(self, game: Game, player: Player) -> None:
+    def _remove_player(self, game: Game, player: Player, announce: bool = True) -> None:
+        """The leave rules. ``announce=False`` (a restore, which sends the whole state
+        after): a turn passed or a game gone live is not announced; GameEnded still is."""
         index = game.players.index(player)
         del game.players[index]
         del game.by_id[player.user_id]
@@ -494,7 +498,7 @@ class Games:
             return
         if game.status == WAITING:
             if all(p.ready for p in game.players):
-                self._go_live(game)
+                self._go_live(game, announce)
             return
         if index < game.turn:
             game.turn -= 1
@@ -508,7 +512,10 @@ class Games:
                     return
                 game.turn = 0
                 game.round += 1
-            self._announce_turn(game)
+            if announce:
+                self._announce_turn(game)
+            else:
+                self._arm_timer(game)  # a full turn for the player it passed to
 
     def _drop(self, game: Game) -> None:
         """Forget the game here: timer, game table, cache keys (no message)."""
@@ -665,7 +672,7 @@ class Games:
         self._broadcast(room_id, m.SystemMessage(text))
         for p in gone:
             self.restore_dropped += 1
-            self._remove_player(game, p)
+            self._remove_player(game, p, announce=False)
             if self._games.get(room_id) is not game:
                 return None
         self._broadcast(room_id, m.GameStarted(room_id, [p.wire() for p in game.players]))

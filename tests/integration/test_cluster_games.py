@@ -149,3 +149,37 @@ def test_owner_killed_mid_game_resumes_on_the_survivor_within_the_bound(
     u1.until("GameEnded")
     u3.until("GameEnded")
     assert a.stats()["cluster_games"]["takeovers_total"] == 1
+
+
+def test_a_stalled_owner_that_comes_back_is_fenced_and_sends_nothing_stale(
+    cluster: tuple[GamedProcess, GamedProcess], redis_server: RedisServer
+) -> None:
+    a, b = cluster
+    u1, u2, u3 = seat(a, b)
+    u2.send({"StartGame": {"room_id": ROOM}})
+    u1.until("GameStarted")
+    u1.send({"ToggleReady": {"room_id": ROOM}})
+    u3.send({"ToggleReady": {"room_id": ROOM}})
+    u1.until("GameInProgress")
+    u3.until("GameInProgress")
+    b.proc.send_signal(signal.SIGSTOP)  # the owner stalls (a GC pause, a frozen VM)
+    try:
+        msg, _ = u1.until("SystemMessage", timeout=TAKEOVER_BOUND)
+        assert "resumed on another server" in msg["message"]
+        u3.until("GameInProgress")
+        game = f"gamed:{{room:{ROOM}}}:game"
+        token = redis_server.cli("HGET", game, "token")
+        assert redis_server.cli("HGET", game, "owner") == "a" and int(token) >= 2
+        u1.until("GameInProgress")
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    # b wakes up with its old game: its first renewal is refused, it stops; it tells its
+    # own member and nothing of its old game reaches the players on a.
+    msg, _ = u2.until("SystemMessage", timeout=10.0)
+    while "continues on another server" not in msg["message"]:
+        msg, _ = u2.until("SystemMessage", timeout=10.0)
+    assert b.stats()["cluster_games"]["fenced_total"] == 1
+    assert redis_server.cli("HGET", game, "owner") == "a"
+    assert redis_server.cli("HGET", game, "token") == token
+    u1.expect_silence(0.5)
+    u3.expect_silence(0.1)

@@ -194,8 +194,13 @@ def test_restore_drops_players_not_present_by_the_leave_rules() -> None:
     msgs = b.inbox(1)
     text = msgs[0]["SystemMessage"]["message"]
     assert "left the game: n2 (user 2)" in text
-    # The leaver had the turn: it passes to user 3, with a full turn.
-    assert {"GameInProgress": {"room_id": ROOM, "current_turn": 3, "round": 1}} in msgs
+    # The leaver had the turn: it passes to user 3, with a full turn; the state is sent once.
+    assert [next(iter(x)) for x in msgs] == ["SystemMessage", "GameStarted", "GameInProgress"]
+    assert msgs[2] == {"GameInProgress": {"room_id": ROOM, "current_turn": 3, "round": 1}}
+    b.clock.advance(29.9)
+    assert b.tags(1) == []
+    b.clock.advance(0.2)
+    assert b.tags(1) == ["GameInProgress"]
     assert [p.user_id for p in game.players] == [1, 3]
     assert b.games.stats()["restore_dropped_total"] == 1
 
