@@ -87,11 +87,16 @@ return 1
 """
 
 # KEYS: game, snapshot. ARGV: node, token, blob, ttl ms, snapshot ttl ms, seq.
-# 1 = written (and the lease renewed), 0 = fenced (nothing written).
+# 1 = written (and the lease renewed; a snapshot older than the stored one is skipped),
+# 0 = fenced (nothing written).
 WRITE = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1]
     or redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then
   return 0
+end
+if tonumber(redis.call('HGET', KEYS[1], 'seq') or '-1') > tonumber(ARGV[6]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return 1
 end
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
 redis.call('HSET', KEYS[1], 'seq', ARGV[6])

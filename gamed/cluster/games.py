@@ -57,6 +57,8 @@ from gamed.rooms import RoomService
 _log = Logger()
 
 GAME = ord("G")
+#: Snapshot writes in flight per game (one per change, pipelined); past it, changes coalesce.
+WRITES_IN_FLIGHT = 8
 #: The answer to a game message while the owner re-confirms its lease (after a stall).
 UNSURE = "cluster unavailable: the game's server is confirming it still runs this game; try again"
 #: Game messages waiting for an answer from Redis (owner lookup, lease) per room.
@@ -99,15 +101,16 @@ class RemotePlayer:
 class _Owned:
     """A game this node owns: its token, the snapshot writer's state, the renewal timer."""
 
-    __slots__ = ("dirty", "nodes", "renew", "token", "valid_until", "writing")
+    __slots__ = ("checking", "dirty", "inflight", "nodes", "renew", "token", "valid_until")
 
     def __init__(self, token: int, valid_until: float) -> None:
         self.token = token
         #: The lease surely holds until then: the send time of the last acknowledged
         #: acquire/renew/write plus the TTL (this node's clock; a stall runs past it).
         self.valid_until = valid_until
-        self.writing = False
-        self.dirty = False
+        self.inflight = 0  # snapshot writes sent, not answered (pipelined, in order)
+        self.dirty = False  # a change not written yet (a write failed, or too many in flight)
+        self.checking = False  # a refused write/renewal is being looked into
         self.renew: IDelayedCall | None = None
         self.nodes: dict[int, str] = {}  # remote players' nodes (user -> node)
 
@@ -268,8 +271,8 @@ class ClusterGames:
         owned = self._owned.get(game.room_id)
         if owned is None:
             return
-        if owned.writing:
-            owned.dirty = True
+        if owned.inflight >= WRITES_IN_FLIGHT:
+            owned.dirty = True  # Redis is slow: the next answer writes the latest state
             return
         self._write(game.room_id, owned)
 
@@ -504,19 +507,21 @@ class ClusterGames:
         game = self.games.live(room_id)
         if blob is None or game is None:
             return
-        owned.writing = True
+        owned.inflight += 1
         owned.dirty = False
         d = self.leases.write(room_id, owned.token, blob, game.seq)
-        d.addCallback(self._written, room_id, owned, self.clock.seconds())
+        d.addCallback(self._written, room_id, owned, self.clock.seconds(), owned.token)
         d.addErrback(self._write_failed, room_id, owned)
 
-    def _written(self, ok: bool, room_id: int, owned: _Owned, sent: float) -> None:
-        owned.writing = False
-        if ok:
-            owned.valid_until = sent + self.leases.ttl
+    def _written(self, ok: bool, room_id: int, owned: _Owned, sent: float, token: int) -> None:
+        owned.inflight -= 1
+        if token != owned.token:
+            return  # sent under the token this node held before it took the lease back
         if not ok:
             self._fenced_out(room_id, owned)
-        elif owned.dirty and self._owned.get(room_id) is owned:
+            return
+        owned.valid_until = max(owned.valid_until, sent + self.leases.ttl)
+        if owned.dirty and not owned.inflight and self._owned.get(room_id) is owned:
             self._write(room_id, owned)
         else:
             self._arm_renew(room_id, owned)
@@ -524,7 +529,7 @@ class ClusterGames:
     def _write_failed(self, failure: Failure, room_id: int, owned: _Owned) -> None:
         # Redis did not answer: the game goes on here; the next change (or renewal) tries
         # again. If the lease runs out meanwhile, the next write is refused: fenced.
-        owned.writing = False
+        owned.inflight -= 1
         _log.warn(
             "snapshot of room {room} not written: {why}",
             room=room_id,
@@ -554,7 +559,7 @@ class ClusterGames:
         room = self.rooms.get(room_id)
         if room is None or not room.remote:
             return True  # no other node has members: nobody can take it over
-        if not owned.writing and not owned.dirty:
+        if not owned.inflight and not owned.checking:
             self._cancel_renew(owned)
             self._renew(room_id, owned)
         return False
@@ -566,7 +571,7 @@ class ClusterGames:
 
     def _renew(self, room_id: int, owned: _Owned) -> None:
         owned.renew = None
-        if self._owned.get(room_id) is not owned or owned.writing:
+        if self._owned.get(room_id) is not owned or owned.inflight or owned.checking:
             return
         if owned.dirty:  # a write failed: write now (it renews too)
             self._write(room_id, owned)
@@ -592,12 +597,14 @@ class ClusterGames:
     def _fenced_out(self, room_id: int, owned: _Owned) -> None:
         """A write or renewal was refused: the lease ran out. If no other node held the
         game since, take it back (new token) and go on; else stop here."""
-        if self._owned.get(room_id) is not owned:
+        if self._owned.get(room_id) is not owned or owned.checking:
             return
+        owned.checking = True
         self._cancel_renew(owned)
         sent = self.clock.seconds()
 
         def again(got: Any) -> None:
+            owned.checking = False
             if self._owned.get(room_id) is not owned:
                 return
             if got.ok:
@@ -609,6 +616,7 @@ class ClusterGames:
                 self._stop_fenced(room_id, owned)
 
         def failed(failure: Failure) -> None:
+            owned.checking = False
             owned.dirty = True  # Redis away again: try later, as after a failed write
             self._arm_renew(room_id, owned)
 

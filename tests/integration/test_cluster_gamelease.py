@@ -80,6 +80,9 @@ def test_one_owner_tokens_grow_and_a_stale_owner_is_fenced(
     assert (yield a.write(ROOM, 1, blob, 3)) is True
     assert (yield a.renew(ROOM, 1)) is True
     assert redis_server.cli("HGET", game_key(ROOM), "seq") == "3"
+    # Pipelined writes land in order; one that arrives older than the stored one is skipped.
+    assert (yield a.write(ROOM, 1, b"J{}", 2)) is True
+    assert redis_server.cli("GET", snapshot_key(ROOM)) == blob.decode()
     # A stalls past its TTL: B resumes from A's last snapshot under a larger token.
     yield sleep(0.5)
     took = yield b.acquire(ROOM, resume=True)
