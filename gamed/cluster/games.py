@@ -215,6 +215,10 @@ class ClusterGames:
         elif owner is not None:
             self.send(owner, envelope(b"j", room_id, client.user_id, self.node_id))
         else:
+            room = self.rooms.get(room_id)
+            if room is None or not room.remote:
+                return  # every member is here: no game can run elsewhere
+
             # A game may run elsewhere: learn its owner (one HMGET per join), then ask it.
             def found(owner: str | None) -> None:
                 if owner is not None and owner != self.node_id:

@@ -588,3 +588,18 @@ def test_a_forward_the_link_cannot_publish_is_refused_with_503(two: Cluster) -> 
     (err,) = a.inbox(1)
     assert err["Error"]["code"] == 503 and "cannot be reached" in err["Error"]["message"]
     assert a.cg.stats()["forwarded_total"] == 0
+
+
+def test_a_spectator_on_another_node_gets_the_state_from_the_owner(two: Cluster) -> None:
+    a = two["A"]
+    a.cg._owner_of.clear()  # as a node that never heard of the game: it asks the lease
+    a.join(4)
+    two.drain()
+    msgs = a.inbox(4)
+    assert tags(msgs) == ["GameStarted"]  # the state, sent by B to user 4 only
+    assert sorted(p["user_id"] for p in msgs[0]["GameStarted"]["players"]) == [1, 2, 3]
+    assert a.cg._owner_of == {ROOM: "B"}
+    a.send_game(4, m.ToggleReady(ROOM))  # a spectator: B's 409 comes back
+    two.drain()
+    (err,) = a.inbox(4)
+    assert err["Error"]["code"] == 409
