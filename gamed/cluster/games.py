@@ -345,7 +345,9 @@ class ClusterGames:
 
     def _deliver(self, room_id: int, user_id: int, frames: bytes) -> None:
         room = self.rooms.room_of(user_id)
-        member = room.members.get(user_id) if room is not None else None
+        if room is None or room.room_id != room_id:
+            return  # the user left that room meanwhile: the frames are not for it any more
+        member = room.members.get(user_id)
         if member is not None:
             member.send_frame(frames)
 
@@ -355,7 +357,8 @@ class ClusterGames:
         if owned is None:
             # The sender thinks this node owns the game: it does not (any more).
             self.send(node, envelope(b"x", room_id, 0, self.node_id))
-            player.send_frame(codec.frame(m.Error(404, f"no game in room {room_id}")))
+            text = f"the game of room {room_id} is not on this server (any more): send it again"
+            player.send_frame(codec.frame(m.Error(503, text)))
             return
         owned.nodes[user_id] = node
         if not self.lease_ok(room_id):

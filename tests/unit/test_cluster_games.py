@@ -603,3 +603,23 @@ def test_a_spectator_on_another_node_gets_the_state_from_the_owner(two: Cluster)
     two.drain()
     (err,) = a.inbox(4)
     assert err["Error"]["code"] == 409
+
+
+def test_a_stale_owner_mapping_gets_503_then_the_next_message_finds_the_truth(
+    two: Cluster,
+) -> None:
+    a, b = two["A"], two["B"]
+    assert b.games.abort(ROOM, "stopped by an operator")
+    two.drain()
+    assert a.cg._owner_of == {}  # the owner's x reached A
+    a.inbox(1)
+    a.cg._owner_of[ROOM] = "B"  # as if that x had been lost
+    a.send_game(1, m.ToggleReady(ROOM))
+    two.drain()
+    (err,) = a.inbox(1)
+    assert err["Error"]["code"] == 503 and "send it again" in err["Error"]["message"]
+    assert a.cg._owner_of == {}  # B said so (x): A asks the lease next time
+    a.send_game(1, m.ToggleReady(ROOM))
+    two.drain()
+    (err,) = a.inbox(1)
+    assert err["Error"]["code"] == 404 and "no game" in err["Error"]["message"]
