@@ -209,7 +209,8 @@ class Router:
                 game_notice = m.SystemMessage(
                     f"{text}: the game in room {room.room_id} ({state}) cannot finish"
                 )
-                self.rooms.broadcast(room.room_id, codec.frame(game_notice))
+                # This node's members only: in a cluster the game goes on elsewhere.
+                self.rooms.deliver(room, codec.frame(game_notice))
         grace = self.settings.shutdown_grace
         calls: list[Any] = []
 

@@ -183,3 +183,24 @@ def test_a_stalled_owner_that_comes_back_is_fenced_and_sends_nothing_stale(
     assert redis_server.cli("HGET", game, "token") == token
     u1.expect_silence(0.5)
     u3.expect_silence(0.1)
+
+
+def test_an_owner_stopped_with_sigterm_hands_its_game_over(
+    cluster: tuple[GamedProcess, GamedProcess], redis_server: RedisServer
+) -> None:
+    a, b = cluster
+    u1, u2, u3 = seat(a, b)
+    u2.send({"StartGame": {"room_id": ROOM}})
+    u1.until("GameStarted")
+    u1.send({"ToggleReady": {"room_id": ROOM}})
+    u3.send({"ToggleReady": {"room_id": ROOM}})
+    u1.until("GameInProgress")
+    u3.until("GameInProgress")
+    b.terminate()  # a rolling restart: b drains and stops
+    msg, _ = u1.until("SystemMessage", timeout=TAKEOVER_BOUND)
+    assert "the game moved to another server" in msg["message"]
+    assert "u2 (user 2)" in msg["message"]
+    state, _ = u3.until("GameStarted")
+    assert sorted(p["user_id"] for p in state["players"]) == [1, 3]
+    u3.until("GameInProgress")
+    assert redis_server.cli("HGET", f"gamed:{{room:{ROOM}}}:game", "owner") == "a"
