@@ -263,11 +263,12 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
 
         cluster = ClusterNode(settings, reactor, rooms, metrics.registry)
         router.cluster = cluster
-        from gamed.cluster.games import ClusterGames, NodeGames
+        from gamed.cluster.games import ClusterGames, ClusterGamesCollector, NodeGames
 
         # Games across nodes: the router's game service decides where each game runs.
         cluster_games = ClusterGames(games, rooms, reactor)
         router.games = cluster_games
+        metrics.registry.register(ClusterGamesCollector(cluster_games))
     metrics.registry.register(TrafficCollector(router))
 
     validated = getattr(options, "validated", None) or validate_config(settings)

@@ -35,9 +35,11 @@ Envelopes (kind byte ``G`` on the node channel, gamed.cluster.envelope's layout)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -822,3 +824,40 @@ class NodeGames(Service):
     def stopService(self) -> Any:
         self.cgames.stop()
         return super().stopService()
+
+
+class ClusterGamesCollector(Collector):
+    """Games across nodes at scrape time (``ClusterGames.stats``; nothing on the hot path)."""
+
+    HELP = {
+        "forwarded_total": "Game messages forwarded to the node that runs the game",
+        "applied_remote_total": "Game messages from other nodes applied here (this node owns)",
+        "takeovers_total": "Games resumed here from a snapshot (owner died or let go)",
+        "lost_total": "Games that could not be resumed and ended (no or unreadable snapshot)",
+        "fenced_total": "Games stopped here because another node took them over",
+        "handoffs_total": "Games handed to another node (this node's members all left)",
+        "regained_total": "Leases that ran out (Redis away) and were taken back",
+    }
+
+    def __init__(self, cgames: ClusterGames) -> None:
+        self._cgames = cgames
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._cgames.stats()
+        yield GaugeMetricFamily(
+            "gamed_cluster_games_owned", "Games this node runs (owns)", value=stats["owned"]
+        )
+        yield GaugeMetricFamily(
+            "gamed_cluster_games_elsewhere",
+            "Rooms with members here whose game runs on another node",
+            value=stats["owned_elsewhere"],
+        )
+        for key, text in self.HELP.items():
+            name = "gamed_cluster_games_" + key.removesuffix("_total")
+            yield CounterMetricFamily(name, text, value=stats[key])
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("gamed_cluster_games_owned", "")
+        yield GaugeMetricFamily("gamed_cluster_games_elsewhere", "")
+        for key in self.HELP:
+            yield CounterMetricFamily("gamed_cluster_games_" + key.removesuffix("_total"), "")

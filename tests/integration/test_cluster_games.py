@@ -109,6 +109,8 @@ def test_a_game_between_players_on_two_nodes_runs_to_game_ended(
     stats = b.stats()["cluster_games"]
     assert stats["applied_remote_total"] >= 3 and stats["owned"] == 0
     assert a.stats()["cluster_games"]["forwarded_total"] >= 3
+    status, metrics = b.http("/metrics")
+    assert status == 200 and b"gamed_cluster_games_applied_remote_total" in metrics
 
 
 def test_owner_killed_mid_game_resumes_on_the_survivor_within_the_bound(

@@ -623,3 +623,18 @@ def test_a_stale_owner_mapping_gets_503_then_the_next_message_finds_the_truth(
     two.drain()
     (err,) = a.inbox(1)
     assert err["Error"]["code"] == 404 and "no game" in err["Error"]["message"]
+
+
+def test_the_collector_shows_what_the_stats_say(two: Cluster) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from gamed.cluster.games import ClusterGamesCollector
+
+    registry = CollectorRegistry()
+    registry.register(ClusterGamesCollector(two["B"].cg))
+    assert registry.get_sample_value("gamed_cluster_games_owned") == 1
+    assert registry.get_sample_value("gamed_cluster_games_elsewhere") == 0
+    two["A"].send_game(1, m.ToggleReady(ROOM))
+    two.drain()
+    assert registry.get_sample_value("gamed_cluster_games_applied_remote_total") == 1
+    assert registry.get_sample_value("gamed_cluster_games_takeovers_total") == 0
