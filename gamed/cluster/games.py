@@ -51,6 +51,7 @@ from gamed import codec
 from gamed import messages as m
 from gamed.cluster.envelope import MEMBERS
 from gamed.cluster.gamelease import GameLeases
+from gamed.cluster.link import DOWN
 from gamed.errors import Refusal
 from gamed.games import Game, Games, SnapshotError
 from gamed.interfaces import IGameService, IRoomClient
@@ -802,15 +803,17 @@ class NodeGames(Service):
         link = node.link
 
         def send(target: str, payload: bytes) -> bool:
-            node.messages_out += 1
-            return bool(link.publish(f"gamed:n:{target}", payload))
+            up = link.state != DOWN  # RedisLink.publish drops (and counts) while down
+            node.publish_to(target, payload)
+            return up
 
         def roster(room_id: int) -> defer.Deferred[list[tuple[int, str, str]]]:
             d: defer.Deferred[Any] = link.execute("HGETALL", members_key(room_id))
             return d.addCallback(parse_roster)
 
         cg.bind(GameLeases(link, node.node_id), send, roster)
-        node.handlers[GAME] = cg.receive
+        node.add_handler(GAME, cg.receive)
+        # The node's M handler keeps room.remote; this one also hears "0 members here".
         members = node.handlers[MEMBERS]
 
         def on_members(header: list[bytes], body: bytes) -> None:
