@@ -294,3 +294,12 @@ def test_abandon_stops_silently_and_abort_ends_without_winner() -> None:
     assert [next(iter(x)) for x in msgs] == ["SystemMessage", "GameEnded"]
     assert msgs[1]["GameEnded"]["winner"] is None  # 1 leads, but an aborted game has no result
     assert a.ended == [ROOM] and not a.games.abort(ROOM, "again")
+
+
+def test_the_snapshot_bench_measures_both_settings() -> None:
+    from gamed.bench import snapshot_micro
+
+    two = snapshot_micro.measure(2, calls=1)
+    assert two["bytes_on"] == two["bytes_off"] < 1024  # under the threshold: raw either way
+    eight = snapshot_micro.measure(8, calls=1)
+    assert eight["bytes_on"] < eight["bytes_off"] / 3 and eight["us_on"] >= 0

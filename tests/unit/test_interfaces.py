@@ -27,7 +27,7 @@ from zope.interface import implementedBy, providedBy
 from zope.interface.verify import verifyObject
 
 import gamed
-from gamed.bench import fanout_micro, hot_path_micro, wsframe
+from gamed.bench import fanout_micro, hot_path_micro, snapshot_micro, wsframe
 from gamed.cluster.games import ClusterGames, RemotePlayer
 from gamed.cluster.node import ClusterNode
 from gamed.cluster.shared import SharedState
@@ -115,6 +115,7 @@ CASES: dict[type, Callable[[MemoryServer], Any]] = {
     SseClient: lambda tree: SseClient(DummyRequest([b""]), None, 1024),
     hot_path_micro._Ctx: lambda tree: hot_path_micro._Ctx(Clock()),
     fanout_micro._Reactor: lambda tree: fanout_micro._Reactor(),
+    snapshot_micro._Player: lambda tree: snapshot_micro._Player(1),
     InheritedEndpoint: lambda tree: InheritedEndpoint(Clock(), 3, 2),
     ReportingEndpoint: lambda tree: ReportingEndpoint(InheritedEndpoint(Clock(), 3, 2)),
     # The unit fakes stand in for these seams; they must keep to them.
