@@ -692,6 +692,7 @@ class ClusterGames:
         sent = self.clock.seconds()
         got = yield self.leases.acquire(room_id, resume=True, dead_owner=dead_owner)
         previous = self._owner_of.get(room_id, "")
+        handed = self._handed.pop(room_id, False)  # a d envelope asked for this takeover
         if not got.ok:
             if got.owner and got.owner != self.node_id:
                 self._owner_of[room_id] = got.owner  # alive, or another survivor won
@@ -725,7 +726,7 @@ class ClusterGames:
                 owned.nodes[uid] = node
         self._owned[room_id] = owned
         self.takeovers += 1
-        moved = dead_owner != "" and dead_owner == previous and self._handed.pop(room_id, False)
+        moved = handed and dead_owner != "" and dead_owner == previous
         if self.games.restore(snap, present, moved=moved) is not None and room_id in self._owned:
             if self.rooms.get(room_id) is None:
                 self._let_go(room_id)  # its members here left while it was being resumed
