@@ -50,6 +50,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m gamed.bench.suite --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(BIN)/python -m gamed.bench.cluster --out bench-cluster.json $(filter --quick,$(BENCH_ARGS))
 
 # Build a wheel, install it in a throwaway venv and ask twistd for the plugin, then
 # run the bench suite (floor server started by module) outside the checkout:
