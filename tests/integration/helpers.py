@@ -218,6 +218,76 @@ def free_port() -> int:
         return port
 
 
+def haproxy_binary() -> str:
+    """The Debian package's haproxy (installed by .ci/install-deps.sh; never skipped)."""
+    path = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    assert path, "haproxy is not installed: run .ci/install-deps.sh (Debian package haproxy)"
+    return path
+
+
+class HAProxy:
+    """A real ``haproxy -db`` running ``config`` (already moved to 127.0.0.1 ports) from
+    ``workdir``, ready once ``front`` accepts; ``stats()`` reads its admin socket."""
+
+    def __init__(self, workdir: Path, config: str, front: int) -> None:
+        self.workdir = workdir
+        self.socket_path = workdir / "haproxy.sock"
+        config = config.replace(
+            "\nglobal\n", f"\nglobal\n    stats socket {self.socket_path} mode 600 level admin\n", 1
+        )
+        self.path = workdir / "haproxy.cfg"
+        self.path.write_text(config)
+        self.log_path = workdir / "haproxy.log"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [haproxy_binary(), "-db", "-f", str(self.path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        def accepting() -> bool:
+            assert self.proc.poll() is None, self.log_tail()
+            try:
+                socket.create_connection(("127.0.0.1", front), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        poll_until(accepting, 10.0, f"haproxy on {front}", detail=self.log_tail)
+
+    def log_tail(self) -> str:
+        return "haproxy.log ends:\n" + self.log_path.read_text(errors="replace")[-2000:]
+
+    def stats(self) -> list[dict[str, str]]:
+        """``show stat`` as one dict per proxy/server row (pxname, svname, status, ...)."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.socket_path))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        lines = data.decode().strip().splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        return [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+
+    def server_status(self, backend: str, server: str) -> str:
+        """``UP``, ``DOWN``, ``UP 1/2``... of one server of ``backend``."""
+        for row in self.stats():
+            if row.get("pxname") == backend and row.get("svname") == server:
+                return row.get("status", "")
+        raise AssertionError(f"no server {backend}/{server} in haproxy's stats")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
 class RedisServer:
     """A real ``redis-server`` on 127.0.0.1 (no persistence), in its own directory.
 

@@ -11,36 +11,22 @@ each client address separately.
 from __future__ import annotations
 
 import re
-import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.helpers import GamedProcess, WireClient
+from tests.integration.helpers import (
+    GamedProcess,
+    HAProxy,
+    WireClient,
+    free_port,
+)
 
 ETC = Path(__file__).resolve().parents[2] / "etc"
 PROXY_SOURCE = "127.0.0.2"  # haproxy's side of its connections to gamed
-
-
-def haproxy_binary() -> str:
-    path = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
-    if path is None:
-        pytest.fail(
-            "haproxy is not installed: run .ci/install-deps.sh (Debian package haproxy)",
-            pytrace=False,
-        )
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ClientFrom(WireClient):
@@ -59,7 +45,7 @@ class ClientFrom(WireClient):
 @pytest.fixture
 def haproxy(tmp_path: Path) -> Iterator[Any]:
     """A factory: ``haproxy(gamed_port)`` starts etc/haproxy.cfg aimed at it; returns its port."""
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[HAProxy] = []
 
     def start(gamed_port: int) -> int:
         front = free_port()
@@ -72,40 +58,13 @@ def haproxy(tmp_path: Path) -> Iterator[Any]:
         )
         assert (n_bind, n_server) == (1, 1), "etc/haproxy.cfg: one bind, one server line"
         cfg = re.sub(r"maxconn \d+", "maxconn 100", cfg)  # fewer fds than a production box
-        path = tmp_path / "haproxy.cfg"
-        path.write_text(cfg)
-        log = open(tmp_path / "haproxy.log", "wb")
-        proc = subprocess.Popen(
-            [haproxy_binary(), "-db", "-f", str(path)], stdout=log, stderr=subprocess.STDOUT
-        )
-        procs.append(proc)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", front), timeout=1).close()
-                return front
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"haproxy did not start: {(tmp_path / 'haproxy.log').read_text()}"
-                    ) from None
-                time.sleep(0.05)
+        proxy = HAProxy(tmp_path, cfg, front)
+        procs.append(proxy)
+        return front
 
     yield start
     for p in procs:
-        p.terminate()
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
-
-
-def test_the_example_haproxy_config_is_valid() -> None:
-    r = subprocess.run(
-        [haproxy_binary(), "-c", "-f", str(ETC / "haproxy.cfg")], capture_output=True, text=True
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
+        p.stop()
 
 
 def test_behind_haproxy_gamed_limits_the_clients_addresses_not_the_proxys(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from gamed.config import Settings, build_settings
 
@@ -39,3 +43,16 @@ def test_systemd_install_recipe_creates_the_config_dir_and_the_plugin_cache() ->
     assert pip < cache, "the plugin cache is written after the install, as root"
     enable = next(i for i, line in enumerate(lines) if "systemctl" in line and "enable" in line)
     assert cache < enable
+
+
+@pytest.mark.parametrize("name", ["haproxy.cfg", "haproxy-cluster.cfg"])
+def test_the_haproxy_configs_pass_haproxy_check(name: str) -> None:
+    """``haproxy -c``: the shipped configs parse (the cluster one also runs, with real
+    nodes, in tests/integration/test_haproxy_cluster.py)."""
+    exe = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    assert exe, "haproxy is not installed: run .ci/install-deps.sh (Debian package haproxy)"
+    r = subprocess.run(
+        [exe, "-c", "-f", str(ETC / name)], capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Configuration file is valid" in r.stdout + r.stderr
