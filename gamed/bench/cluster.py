@@ -176,6 +176,8 @@ class Proc:
     argv: list[str]
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
+    #: gamed: its HTTP port (/healthz, /stats)
+    http_port: int = 0
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     def spawn(self) -> None:
@@ -319,7 +321,7 @@ def start_gamed(workdir: Path, name: str, extra: Sequence[str], cluster: bool) -
             str(d / "data"),
             *extra,
         ]
-        proc = Proc(name, argv, d / f"gamed.{attempt}.log")
+        proc = Proc(name, argv, d / f"gamed.{attempt}.log", http_port=http)
         proc.spawn()
 
         try:
@@ -355,6 +357,15 @@ def cluster_up(body: dict[str, Any]) -> bool:
     return body.get("cluster") == "up"
 
 
+def busiest_worker_share(http_port: int) -> float:
+    """The share of a ``--workers`` parent's connections its busiest worker holds (the
+    kernel hands connections to whichever worker accepts first: not an even split)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/stats", timeout=5) as r:
+        body = orjson.loads(r.read())
+    counts = [int((w.get("stats") or {}).get("connections") or 0) for w in body["workers"]]
+    return round(max(counts) / sum(counts), 3) if sum(counts) else 0.0
+
+
 def cpu_seconds(pids: Sequence[int]) -> float:
     """User + system CPU seconds of ``pids`` so far (a process gone counts 0)."""
     import psutil
@@ -377,6 +388,8 @@ class Target:
     redis: Proc | None = None
     redis_port: int = 0
     note: str = ""
+    #: a ``--workers`` parent: its /stats lists each worker's connections
+    supervised: bool = False
 
     def gamed_pids(self) -> list[int]:
         return [pid for p in self.gamed for pid in p.pids()]
@@ -388,6 +401,8 @@ class Target:
             out["redis_cpu_s"] = redis_cpu(self.redis_port)
             out["publishes"] = float(publish_calls(self.redis_port))
             out["sub_omem"] = float(subscriber_backlog(self.redis_port))
+        if self.supervised:
+            out["busiest_worker_share"] = busiest_worker_share(self.gamed[0].http_port)
         return out
 
     def alive(self) -> bool:
@@ -415,7 +430,7 @@ def start_targets(workdir: Path, want_workers: bool) -> list[Target]:
         r3, r3_port = start_redis(workdir, "redis-workers")
         url = f"redis://127.0.0.1:{r3_port}/0"
         w, pw = start_gamed(workdir, "workers-2", ["--redis", url, "--workers", "2"], cluster=True)
-        t = Target("workers-2", [w], [pw], r3, r3_port)
+        t = Target("workers-2", [w], [pw], r3, r3_port, supervised=True)
         if len(w.pids()) < 3:
             t.note = "this gamed runs --workers 2 as one process (no worker processes)"
         out.append(t)
@@ -527,6 +542,7 @@ async def fanout_across(
             # (clients x W x members) plus whatever the relay path trails by
             "deliveries_in_flight": in_flight,
             "subscriber_backlog_bytes": s1.get("sub_omem"),
+            "busiest_worker_share": s1.get("busiest_worker_share"),
             "drain_s": round(drain_s, 2),
             "lost_deliveries": whole["sends"] * cfg.members - whole["deliveries"],
             "cpu_us_per_delivery_whole": (
@@ -715,6 +731,7 @@ def summarize(targets: Sequence[Target], runs: dict[str, list[dict[str, Any]]]) 
         ("largest subscriber backlog in Redis (bytes)", "subscriber_backlog_bytes"),
         ("seconds to drain after the window", "drain_s"),
         ("deliveries lost (sent x members - received)", "lost_deliveries"),
+        ("busiest worker's share of the connections", "busiest_worker_share"),
         ("echo p50 ms", "echo_p50_ms"),
         ("load generator CPU (cores)", "loadgen_cpu_cores"),
     ]
@@ -815,6 +832,7 @@ def describe_projection(p: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     raise_nofile_limit()  # children inherit it: 1000s of sockets on both sides
     out_path = Path(args.out).resolve()
     workdir = Path(tempfile.mkdtemp(prefix="gamed-cbench-"))
@@ -890,7 +908,7 @@ def run(args: argparse.Namespace) -> int:
         load_end = os.getloadavg()
         print(f"load average at the end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
         doc = {
-            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "started": started,
             "command": [sys.executable, "-m", "gamed.bench.cluster", *args.argv],
             "load_average": {"start": load, "end": load_end},
             "targets": {
