@@ -528,6 +528,12 @@ async def fanout_across(
             "cpu_us_per_delivery": round(cpu / deliveries * 1e6, 3) if deliveries else None,
             "deliveries_per_cpu_s": round(deliveries / cpu, 1) if cpu > 0 else None,
             "publishes_per_s": per_second(d["publishes"], measured),
+            # PUBLISH per chat: 1 when every room spans 2 nodes, 0 when rooms are local
+            "publishes_per_send": (
+                round(d["publishes"] / win["sends"], 2)
+                if win["sends"] and d["publishes"] >= MIN_PUBLISHES
+                else None
+            ),
             # Only where chats are published: alone, a node publishes just its probes.
             "redis_cpu_us_per_publish": (
                 round(d["redis_cpu_s"] / d["publishes"] * 1e6, 3)
@@ -725,6 +731,7 @@ def summarize(targets: Sequence[Target], runs: dict[str, list[dict[str, Any]]]) 
         ("gamed CPU (cores)", "gamed_cpu_cores"),
         ("redis CPU (cores)", "redis_cpu_cores"),
         ("PUBLISH/s", "publishes_per_s"),
+        ("PUBLISH per chat", "publishes_per_send"),
         ("redis CPU us/PUBLISH, window", "redis_cpu_us_per_publish"),
         ("redis CPU us/PUBLISH, whole run", "redis_cpu_us_per_publish_whole"),
         ("deliveries in flight at the window's end", "deliveries_in_flight"),
