@@ -609,8 +609,12 @@ def on_loop(coro_fn: Callable[[], Any], bound: float) -> Any:
 # -- sizing -----------------------------------------------------------------------------
 
 
-def redis_used(port: int) -> int:
-    return int(info(port, "memory")["used_memory"])
+def redis_used(port: int) -> tuple[int, int]:
+    """(``used_memory``, ``MEMORY STATS`` dataset bytes): the second leaves out the client
+    buffers and Redis' own overhead, so it moves only with the keys."""
+    stats = redis_cmd(port, "MEMORY", "STATS")
+    flat = dict(zip(stats[::2], stats[1::2], strict=True))
+    return int(info(port, "memory")["used_memory"]), int(flat["dataset.bytes"])
 
 
 def key_bytes(port: int, keys: Sequence[str]) -> int:
@@ -631,13 +635,15 @@ def wait_empty(port: int, timeout: float = 15.0) -> bool:
     return False
 
 
-def memory_now(port: int, empty: int, cfg: BenchConfig) -> dict[str, Any]:
+def memory_now(port: int, empty: tuple[int, int], cfg: BenchConfig) -> dict[str, Any]:
     """Redis memory over ``empty``, and MEMORY USAGE of the first room's and user's keys."""
     room = f"gamed:{{room:{cfg.room_id_base}}}"
     room_keys = [f"{room}:members", f"{room}:nodes", f"{room}:on:a", f"{room}:on:b"]
     node_sets = ["gamed:node:a:sessions", "gamed:node:b:sessions"]
+    used, dataset = redis_used(port)
     return {
-        "used_bytes": redis_used(port) - empty,
+        "used_bytes": used - empty[0],
+        "dataset_bytes": dataset - empty[1],
         "room_keys_bytes": key_bytes(port, room_keys),
         "session_key_bytes": key_bytes(port, [f"gamed:session:{cfg.user_id_base}"]),
         "node_sets_bytes": key_bytes(port, node_sets),
@@ -671,11 +677,14 @@ def sizing(target: Target, users: int, base: tuple[int, int]) -> dict[str, Any]:
         got = on_loop(partial(seat_and_measure, cfg, target.ports, measure), 120.0)
         got.update(rooms=rooms, members=members)
         rows.append(got)
-    (d1, r1), (d2, r2) = ((r["used_bytes"], r["rooms"]) for r in rows)
-    per_room = (d1 - d2) / (r1 - r2)
-    per_user = (d1 - per_room * r1) / users
+    out: dict[str, Any] = {"loads": rows}
+    for key, prefix in (("dataset_bytes", ""), ("used_bytes", "used_")):
+        (d1, r1), (d2, r2) = ((r[key], r["rooms"]) for r in rows)
+        per_room = (d1 - d2) / (r1 - r2)
+        out[f"{prefix}bytes_per_room"] = round(per_room)
+        out[f"{prefix}bytes_per_member"] = round((d1 - per_room * r1) / users)
     wait_empty(port)
-    return {"loads": rows, "bytes_per_room": round(per_room), "bytes_per_member": round(per_user)}
+    return out
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -906,9 +915,11 @@ def run(args: argparse.Namespace) -> int:
         if "bytes_per_room" in size:
             users = size["loads"][0]["rooms"] * 2
             print(
-                f"sizing (redis used_memory, {users} members over 2 nodes, in {users // 2} rooms "
-                f"of 2 and {users // 20} of 20): {size['bytes_per_member']} bytes per member "
-                f"(session included), {size['bytes_per_room']} bytes per room; one room of 20 "
+                f"sizing ({users} members over 2 nodes, in {users // 2} rooms of 2 and "
+                f"{users // 20} of 20; Redis MEMORY STATS dataset bytes): "
+                f"{size['bytes_per_member']} bytes per member (session included), "
+                f"{size['bytes_per_room']} bytes per room (used_memory: "
+                f"{size['used_bytes_per_member']} and {size['used_bytes_per_room']}); one room of 20 "
                 f"(MEMORY USAGE of its keys): {size['loads'][1]['room_keys_bytes']} bytes, one "
                 f"session key {size['loads'][1]['session_key_bytes']} bytes"
             )
