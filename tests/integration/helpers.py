@@ -253,7 +253,11 @@ class HAProxy:
             except OSError:
                 return False
 
-        poll_until(accepting, 10.0, f"haproxy on {front}", detail=self.log_tail)
+        try:
+            poll_until(accepting, 10.0, f"haproxy on {front}", detail=self.log_tail)
+        except BaseException:
+            self.stop()
+            raise
 
     def log_tail(self) -> str:
         return "haproxy.log ends:\n" + self.log_path.read_text(errors="replace")[-2000:]

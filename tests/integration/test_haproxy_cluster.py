@@ -61,10 +61,26 @@ class Node:
             "--shutdown-grace",
             "30",
         )
-        self.proc.wait_json("/healthz", lambda body: body.get("cluster") == "up")
+        try:
+            self.proc.wait_json("/healthz", lambda body: body.get("cluster") == "up")
+        except BaseException:
+            self.proc.stop()
+            raise
 
     def connections(self) -> int:
         return int(self.proc.stats()["connections"])
+
+
+def start_node(workdir: Path, redis: RedisServer, name: str) -> Node:
+    """A node, started again on other ports if one of its free ports was taken meanwhile
+    (the ports are chosen before gamed binds them: other suites run on this host too)."""
+    for attempt in range(3):
+        try:
+            return Node(workdir / f"try{attempt}", redis, name)
+        except RuntimeError as e:
+            if "in use" not in str(e).lower() or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def cluster_config(nodes: list[Node], game_front: int, ws_front: int) -> str:
@@ -102,9 +118,19 @@ def cluster(tmp_path: Path, redis: RedisServer) -> Iterator[tuple[list[Node], HA
     nodes: list[Node] = []
     proxy: HAProxy | None = None
     try:
-        nodes = [Node(tmp_path, redis, "node1"), Node(tmp_path, redis, "node2")]
-        game_front, ws_front = free_port(), free_port()
-        proxy = HAProxy(tmp_path, cluster_config(nodes, game_front, ws_front), game_front)
+        for name in ("node1", "node2"):
+            nodes.append(start_node(tmp_path, redis, name))
+        for attempt in range(3):  # the same for HAProxy's two ports
+            game_front, ws_front = free_port(), free_port()
+            workdir = tmp_path / f"haproxy{attempt}"
+            workdir.mkdir()
+            try:
+                proxy = HAProxy(workdir, cluster_config(nodes, game_front, ws_front), game_front)
+                break
+            except AssertionError as e:
+                if "cannot bind" not in str(e).lower() or attempt == 2:
+                    raise
+        assert proxy is not None
         p = proxy
         for backend in ("gamed_game", "gamed_ws"):
             for n in nodes:
