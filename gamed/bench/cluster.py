@@ -144,17 +144,20 @@ def subscriber_backlog(port: int) -> int:
     return max(sizes, default=0)
 
 
-async def drained(counters: Counters, timeout: float = 10.0) -> float:
-    """Wait (bounded) until no delivery arrived for 0.3 s: every chat sent reached every
-    member, the ones relayed through Redis included; the seconds it took."""
+async def drained(
+    counters: Counters, expected: int, timeout: float = 10.0, quiet: float = 2.0
+) -> float:
+    """Wait until ``expected`` deliveries arrived (every chat sent reached every member, the
+    ones relayed through Redis included), or none came for ``quiet`` seconds, or
+    ``timeout``; the seconds until the last one. What is missing then is counted lost."""
     loop = asyncio.get_running_loop()
     start = last_change = loop.time()
     seen = counters.deliveries
-    while loop.time() - start < timeout:
+    while seen < expected and loop.time() - start < timeout:
         await asyncio.sleep(0.05)
         if counters.deliveries != seen:
             seen, last_change = counters.deliveries, loop.time()
-        elif loop.time() - last_change >= 0.3:
+        elif loop.time() - last_change >= quiet:
             break
     return last_change - start
 
@@ -508,7 +511,8 @@ async def fanout_across(
         in_flight = (after["sends"] - start["sends"]) * cfg.members - (
             after["deliveries"] - start["deliveries"]
         )
-        drain_s = await drained(counters)
+        expected = start["deliveries"] + (after["sends"] - start["sends"]) * cfg.members
+        drain_s = await drained(counters, expected)
         s_end, end = sample(), counters.snapshot()
         whole = window(start, end)
         dw = {k: s_end[k] - s_start[k] for k in ("gamed_cpu_s", "redis_cpu_s", "publishes")}
