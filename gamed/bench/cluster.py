@@ -13,16 +13,18 @@ members, closed loop W=2 (the suite's ``fanout 50x20 w2``), in rounds ABCD DCBA 
   of a room on node *j* mod 2): every chat is published once to the other node --
   deliveries per CPU-second of both gamed processes plus redis-server, against solo's
   (its gamed CPU only): target >= 0.5x;
-- ``workers-2``: ``--workers 2 --redis`` (the kernel spreads the connections over the
-  workers, so rooms straddle them) -- reported; the machine has 2 cores, shared with the
+- ``workers-2``: ``--workers 2 --redis`` (the workers take connections from one shared
+  accept queue, so some rooms straddle them) -- reported; the machine has 2 cores, shared with the
   load generator, so this measures cost, not scale.
 
-CPU is read with psutil for every gamed process (a supervisor's children included) and
-redis-server, over the measured window only; Redis' ``INFO commandstats`` gives the
-PUBLISH count in the same window, hence Redis CPU per published message and the
-projection printed at the end (messages/s per Redis core, nodes per Redis). A sizing step
-then seats users in rooms across the two nodes and reads Redis' ``used_memory`` and
-``MEMORY USAGE`` of one room's and one session's keys: bytes per room and per member.
+CPU is read with psutil for every gamed process (a supervisor's children included) and from
+redis-server's own ``INFO cpu``, over the measured window and over the whole run until every
+chat sent has reached every member (relayed copies trail the closed loop, which waits only
+for the sender's local copy); Redis' ``INFO commandstats`` gives the PUBLISH count, hence
+Redis CPU per published message and the projection printed at the end (messages/s per
+Redis, nodes per Redis). A sizing step then seats users in rooms across the two nodes and
+reads Redis' ``MEMORY STATS`` dataset bytes, ``used_memory`` and the ``MEMORY USAGE`` of one
+room's and one session's keys: bytes per room and per member.
 
 The load generator is the one of ``gamed-bench`` (``gamed.bench.scenarios``): one process,
 one event loop, its clients spread over the target's ports.
@@ -411,28 +413,29 @@ class Target:
     def alive(self) -> bool:
         return all(p.alive() for p in self.gamed) and (self.redis is None or self.redis.alive())
 
-    def stop(self) -> None:
-        for p in self.gamed:
-            p.stop()
-        if self.redis is not None:
-            self.redis.stop()
 
+def start_targets(workdir: Path, want_workers: bool, started: list[Proc]) -> list[Target]:
+    """Every target, its processes listed in ``started`` as each comes up (so that the
+    caller stops them all, also when a later one fails to start)."""
 
-def start_targets(workdir: Path, want_workers: bool) -> list[Target]:
-    out = [Target("solo", *_one(start_gamed(workdir, "solo", [], cluster=False)))]
-    r1, r1_port = start_redis(workdir, "redis-r1")
+    def keep(got: tuple[Proc, int]) -> tuple[Proc, int]:
+        started.append(got[0])
+        return got
+
+    out = [Target("solo", *_one(keep(start_gamed(workdir, "solo", [], cluster=False))))]
+    r1, r1_port = keep(start_redis(workdir, "redis-r1"))
     url = f"redis://127.0.0.1:{r1_port}/0"
-    g, port = start_gamed(workdir, "redis-1", ["--redis", url, "--node-id", "r1"], cluster=True)
+    g, port = keep(start_gamed(workdir, "redis-1", ["--redis", url, "--node-id", "r1"], True))
     out.append(Target("redis-1", [g], [port], r1, r1_port))
-    r2, r2_port = start_redis(workdir, "redis-split")
+    r2, r2_port = keep(start_redis(workdir, "redis-split"))
     url = f"redis://127.0.0.1:{r2_port}/0"
-    a, pa = start_gamed(workdir, "split-a", ["--redis", url, "--node-id", "a"], cluster=True)
-    b, pb = start_gamed(workdir, "split-b", ["--redis", url, "--node-id", "b"], cluster=True)
+    a, pa = keep(start_gamed(workdir, "split-a", ["--redis", url, "--node-id", "a"], True))
+    b, pb = keep(start_gamed(workdir, "split-b", ["--redis", url, "--node-id", "b"], True))
     out.append(Target("split-2", [a, b], [pa, pb], r2, r2_port))
     if want_workers:
-        r3, r3_port = start_redis(workdir, "redis-workers")
+        r3, r3_port = keep(start_redis(workdir, "redis-workers"))
         url = f"redis://127.0.0.1:{r3_port}/0"
-        w, pw = start_gamed(workdir, "workers-2", ["--redis", url, "--workers", "2"], cluster=True)
+        w, pw = keep(start_gamed(workdir, "workers-2", ["--redis", url, "--workers", "2"], True))
         t = Target("workers-2", [w], [pw], r3, r3_port, supervised=True)
         if len(w.pids()) < 3:
             t.note = "this gamed runs --workers 2 as one process (no worker processes)"
@@ -857,11 +860,12 @@ def run(args: argparse.Namespace) -> int:
     out_path = Path(args.out).resolve()
     workdir = Path(tempfile.mkdtemp(prefix="gamed-cbench-"))
     targets: list[Target] = []
+    procs: list[Proc] = []
     ok = False
     try:
         load = os.getloadavg()
         print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", file=sys.stderr)
-        targets = start_targets(workdir, not args.no_workers)
+        targets = start_targets(workdir, not args.no_workers, procs)
         for t in targets:
             pids = ",".join(str(p) for p in t.gamed_pids())
             print(
@@ -948,8 +952,8 @@ def run(args: argparse.Namespace) -> int:
         ok = all(r["ok"] for rs in runs.values() for r in rs)
         return 0 if ok else 1
     finally:
-        for t in targets:
-            t.stop()
+        for p in reversed(procs):  # the nodes before their Redis
+            p.stop()
         if ok and not args.keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
