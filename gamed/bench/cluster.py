@@ -395,6 +395,8 @@ class Target:
     note: str = ""
     #: a ``--workers`` parent: its /stats lists each worker's connections
     supervised: bool = False
+    #: over several ports: each room whole on one (``True``) or its members spread
+    whole_rooms: bool = False
 
     def gamed_pids(self) -> list[int]:
         return [pid for p in self.gamed for pid in p.pids()]
@@ -432,6 +434,8 @@ def start_targets(workdir: Path, want_workers: bool, started: list[Proc]) -> lis
     a, pa = keep(start_gamed(workdir, "split-a", ["--redis", url, "--node-id", "a"], True))
     b, pb = keep(start_gamed(workdir, "split-b", ["--redis", url, "--node-id", "b"], True))
     out.append(Target("split-2", [a, b], [pa, pb], r2, r2_port))
+    # The same two nodes with every room whole on one of them: two processes, no relay.
+    out.append(Target("pair-2", [a, b], [pa, pb], r2, r2_port, whole_rooms=True))
     if want_workers:
         r3, r3_port = keep(start_redis(workdir, "redis-workers"))
         url = f"redis://127.0.0.1:{r3_port}/0"
@@ -451,10 +455,14 @@ def _one(started: tuple[Proc, int]) -> tuple[list[Proc], list[int]]:
 
 
 async def fanout_across(
-    cfg: BenchConfig, ports: Sequence[int], sample: Callable[[], dict[str, float]]
+    cfg: BenchConfig,
+    ports: Sequence[int],
+    sample: Callable[[], dict[str, float]],
+    whole_rooms: bool = False,
 ) -> dict[str, Any]:
     """``scenarios.fanout`` with each room's members spread over ``ports`` (member j of a
-    room on ``ports[j % len(ports)]``); ``sample()`` is read at both ends of the window."""
+    room on ``ports[j % len(ports)]``; with ``whole_rooms``, room r's members all on
+    ``ports[r % len(ports)]``); ``sample()`` is read at both ends of the window."""
     loop = asyncio.get_running_loop()
     t_start = loop.time()
     counters, latency = Counters(), LatencyRecorder(seed=cfg.seed)
@@ -463,7 +471,7 @@ async def fanout_across(
     clients: list[FanoutClient] = []
     for i in range(cfg.rooms * cfg.members):
         room, j = cfg.room_id_base + i // cfg.members, i % cfg.members
-        k = j % len(ports)
+        k = (i // cfg.members if whole_rooms else j) % len(ports)
         c = FanoutClient(cfg.user_id_base + i, room, runs[k])
         clients.append(c)
         pairs[k].append((c, room))
@@ -809,6 +817,15 @@ def summarize(targets: Sequence[Target], runs: dict[str, list[dict[str, Any]]]) 
     goals.append(
         ["(b) the same, measured window only", "report", cell(b3, b3_sp), verdict(b3, None)]
     )
+    b4, b4_sp = paired(runs, "pair-2", "solo", "deliveries_per_cpu_s_whole")
+    goals.append(
+        [
+            "(b) 2 nodes, each room whole on one (no relay): deliveries per CPU-s vs solo",
+            "report",
+            cell(b4, b4_sp),
+            verdict(b4, None),
+        ]
+    )
     b2, b2_sp = paired(runs, "split-2", "solo", "deliveries_per_s")
     goals.append(["(b) the same: deliveries/s", "report", cell(b2, b2_sp), verdict(b2, None)])
     note = next((t.note for t in targets if t.name == "workers-2" and t.note), "")
@@ -894,7 +911,8 @@ def run(args: argparse.Namespace) -> int:
                     room_id_base=1 + slot * 100,
                 )
                 slot += 1
-                res = on_loop(partial(fanout_across, cfg, t.ports, t.sample), cfg.hard_timeout())
+                job = partial(fanout_across, cfg, t.ports, t.sample, t.whole_rooms)
+                res = on_loop(job, cfg.hard_timeout())
                 res["target_name"] = t.name
                 runs[t.name].append(res)
                 m = res["metrics"]

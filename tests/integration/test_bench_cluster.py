@@ -61,3 +61,15 @@ def test_a_redis_command_error_is_raised(split: cluster.Target) -> None:
     with pytest.raises(Exception, match="unknown command"):
         cluster.redis_cmd(split.redis_port, "NOSUCHCOMMAND")
     assert cluster.redis_cmd(split.redis_port, "PING") == "PONG"
+
+
+def test_whole_rooms_on_each_node_publish_nothing_per_chat(split: cluster.Target) -> None:
+    cfg = BenchConfig(
+        scenario="fanout", rooms=2, members=4, window=2, warmup=0.2, duration=0.8,
+        user_id_base=2_000_000, room_id_base=200,
+    )  # fmt: skip
+    job = partial(cluster.fanout_across, cfg, split.ports, split.sample, True)
+    m = cluster.on_loop(job, 30.0)["metrics"]
+    assert m["clients"] == 8 and m["lost_deliveries"] == 0 and m["sends_per_s"] > 0
+    # only the links' probes (one a second per node) reach Redis: no chat crosses nodes
+    assert m["publishes_per_s"] < 10
