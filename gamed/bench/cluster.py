@@ -817,6 +817,8 @@ def summarize(targets: Sequence[Target], runs: dict[str, list[dict[str, Any]]]) 
     goals.append(
         ["(b) the same, measured window only", "report", cell(b3, b3_sp), verdict(b3, None)]
     )
+    b2, b2_sp = paired(runs, "split-2", "solo", "deliveries_per_s")
+    goals.append(["(b) the same: deliveries/s", "report", cell(b2, b2_sp), verdict(b2, None)])
     b4, b4_sp = paired(runs, "pair-2", "solo", "deliveries_per_cpu_s_whole")
     goals.append(
         [
@@ -826,8 +828,6 @@ def summarize(targets: Sequence[Target], runs: dict[str, list[dict[str, Any]]]) 
             verdict(b4, None),
         ]
     )
-    b2, b2_sp = paired(runs, "split-2", "solo", "deliveries_per_s")
-    goals.append(["(b) the same: deliveries/s", "report", cell(b2, b2_sp), verdict(b2, None)])
     note = next((t.note for t in targets if t.name == "workers-2" and t.note), "")
     for label, key in (
         ("deliveries/s", "deliveries_per_s"),
