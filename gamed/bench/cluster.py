@@ -4,18 +4,20 @@
 
 One run starts a private ``redis-server`` per cluster (127.0.0.1, a free port, no
 persistence) and these targets, then loads each in turn with fan-out 50 rooms x 20
-members, closed loop W=2 (the suite's ``fanout 50x20 w2``), in rounds ABCD DCBA ...:
+members, closed loop W=2 (the suite's ``fanout 50x20 w2``), in rounds ABCDE EDCBA ...:
 
 - ``solo``: one gamed, no Redis (the single process);
 - ``redis-1``: one gamed with ``--redis``: every room's members on that one node, so a
   chat costs no Redis round trip (docs/cluster.md) -- target >= 0.9x solo's deliveries/s;
+- ``pair-2``: ``split-2``'s two nodes with every room whole on one of them: what a
+  second process costs without any relay (reported);
 - ``split-2``: two nodes on one Redis, each room's members half on each node (member *j*
   of a room on node *j* mod 2): every chat is published once to the other node --
   deliveries per CPU-second of both gamed processes plus redis-server, against solo's
   (its gamed CPU only): target >= 0.5x;
 - ``workers-2``: ``--workers 2 --redis`` (the workers take connections from one shared
-  accept queue, so some rooms straddle them) -- reported; the machine has 2 cores, shared with the
-  load generator, so this measures cost, not scale.
+  accept queue, so some rooms straddle them) -- reported; the machine has 2 cores, shared
+  with the load generator, so this measures cost, not scale.
 
 CPU is read with psutil for every gamed process (a supervisor's children included) and from
 redis-server's own ``INFO cpu``, over the measured window and over the whole run until every
