@@ -32,6 +32,10 @@ SCRAPE_WAIT = 30.0
 
 #: Every metric name the kit may reference (without _total/_bucket/... suffixes).
 KNOWN_METRICS = {
+    # cluster (gamed/cluster/link.py)
+    "gamed_cluster_link_state",
+    "gamed_cluster_publish_dropped_total",
+    "gamed_cluster_pubsub_lag_seconds",
     # core (gamed/telemetry.py)
     "gamed_connections",
     "gamed_rooms",
@@ -149,7 +153,26 @@ tests:
         values: '0+600x30'
       - series: 'gamed_errors_sent_total{{job="gamed", instance="a", code="429"}}'
         values: '0+60x30'
+      - series: 'gamed_cluster_link_state{{job="gamed", instance="a"}}'
+        values: '2 2 1 1 1 0 0 0 2x10'
     alert_rule_test:
+      - eval_time: 4m
+        alertname: GamedClusterDegraded
+        exp_alerts:
+          - exp_labels: {{severity: critical, job: gamed, instance: a}}
+            exp_annotations:
+              summary: "gamed a: cluster subscriber link down or silent"
+              description: "Members on this node miss chat and game events from other nodes while this lasts. See /stats cluster.link (pubsub lag, reconnects)."
+      - eval_time: 7m
+        alertname: GamedClusterLinkDown
+        exp_alerts:
+          - exp_labels: {{severity: critical, job: gamed, instance: a}}
+            exp_annotations:
+              summary: "gamed a: no connection to the cluster's Redis"
+              description: "Joins and Connects on this node are refused (503) until Redis answers again. See /stats cluster.link and docs/cluster.md (Failure modes)."
+      - eval_time: 10m
+        alertname: GamedClusterLinkDown
+        exp_alerts: []
       - eval_time: 5m
         alertname: GamedDown
         exp_alerts:
