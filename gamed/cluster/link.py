@@ -126,11 +126,14 @@ class RespProtocol(Protocol):
         self.owner.connected(self)
 
     def dataReceived(self, data: bytes) -> None:
-        self.reader.feed(data)
+        # The hot loop of both connections (a relayed chat is one PUBLISH reply on the
+        # sender, one push on the receiver): locals, no call per counted PUBLISH reply.
+        reader = self.reader
+        reader.feed(data)
         owner = self.owner
         while True:
             try:
-                reply = self.reader.gets()
+                reply = reader.gets()
             except hiredis.ProtocolError as e:
                 log.warn("redis protocol error: {e}", e=e)
                 self.transport.abortConnection()  # type: ignore[union-attr]
@@ -138,12 +141,16 @@ class RespProtocol(Protocol):
             if reply is False:
                 return
             if self.pubsub and type(reply) is list and reply and reply[0] in _PUSH_KINDS:
-                owner.pushed(reply)
+                owner.link._pushed(reply)
                 continue
-            if not self.queue:
+            queue = self.queue  # (a new one once the connection is lost)
+            if not queue:
                 log.warn("redis reply with no command waiting: {r!r}", r=reply)
                 continue
-            owner.replied(self.queue.popleft(), reply)
+            entry = queue.popleft()
+            if entry is None and type(reply) is int:
+                continue  # a PUBLISH's receiver count: nothing to do
+            owner.replied(entry, reply)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         queue, self.queue = self.queue, deque()
@@ -348,9 +355,6 @@ class _Conn:
         else:
             entry.d.callback(reply)
 
-    def pushed(self, reply: list[Any]) -> None:
-        self.link._pushed(reply)
-
 
 class Script:
     """A Lua script registered with ``RedisLink.script``: EVALSHA, EVAL on NOSCRIPT."""
@@ -414,6 +418,7 @@ class RedisLink:
         self._listeners: list[Callable[[str, str], None]] = []
         self._handlers: dict[bytes, Callable[[bytes], None]] = {}
         self._scripts: dict[str, Script] = {}
+        self._publish_heads: dict[str, bytes] = {}
         # subscriber: a probe came back on the current connection (and so every
         # SUBSCRIBE sent before the probe channel's is in place)
         self._probe_ok = False
@@ -500,14 +505,27 @@ class RedisLink:
         if proto is None or not self.command.ready or len(proto.queue) >= MAX_PENDING:
             self.dropped += 1
             return False
-        ch = channel.encode()
+        head = self._publish_heads.get(channel)
+        if head is None:
+            head = self._publish_head(channel)
         proto.queue.append(None)
         proto.transport.write(  # type: ignore[union-attr]
-            b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
-            % (len(ch), ch, len(payload), payload)
+            b"%s$%d\r\n%s\r\n" % (head, len(payload), payload)
         )
         self.published += 1
         return True
+
+    def _publish_head(self, channel: str) -> bytes:
+        """``PUBLISH channel`` in RESP up to the payload, kept per channel (node channels
+        are few; the cache is emptied if restarted nodes' ids ever pile up)."""
+        if len(self._publish_heads) >= 1024:
+            self._publish_heads.clear()
+        ch = channel.encode()
+        head = self._publish_heads[channel] = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (
+            len(ch),
+            ch,
+        )
+        return head
 
     # -- subscriber ------------------------------------------------------------
     def subscribe(self, channel: str, handler: Callable[[bytes], None]) -> None:
