@@ -32,11 +32,13 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import os
 import pstats
 import statistics
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -45,6 +47,7 @@ from gamed.bench.fanout_micro import BenchTransport, _Reactor
 from gamed.cluster.link import RedisLink, RespProtocol
 from gamed.cluster.node import ClusterNode
 from gamed.config import Settings
+from gamed.events import EventBus
 from gamed.rooms import Room, RoomService
 
 ROOM = 1
@@ -53,10 +56,10 @@ ROOM = 1
 class _Member:
     """A room member whose writes land in a list (cleared between rounds)."""
 
-    def __init__(self, user_id: int, out: list[bytes]) -> None:
+    def __init__(self, user_id: int, sink: Callable[[bytes], None]) -> None:
         self.user_id = user_id
         self.nickname = f"u{user_id}"
-        self.send_frame = out.append
+        self.send_frame = sink
 
 
 class BenchLink(RedisLink):
@@ -79,7 +82,7 @@ class BenchLink(RedisLink):
 
 
 def _node(name: str, reactor: _Reactor, members: int, out: list[bytes]) -> Any:
-    rooms = RoomService(reactor, 1000, _NoEvents())
+    rooms = RoomService(reactor, 1000, EventBus())
     link: BenchLink | None = None
 
     def factory(*args: Any) -> BenchLink:
@@ -88,21 +91,19 @@ def _node(name: str, reactor: _Reactor, members: int, out: list[bytes]) -> Any:
         return link
 
     node = ClusterNode(
-        Settings(redis="redis://127.0.0.1:6379/0", node_id=name), reactor, rooms, link_factory=factory
+        Settings(redis="redis://127.0.0.1:6379/0", node_id=name),
+        reactor,
+        rooms,
+        link_factory=factory,
     )
     node.startService()
     assert link is not None
     command, subscriber = link.connect(reactor)
     room = Room(ROOM, reactor.seconds())
     for i in range(members):
-        room.members[i + 1] = _Member(i + 1, out)  # type: ignore[assignment]
+        room.members[i + 1] = _Member(i + 1, out.append)  # type: ignore[assignment]
     rooms._rooms[ROOM] = room
     return node, room, command, subscriber
-
-
-class _NoEvents:
-    def emit(self, event: object) -> None:
-        pass
 
 
 def chat_frame() -> bytes:
@@ -118,7 +119,12 @@ def pushes(node: ClusterNode, frame: bytes, batch: int) -> bytes:
 
     ch = f"gamed:n:{node.node_id}".encode()
     payload = env.room_frame(ROOM, frame)
-    one = b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(ch), ch, len(payload), payload)
+    one = b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        len(ch),
+        ch,
+        len(payload),
+        payload,
+    )
     return one * batch
 
 
@@ -128,7 +134,9 @@ class Bench:
         self.reactor.advance(1_700_000_000)
         self.delivered: list[bytes] = []
         self.a, self.room_a, self.cmd_a, self.sub_a = _node("a", self.reactor, 1, [])
-        self.b, self.room_b, self.cmd_b, self.sub_b = _node("b", self.reactor, members, self.delivered)
+        self.b, self.room_b, self.cmd_b, self.sub_b = _node(
+            "b", self.reactor, members, self.delivered
+        )
         self.room_a.remote = {"b": members}
         self.room_a.total = members + 1
         self.room_b.remote = {"a": 1}
@@ -172,6 +180,96 @@ class Bench:
         return elapsed / (rounds * batch)
 
 
+def _redis_cpu(pid: int) -> float:
+    """redis-server's CPU seconds so far (utime + stime, clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def real(chats: int, batch: int) -> dict[str, float]:
+    """Both nodes in this process on the real reactor and a real redis-server (a free
+    127.0.0.1 port, no persistence): ``batch`` chats relayed per turn, the next batch once
+    the receiver has them all. CPU per relayed chat of this process (both nodes: their
+    reads, writes and syscalls) and of redis-server."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    from twisted.internet import reactor
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("redis-server is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tempfile.mkdtemp(prefix="gamed-relay-")
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp],
+        stdout=subprocess.DEVNULL,
+    )
+    out: dict[str, float] = {}
+    try:
+        got = [0]
+        nodes = []
+        for name in ("a", "b"):
+            rooms = RoomService(reactor, 1000, EventBus())
+            node = ClusterNode(
+                Settings(redis=f"redis://127.0.0.1:{port}/0", node_id=name), reactor, rooms
+            )
+            room = Room(ROOM, reactor.seconds())
+            rooms._rooms[ROOM] = room
+            nodes.append((node, room))
+        (a, room_a), (b, room_b) = nodes
+        local: list[bytes] = []  # the sender's own member (its writes are not relay cost)
+        room_a.members[1] = _Member(1, local.append)  # type: ignore[assignment]
+        room_a.remote, room_b.remote = {"b": 1}, {"a": 1}
+        frame = chat_frame()
+        state: dict[str, float] = {}
+
+        def received(_: bytes) -> None:
+            got[0] += 1
+            if got[0] == state["sent"]:
+                if got[0] >= chats:
+                    state["cpu"] = time.process_time() - state["t0"]
+                    state["redis"] = _redis_cpu(proc.pid) - state["r0"]
+                    reactor.stop()
+                else:
+                    reactor.callLater(0, send)
+
+        room_b.members[2] = _Member(2, received)  # type: ignore[assignment]
+
+        def send() -> None:
+            for _ in range(batch):
+                a.relay(room_a, frame)
+            state["sent"] += batch
+
+        def ready(deadline: float) -> None:
+            if a.state == "up" and b.state == "up":
+                state.update(sent=0, t0=time.process_time(), r0=_redis_cpu(proc.pid))
+                send()
+            elif time.monotonic() > deadline:
+                reactor.stop()
+            else:
+                reactor.callLater(0.05, ready, deadline)
+
+        for node, _ in nodes:
+            node.startService()
+        reactor.callLater(0.05, ready, time.monotonic() + 15)
+        reactor.run()
+        if "cpu" not in state:
+            raise SystemExit(f"not done: links {a.state}/{b.state}, {got[0]} of {chats} relayed")
+        n = got[0]
+        out = {"node_us": state["cpu"] / n * 1e6, "redis_us": state["redis"] / n * 1e6}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gamed.bench.relay_micro")
     ap.add_argument("--chats", type=int, default=20000)
@@ -182,7 +280,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2000)
     ap.add_argument("--profile", action="store_true", help="cProfile one round of each side")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--redis", action="store_true", help="both nodes on a real redis-server, real sockets"
+    )
     args = ap.parse_args(argv)
+    if args.redis:
+        r = real(args.chats, args.batch)
+        print(
+            orjson.dumps(r).decode()
+            if args.json
+            else f"nodes {r['node_us']:.2f} µs + redis-server {r['redis_us']:.2f} µs per relayed "
+            f"chat ({args.chats} chats, batch {args.batch})"
+        )
+        return 0
     bench = Bench(args.members, args.batch)
     sides = ("sender", "receiver") if args.side == "both" else (args.side,)
     out: dict[str, Any] = {"batch": args.batch, "members": args.members, "chats": args.chats}

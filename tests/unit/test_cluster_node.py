@@ -113,6 +113,19 @@ def test_bad_envelopes_are_counted_not_raised(w: World) -> None:
     assert w.node.bad_envelopes == 6
 
 
+def test_frame_envelopes_read_as_the_general_path_reads_them(w: World) -> None:
+    """The F fast path (a bare room id) and the general one (anything else) agree."""
+    member = Member(1)
+    w.rooms.join(member, 5)
+    frame = codec.frame(m.SystemMessage("x"))
+    w.deliver(b"F5 extra\n" + frame)  # extra header fields: the general path, delivered
+    w.deliver(b"F+5\n" + frame)  # int() reads it: the general path, delivered
+    w.deliver(b"F5" + frame)  # no header end: counted
+    w.deliver(b"F-5\n" + frame)  # no such room: dropped
+    assert member.frames == [frame, frame]
+    assert (w.node.deliveries_in, w.node.bad_envelopes, w.node.messages_in) == (2, 1, 4)
+
+
 def test_a_kick_with_a_newer_epoch_closes_the_local_session(w: World) -> None:
     w.link.reply = lambda command: ["", "100"] if command[0] == "SCRIPT:claim" else None
     conn = FakeConnection()
