@@ -543,9 +543,14 @@ class ClusterNode(Service):
             end = payload.find(b"\n")
             head = payload[1:end]
             if end > 1 and head.isdigit():  # else the general path below says what it is
-                room = self.rooms.get(int(head))
-                if room is not None:
-                    self.deliveries_in += self.rooms.deliver(room, payload[end + 1 :])
+                try:  # (as the general path handles a handler's failure)
+                    room = self.rooms.get(int(head))
+                    if room is not None:
+                        self.deliveries_in += self.rooms.deliver(room, payload[end + 1 :])
+                except (env.BadEnvelope, ValueError, IndexError):
+                    self.bad_envelopes += 1
+                except Exception:
+                    _log.failure("cluster: handling a {kind!r} envelope", kind="F")
                 return
         try:
             kind, header, body = env.split(payload)
