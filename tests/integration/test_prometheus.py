@@ -36,6 +36,9 @@ KNOWN_METRICS = {
     "gamed_cluster_link_state",
     "gamed_cluster_publish_dropped_total",
     "gamed_cluster_pubsub_lag_seconds",
+    "gamed_cluster_redis_rtt_seconds",
+    "gamed_cluster_messages_total",
+    "gamed_cluster_deliveries_in_total",
     # core (gamed/telemetry.py)
     "gamed_connections",
     "gamed_rooms",
