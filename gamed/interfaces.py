@@ -232,6 +232,11 @@ class IServerControl(Interface):
         """The status of the room's game (Waiting, InProgress), or None: no game, or games
         are off. A read for monitoring: no side effects."""
 
+    def kick_user_anywhere(user_id: int, code: int, text: str) -> Any:
+        """Deferred[bool]: ``kick_user`` here, else on whichever node of the cluster holds
+        the user's session; False if none does. Fails (``Refusal`` 503) when the cluster
+        cannot be asked. In one process: ``kick_user``'s answer, already fired."""
+
 
 class IGameService(Interface):
     """Game rules for rooms; the router calls these, the game service never sees a transport.
@@ -319,6 +324,11 @@ class ICluster(Interface):
 
     def health() -> dict:
         """For /healthz and /stats: the link state and what the node knows of the cluster."""
+
+    def kick_remote(user_id: int, code: int, text: str) -> Any:
+        """Deferred[bool]: close the user's session on the other node that holds it (an
+        operator's kick); False when no other node does. Fails with Refusal(503) while the
+        cluster cannot be asked."""
 
 
 class ISharedState(Interface):

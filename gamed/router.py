@@ -586,6 +586,12 @@ class Router:
     def connection_count(self) -> int:
         return len(self.connections)
 
+    def kick_user_anywhere(self, user_id: int, code: int, text: str) -> defer.Deferred[bool]:
+        if self.kick_user(user_id, code, text):
+            return defer.succeed(True)
+        d: defer.Deferred[bool] = self.cluster.kick_remote(user_id, code, text)
+        return d
+
     def game_status(self, room_id: int) -> str | None:
         return self.games.game_state(room_id)
 

@@ -48,3 +48,6 @@ class NullCluster:
 
     def health(self) -> dict[str, Any]:
         return {}
+
+    def kick_remote(self, user_id: int, code: int, text: str) -> defer.Deferred[bool]:
+        return defer.succeed(False)

@@ -177,6 +177,14 @@ class Directory:
         d = self._run("release", [session_key(user_id)], [node, epoch])
         return d
 
+    def session_node(self, user_id: int) -> defer.Deferred[str | None]:
+        """The node holding the user's session now, or None."""
+
+        def node_of(value: str | None) -> str | None:
+            return value.split(" ", 1)[0] if value else None
+
+        return self.link.execute("GET", session_key(user_id)).addCallback(node_of)
+
     def forget_session(self, user_id: int) -> defer.Deferred[Any]:
         return self.link.execute("SREM", node_sessions_key(self.node), user_id)
 

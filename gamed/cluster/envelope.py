@@ -8,6 +8,8 @@ receiving node writes them as they are: encoded once, on the sending node)::
     M<room> <node> <n> <total>\\n[<frame>...]       <node> has <n> members in <room>, the
                                                    room <total>; then notices to deliver
     K<user> <epoch>\\n                              close <user>'s session older than <epoch>
+    X<user> <code>\\n<text>                        an operator's kick: close <user>'s session
+                                                   with Error{<code>, <text>}
 
 The node dispatches on the kind byte through a table (``ClusterNode.handlers``): a new
 kind (games across nodes: ``G``) is one more entry.
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 FRAME = ord("F")
 MEMBERS = ord("M")
 KICK = ord("K")
+ADMIN_KICK = ord("X")
 
 _LENGTH = struct.Struct(">I")
 
@@ -39,6 +42,10 @@ def members(room_id: int, node: str, n: int, total: int, frames: bytes = b"") ->
 
 def kick(user_id: int, epoch: str) -> bytes:
     return b"K%d %s\n" % (user_id, epoch.encode())
+
+
+def admin_kick(user_id: int, code: int, text: str) -> bytes:
+    return b"X%d %d\n" % (user_id, code) + text.encode()
 
 
 def split(payload: bytes) -> tuple[int, list[bytes], bytes]:

@@ -113,6 +113,7 @@ class ClusterNode(Service):
             env.FRAME: self._on_frame,
             env.MEMBERS: self._on_members,
             env.KICK: self._on_kick,
+            env.ADMIN_KICK: self._on_admin_kick,
         }
         # plain ints, read at scrape time (ClusterCollector)
         self.messages_out = 0
@@ -594,6 +595,31 @@ class ClusterNode(Service):
             claim.kicked = max(claim.kicked, epoch)  # decided when our claim is answered
         elif int(claim.epoch) < epoch:
             self._kick(uid, claim)
+
+    def kick_remote(self, user_id: int, code: int, text: str) -> defer.Deferred[bool]:
+        """An operator's kick of a user whose session another node holds: True once the kick
+        is on its way to that node, False when no other node holds one."""
+        directory = self.directory
+        if directory is None or self.state == DOWN:
+            return defer.fail(unavailable("no connection to Redis"))
+
+        def send(node: str | None) -> bool:
+            if node is None or node == self.node_id:
+                return False
+            self._publish(node, env.admin_kick(user_id, code, text))
+            return True
+
+        def failed(failure: Failure) -> Failure:
+            failure.trap(ClusterUnavailable)
+            raise unavailable(failure.getErrorMessage())
+
+        return directory.session_node(user_id).addCallbacks(send, failed)
+
+    def _on_admin_kick(self, header: list[bytes], body: bytes) -> None:
+        uid, code = int(header[0]), int(header[1])
+        claim = self._claims.get(uid)
+        if claim is not None:
+            claim.conn.disconnect(code, body.decode(errors="replace"), reason="kicked")
 
     def _kick(self, uid: int, claim: Claim) -> None:
         """Another node holds the user's newer session: close ours with the 409 of takeover."""

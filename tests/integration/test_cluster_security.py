@@ -141,6 +141,21 @@ def test_a_ban_or_ip_block_on_node_a_kicks_and_refuses_on_node_b(
     poll_until(lambda: answers(a), BOUND, "the unblock on A")
 
 
+def test_an_admin_kick_on_node_a_closes_the_session_on_node_b(
+    nodes: tuple[GamedProcess, GamedProcess],
+) -> None:
+    a, b = nodes
+    victim = b.client(11)
+    assert call(a, "/admin/users/11/kick") == (200, {"user_id": 11, "kicked": True})
+    msg = victim.recv(BOUND)
+    assert msg == {"Error": {"code": 403, "message": "kicked by an administrator"}}, msg
+    victim.expect_closed()
+    # a kick is not a ban: the user may come back
+    assert refused(b, 11) is None
+    status, body = call(a, "/admin/users/12/kick")
+    assert status == 404 and "not connected" in str(body), (status, body)
+
+
 def test_redis_down_refuses_changes_and_keeps_enforcing(
     nodes: tuple[GamedProcess, GamedProcess], redis_server: RedisServer
 ) -> None:

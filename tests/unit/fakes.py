@@ -66,6 +66,8 @@ class FakeCluster:
         self.hold_claims = False
         self.claims: list[defer.Deferred[None]] = []
         self.calls: list[tuple[str, Any, ...]] = []
+        #: Users whose session another node holds (``kick_remote`` answers True for them).
+        self.elsewhere: set[int] = set()
 
     def __bool__(self) -> bool:
         return True
@@ -104,6 +106,11 @@ class FakeCluster:
 
     def health(self) -> dict[str, Any]:
         return {"state": self.state}
+
+    def kick_remote(self, user_id: int, code: int, text: str) -> defer.Deferred[bool]:
+        """True for users in ``elsewhere`` (their session is on another node)."""
+        self.calls.append(("kick_remote", user_id, code))
+        return defer.succeed(user_id in self.elsewhere)
 
 
 class FakeLink:
@@ -281,6 +288,9 @@ class FakeServerControl:
     def kick_user(self, user_id: int, code: int, text: str) -> bool:
         self.kicked.append(("user", user_id, code))
         return user_id in self.sessions
+
+    def kick_user_anywhere(self, user_id: int, code: int, text: str) -> defer.Deferred[bool]:
+        return defer.succeed(self.kick_user(user_id, code, text))
 
     def kick_host(self, host: str, code: int, text: str) -> int:
         self.kicked.append(("host", host, code))

@@ -160,6 +160,36 @@ def test_a_claim_that_replaced_another_node_tells_it(w: World) -> None:
     assert ("SCRIPT:release", "gamed:session:4", "me", "100") in w.link.commands
 
 
+def test_an_admin_kick_goes_to_the_node_that_holds_the_session(w: World) -> None:
+    w.link.reply = lambda command: {"gamed:session:4": "b 100", "gamed:session:5": "me 7"}.get(
+        command[1]
+    )
+    sent: list[bool] = []
+    for uid in (4, 5, 6):  # on b, on this node (kick_user's business), on none
+        w.node.kick_remote(uid, 403, "kicked by an administrator").addCallback(sent.append)
+    assert sent == [True, False, False]
+    assert w.link.published == [("gamed:n:b", env.admin_kick(4, 403, "kicked by an administrator"))]
+
+
+def test_an_admin_kick_envelope_closes_the_local_session(w: World) -> None:
+    w.link.reply = lambda command: ["", "100"] if command[0] == "SCRIPT:claim" else None
+    conn = FakeConnection()
+    conn.user_id = 4
+    w.node.session_opened(conn)
+    w.deliver(env.admin_kick(9, 403, "no such session here"))  # nobody: nothing happens
+    assert not conn.closing
+    w.deliver(env.admin_kick(4, 403, "kicked by an administrator"))
+    assert conn.closing and conn.close_reason == "kicked"
+    assert conn.messages() == [{"Error": {"code": 403, "message": "kicked by an administrator"}}]
+
+
+def test_an_admin_kick_fails_fast_while_redis_is_down(w: World) -> None:
+    w.link.state = "down"
+    errors: list[Any] = []
+    w.node.kick_remote(4, 403, "x").addErrback(lambda f: errors.append(f.value))
+    assert [(e.code, e.message[:19]) for e in errors] == [(503, "cluster unavailable")]
+
+
 def test_joins_and_connects_fail_fast_while_redis_is_down(w: World) -> None:
     w.link.state = "down"
     conn = FakeConnection()

@@ -240,3 +240,30 @@ def test_without_redis_nothing_of_the_cluster_is_imported(tmp_path: Path) -> Non
 
     assert loaded() == []
     assert "gamed.cluster.node" in loaded("--redis", "redis://127.0.0.1:6379/0")
+
+
+def test_kick_user_anywhere_kicks_here_else_asks_the_cluster(h: Harness) -> None:
+    a = h.client(1)
+    here: list[bool] = []
+    h.router.kick_user_anywhere(1, 403, "kicked by an administrator").addCallback(here.append)
+    assert here == [True]
+    assert a.received()[-1] == {"Error": {"code": 403, "message": "kicked by an administrator"}}
+    assert not any(c[0] == "kick_remote" for c in h.cluster.calls)  # local: Redis not asked
+
+    h.cluster.elsewhere.add(2)
+    answers: list[bool] = []
+    for uid in (2, 3):
+        h.router.kick_user_anywhere(uid, 403, "bye").addCallback(answers.append)
+    assert answers == [True, False]  # 2 is on another node, 3 nowhere
+    assert [c for c in h.cluster.calls if c[0] == "kick_remote"] == [
+        ("kick_remote", 2, 403),
+        ("kick_remote", 3, 403),
+    ]
+
+
+def test_kick_user_anywhere_in_one_process_is_kick_user() -> None:
+    h = HarnessBase()
+    router = Router(h.settings, h.clock, h.rooms, Pipeline(), h.metrics, h.events)
+    answers: list[bool] = []
+    router.kick_user_anywhere(5, 403, "x").addCallback(answers.append)
+    assert answers == [False]

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -740,6 +741,13 @@ class SecurityMiddleware:
         if self.control is None:
             return False
         return bool(self.control.kick_user(user_id, 403, "kicked by an administrator"))
+
+    def kick_user_anywhere(self, user_id: int) -> Any:
+        """Deferred[bool]: ``kick_user`` on whichever node of the cluster holds the session."""
+        self._decide("admin", "kick", None, f"user {user_id}", always=True)
+        if self.control is None:
+            return defer.succeed(False)
+        return self.control.kick_user_anywhere(user_id, 403, "kicked by an administrator")
 
     def block_ip(
         self,

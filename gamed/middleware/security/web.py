@@ -338,9 +338,20 @@ class AdminResource(Resource):
 
             return self._shared("user", uid, math.inf, reason, ban)
         if action == b"kick":
-            if not mw.kick_user(uid):
-                raise _HTTPError(404, f"user {uid} is not connected")
-            return 200, {"user_id": uid, "kicked": True}
+            # In a cluster the session may be on another node: the kick goes there.
+            def kicked(done: bool) -> tuple[int, Any]:
+                if not done:
+                    raise _HTTPError(404, f"user {uid} is not connected")
+                return 200, {"user_id": uid, "kicked": True}
+
+            def unavailable(failure: Failure) -> tuple[int, Any]:
+                text = getattr(failure.value, "message", None) or failure.getErrorMessage()
+                raise _HTTPError(503, f"kick of user {uid} not sent: {text}")
+
+            answer: defer.Deferred[tuple[int, Any]] = mw.kick_user_anywhere(uid).addCallbacks(
+                kicked, unavailable
+            )
+            return answer
         return None
 
     def _ip_action(self, request: Request, ip: str, action: bytes) -> _Answer | None:
