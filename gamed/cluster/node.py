@@ -126,6 +126,10 @@ class ClusterNode(Service):
         self.members_swept = 0
         self.reregistrations = 0
         self.lease_ok_at: float | None = None
+        #: While the link is not up: when it left up, and the rooms that had members elsewhere.
+        self._gap: tuple[float, set[int]] | None = None
+        #: Times this node told its members that messages from other nodes may be missing.
+        self.gaps = 0
         self.lease_conflict = False
         if registry is not None:
             registry.register(ClusterCollector(self))
@@ -189,12 +193,47 @@ class ClusterNode(Service):
 
     def _on_state(self, old: str, new: str) -> None:
         _log.info("cluster link {old} -> {new}", old=old, new=new)
+        if old == UP and self._gap is None:
+            spanning = {room.room_id for room in self.rooms.rooms() if room.remote}
+            self._gap = (self.clock.seconds(), spanning)
+        elif new == UP and self._gap is not None:
+            self._close_gap()
         if new != DOWN and (old == DOWN or new == UP):
             # Back from down: whatever Redis holds now, make this node's part true again.
             # Subscriber back (degraded -> up): membership envelopes sent to us meanwhile
             # are lost, so the rooms' node lists are read again (sync answers them).
             self._dirty = True
             self.reactor.callLater(0, self._tick)
+
+    def _close_gap(self) -> None:
+        """Back up after a gap: what other nodes published to this node meanwhile is lost
+        (pub/sub keeps nothing), so the members of rooms that span nodes are told, never
+        left to guess (docs/cluster.md, Failure modes)."""
+        assert self._gap is not None
+        since, spanning = self._gap
+        self._gap = None
+        seconds = self.clock.seconds() - since
+        spanning |= {room.room_id for room in self.rooms.rooms() if room.remote}
+        notice = codec.frame(
+            m.SystemMessage(
+                f"the link to the other servers was interrupted for {seconds:.1f}s: messages "
+                "from players on other servers in that time may be missing"
+            )
+        )
+        told = 0
+        for room_id in sorted(spanning):
+            room = self.rooms.get(room_id)
+            if room is not None and room.members:
+                told += self.rooms.deliver(room, notice)
+        if told:
+            self.gaps += 1
+            _log.warn(
+                "cluster link back after {s:.1f}s: told {n} members of {r} rooms that spanned "
+                "nodes that messages from other nodes may be missing",
+                s=seconds,
+                n=told,
+                r=len(spanning),
+            )
 
     def _tick(self) -> None:
         """Every second: refresh the lease (re-register if it was gone), sweep dead nodes."""
@@ -497,6 +536,7 @@ class ClusterNode(Service):
             "nodes_swept": self.nodes_swept,
             "members_swept": self.members_swept,
             "reregistrations": self.reregistrations,
+            "gaps_notified": self.gaps,
             "cleanup_bound_seconds": CLEANUP_BOUND_SECONDS,
         }
         if link is not None:

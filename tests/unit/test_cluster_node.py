@@ -107,6 +107,32 @@ def test_membership_envelopes_keep_the_remote_counts(w: World) -> None:
     assert member.frames == [notice]
 
 
+def set_state(w: World, new: str) -> None:
+    old, w.link.state = w.link.state, new
+    for listener in w.link.listeners:
+        listener(old, new)
+
+
+def test_after_a_gap_members_of_rooms_across_nodes_are_told_what_may_be_missing(
+    w: World,
+) -> None:
+    spanning, alone = Member(1), Member(2)
+    w.rooms.join(spanning, 5)
+    w.rooms.join(alone, 6)
+    w.deliver(env.members(5, "b", 2, 3))  # room 5 has members on node b
+    set_state(w, "degraded")
+    w.clock.advance(4.0)
+    assert spanning.frames == [] and w.node.gaps == 0
+    set_state(w, "up")
+    (notice,) = [orjson.loads(f[4:]) for f in spanning.frames]
+    text = notice["SystemMessage"]["message"]
+    assert "interrupted for 4.0s" in text and "may be missing" in text, text
+    assert alone.frames == []  # all its members are here: nothing was missed
+    assert w.node.gaps == 1
+    set_state(w, "up")  # no gap, no notice
+    assert len(spanning.frames) == 1
+
+
 def test_bad_envelopes_are_counted_not_raised(w: World) -> None:
     for payload in (b"", b"Z1\n", b"F\n", b"Fx\nabc", b"M5 b\n", b"K1\n"):
         w.deliver(payload)
