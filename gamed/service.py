@@ -14,7 +14,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from gamed.config import ConfigError
+from gamed.config import ConfigError, Settings, with_backlog
 from gamed.reconfig import describe
 from gamed.router import Router
 from gamed.store import StoreError
@@ -122,6 +122,27 @@ def probe_listen(descriptions: Iterable[str], reactor: Any) -> str | None:
         finally:
             probe.close()
     return None
+
+
+def preflight_start(options: object, settings: Settings, reactor: Any) -> None:
+    """Fail a start while the terminal is still ours: one line (SystemExit), before any fork.
+
+    Daemon mode: twistd forks before it binds, so the ports are probed here to
+    say "port in use" on the terminal (probe_listen). --data-dir is created
+    here for the same reason, and twistd has no pidfile yet. Shared by one
+    process (gamed.tap) and the parent of ``--workers N``.
+    """
+    if daemon_launcher(options) is not None:
+        ports = [settings.port, settings.metrics_port, settings.ws_port]
+        problem = probe_listen([with_backlog(p) for p in ports if p is not None], reactor)
+        if problem is not None:
+            raise SystemExit(problem)
+    try:
+        os.makedirs(settings.data_dir, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(
+            f"gamed: --data-dir {settings.data_dir} cannot be created: {e.strerror or e}"
+        ) from None
 
 
 class ServerRoot(MultiService):

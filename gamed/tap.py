@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.application import strports
@@ -25,8 +24,7 @@ from gamed.service import (
     GameService,
     ServerRoot,
     cannot_use,
-    daemon_launcher,
-    probe_listen,
+    preflight_start,
     twistd_options,
 )
 from gamed.store import StoreError
@@ -235,21 +233,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         from gamed.workers.supervisor import make_supervisor
 
         return make_supervisor(options, settings, reactor)
-    launcher = daemon_launcher(options)
-    if launcher is not None:
-        # Daemon mode: twistd forks before it binds; say "port in use" while
-        # the terminal is still ours (gamed.service.probe_listen).
-        ports = [settings.port, settings.metrics_port, settings.ws_port]
-        problem = probe_listen([with_backlog(p) for p in ports if p is not None], reactor)
-        if problem is not None:
-            raise SystemExit(problem)
-    try:
-        os.makedirs(settings.data_dir, exist_ok=True)
-    except OSError as e:
-        # Before any fork: the terminal is still ours, twistd has no pidfile yet.
-        raise SystemExit(
-            f"gamed: --data-dir {settings.data_dir} cannot be created: {e.strerror or e}"
-        ) from None
+    preflight_start(options, settings, reactor)
 
     metrics = ServerMetrics()
     events = EventBus()

@@ -58,6 +58,7 @@ from typing import IO, Any
 import orjson
 
 from gamed.bench.client import BenchClient, close_all
+from gamed.bench.redisserver import redis_server_argv
 from gamed.bench.scenarios import (
     BenchConfig,
     FanoutClient,
@@ -257,22 +258,7 @@ def start_redis(workdir: Path, name: str) -> tuple[Proc, int]:
         port = free_port()
         d = workdir / name
         d.mkdir(parents=True, exist_ok=True)
-        argv = [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            str(d),
-        ]
-        proc = Proc(name, argv, d / f"redis.{attempt}.log")
+        proc = Proc(name, redis_server_argv(exe, port, d), d / f"redis.{attempt}.log")
         proc.spawn()
         try:
             wait_until(partial(pong, port), proc, "answering PING")

@@ -44,6 +44,7 @@ from typing import Any
 import orjson
 
 from gamed.bench.fanout_micro import BenchTransport, _Reactor
+from gamed.bench.redisserver import redis_server_argv
 from gamed.cluster.link import RedisLink, RespProtocol
 from gamed.cluster.node import ClusterNode
 from gamed.config import Settings
@@ -207,7 +208,7 @@ def real(chats: int, batch: int) -> dict[str, float]:
         port = s.getsockname()[1]
     tmp = tempfile.mkdtemp(prefix="gamed-relay-")
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp],
+        redis_server_argv(exe, port, tmp),
         stdout=subprocess.DEVNULL,
     )
     out: dict[str, float] = {}

@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gamed.config import NODE_ID, Settings, with_backlog
-from gamed.service import ServerRoot, cannot_listen, daemon_launcher, probe_listen, twistd_options
+from gamed.service import ServerRoot, cannot_listen, preflight_start, twistd_options
 from gamed.workers.listen import WORKER_ENV, ListenAddress, bind, listen_address, worker_env
 from gamed.workers.relay import LogRelay
 
@@ -490,17 +490,7 @@ def make_supervisor(options: Any, settings: Settings, reactor: Any) -> IService:
             listeners["ws"] = listen_address("ws-port", with_backlog(settings.ws_port))
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    if daemon_launcher(options) is not None:
-        ports = [settings.port, settings.metrics_port, settings.ws_port]
-        problem = probe_listen([with_backlog(p) for p in ports if p is not None], reactor)
-        if problem is not None:
-            raise SystemExit(problem)
-    try:
-        os.makedirs(settings.data_dir, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(
-            f"gamed: --data-dir {settings.data_dir} cannot be created: {e.strerror or e}"
-        ) from None
+    preflight_start(options, settings, reactor)
     launcher = twistd_options(options)
     twistd_args: list[str] = []
     if launcher is not None and launcher.get("reactor"):

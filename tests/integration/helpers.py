@@ -22,6 +22,7 @@ import orjson
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols import portforward
 
+from gamed.bench.redisserver import redis_server_argv
 from gamed.bench.server import TWISTD, GamedServer
 
 T = TypeVar("T")
@@ -342,21 +343,7 @@ class RedisServer:
     def start(self) -> None:
         exe = shutil.which("redis-server")
         assert exe, "redis-server is not installed (.ci/install-deps.sh installs it)"
-        args = [
-            exe,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            str(self.workdir),
-        ]
+        args = redis_server_argv(exe, self.port, self.workdir)
         if self.password:
             args += ["--requirepass", self.password]
         if self.tls_port:
