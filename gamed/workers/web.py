@@ -171,8 +171,17 @@ class _Merged:
         )
 
 
-class MetricsPage(Resource):
+_Answers = dict[int, tuple[int, bytes] | None]
+
+
+class _MergedPage(Resource):
+    """A page the parent answers by asking every worker for ``path`` and merging the answers.
+
+    ``merged`` builds the body (and sets the headers); a failure anywhere is a 500 (``_failed``).
+    """
+
     isLeaf = True
+    path = ""
 
     def __init__(self, supervisor: Supervisor, scraper: Scraper) -> None:
         super().__init__()
@@ -180,82 +189,74 @@ class MetricsPage(Resource):
         self.scraper = scraper
 
     def render_GET(self, request: Request) -> Any:
-        def done(answers: dict[int, tuple[int, bytes] | None]) -> None:
-            texts = {
-                i: a[1].decode("utf-8", "replace")
-                for i, a in answers.items()
-                if a is not None and a[0] == 200
-            }
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(_Merged(self.supervisor, merge(texts), self.scraper.errors))
-            request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-            request.write(generate_latest(registry))
+        def done(answers: _Answers) -> None:
+            request.write(self.merged(request, answers))
             request.finish()
 
-        self.scraper.all("/metrics").addCallback(done).addErrback(_failed, request)
+        self.scraper.all(self.path).addCallback(done).addErrback(_failed, request)
         return NOT_DONE_YET
 
+    def merged(self, request: Request, answers: _Answers) -> bytes:
+        raise NotImplementedError
 
-class HealthPage(Resource):
-    isLeaf = True
 
-    def __init__(self, supervisor: Supervisor, scraper: Scraper) -> None:
-        super().__init__()
-        self.supervisor = supervisor
-        self.scraper = scraper
+class MetricsPage(_MergedPage):
+    path = "/metrics"
+
+    def merged(self, request: Request, answers: _Answers) -> bytes:
+        texts = {
+            i: a[1].decode("utf-8", "replace")
+            for i, a in answers.items()
+            if a is not None and a[0] == 200
+        }
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Merged(self.supervisor, merge(texts), self.scraper.errors))
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return generate_latest(registry)
+
+
+class HealthPage(_MergedPage):
+    path = "/healthz"
 
     def render_GET(self, request: Request) -> Any:
         if self.supervisor.stopping:
             return json_response(request, 503, {"status": "draining"})
+        return super().render_GET(request)
 
-        def done(answers: dict[int, tuple[int, bytes] | None]) -> None:
-            workers = {str(w["worker"]): {"status": "down"} for w in self.supervisor.describe()}
-            up = 0
-            for index, answer in answers.items():
-                if answer is None:
-                    workers[str(index)] = {"status": "no answer"}
-                    continue
-                body = _json(answer[1])
-                workers[str(index)] = body if isinstance(body, dict) else {"status": "?"}
-                up += answer[0] == 200
-            total = len(self.supervisor.slots)
-            status = "serving" if up == total else "degraded" if up else "down"
-            body = {"status": status, "workers_up": up, "workers": workers}
-            request.write(json_response(request, 200 if up else 503, body))
-            request.finish()
-
-        self.scraper.all("/healthz").addCallback(done).addErrback(_failed, request)
-        return NOT_DONE_YET
+    def merged(self, request: Request, answers: _Answers) -> bytes:
+        workers = {str(w["worker"]): {"status": "down"} for w in self.supervisor.describe()}
+        up = 0
+        for index, answer in answers.items():
+            if answer is None:
+                workers[str(index)] = {"status": "no answer"}
+                continue
+            body = _json(answer[1])
+            workers[str(index)] = body if isinstance(body, dict) else {"status": "?"}
+            up += answer[0] == 200
+        total = len(self.supervisor.slots)
+        status = "serving" if up == total else "degraded" if up else "down"
+        body = {"status": status, "workers_up": up, "workers": workers}
+        return json_response(request, 200 if up else 503, body)
 
 
-class StatsPage(Resource):
-    isLeaf = True
+class StatsPage(_MergedPage):
+    path = "/stats"
 
-    def __init__(self, supervisor: Supervisor, scraper: Scraper) -> None:
-        super().__init__()
-        self.supervisor = supervisor
-        self.scraper = scraper
-
-    def render_GET(self, request: Request) -> Any:
-        def done(answers: dict[int, tuple[int, bytes] | None]) -> None:
-            workers = self.supervisor.describe()
-            connections = 0
-            for w in workers:
-                answer = answers.get(w["worker"])
-                stats = _json(answer[1]) if answer is not None and answer[0] == 200 else None
-                w["stats"] = stats
-                if isinstance(stats, dict):
-                    connections += int(stats.get("connections") or 0)
-            body = {
-                "workers": workers,
-                "connections": connections,
-                "restart_seconds": [round(t, 3) for t in self.supervisor.restart_times],
-            }
-            request.write(json_response(request, 200, body))
-            request.finish()
-
-        self.scraper.all("/stats").addCallback(done).addErrback(_failed, request)
-        return NOT_DONE_YET
+    def merged(self, request: Request, answers: _Answers) -> bytes:
+        workers = self.supervisor.describe()
+        connections = 0
+        for w in workers:
+            answer = answers.get(w["worker"])
+            stats = _json(answer[1]) if answer is not None and answer[0] == 200 else None
+            w["stats"] = stats
+            if isinstance(stats, dict):
+                connections += int(stats.get("connections") or 0)
+        body = {
+            "workers": workers,
+            "connections": connections,
+            "restart_seconds": [round(t, 3) for t in self.supervisor.restart_times],
+        }
+        return json_response(request, 200, body)
 
 
 def _json(body: bytes) -> Any:
