@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,6 +74,21 @@ def seat(a: GamedProcess, b: GamedProcess) -> tuple[WireClient, WireClient, Wire
     return u1, u2, u3
 
 
+def in_progress(
+    a: GamedProcess, b: GamedProcess
+) -> tuple[WireClient, WireClient, WireClient, dict[str, Any]]:
+    """``seat``, then user 2 starts a game on node b (its owner) and users 1 and 3 ready up:
+    the three clients and the GameInProgress user 1 read (user 3 has read its own)."""
+    u1, u2, u3 = seat(a, b)
+    u2.send({"StartGame": {"room_id": ROOM}})
+    u1.until("GameStarted")
+    u1.send({"ToggleReady": {"room_id": ROOM}})
+    u3.send({"ToggleReady": {"room_id": ROOM}})
+    body, _ = u1.until("GameInProgress")
+    u3.until("GameInProgress")
+    return u1, u2, u3, body
+
+
 def test_a_game_between_players_on_two_nodes_runs_to_game_ended(
     cluster: tuple[GamedProcess, GamedProcess], redis_server: RedisServer
 ) -> None:
@@ -117,12 +133,7 @@ def test_owner_killed_mid_game_resumes_on_the_survivor_within_the_bound(
     cluster: tuple[GamedProcess, GamedProcess], redis_server: RedisServer
 ) -> None:
     a, b = cluster
-    u1, u2, u3 = seat(a, b)
-    u2.send({"StartGame": {"room_id": ROOM}})
-    u1.until("GameStarted")
-    u1.send({"ToggleReady": {"room_id": ROOM}})
-    u3.send({"ToggleReady": {"room_id": ROOM}})
-    body, _ = u1.until("GameInProgress")
+    u1, u2, u3, body = in_progress(a, b)
     players = {1: u1, 3: u3}
     if body["current_turn"] == 2:
         move(u2)
@@ -157,13 +168,7 @@ def test_a_stalled_owner_that_comes_back_is_fenced_and_sends_nothing_stale(
     cluster: tuple[GamedProcess, GamedProcess], redis_server: RedisServer
 ) -> None:
     a, b = cluster
-    u1, u2, u3 = seat(a, b)
-    u2.send({"StartGame": {"room_id": ROOM}})
-    u1.until("GameStarted")
-    u1.send({"ToggleReady": {"room_id": ROOM}})
-    u3.send({"ToggleReady": {"room_id": ROOM}})
-    u1.until("GameInProgress")
-    u3.until("GameInProgress")
+    u1, u2, u3, _ = in_progress(a, b)
     b.proc.send_signal(signal.SIGSTOP)  # the owner stalls (a GC pause, a frozen VM)
     try:
         msg, _ = u1.until("SystemMessage", timeout=TAKEOVER_BOUND)
@@ -191,13 +196,7 @@ def test_an_owner_stopped_with_sigterm_hands_its_game_over(
     cluster: tuple[GamedProcess, GamedProcess], redis_server: RedisServer
 ) -> None:
     a, b = cluster
-    u1, u2, u3 = seat(a, b)
-    u2.send({"StartGame": {"room_id": ROOM}})
-    u1.until("GameStarted")
-    u1.send({"ToggleReady": {"room_id": ROOM}})
-    u3.send({"ToggleReady": {"room_id": ROOM}})
-    u1.until("GameInProgress")
-    u3.until("GameInProgress")
+    u1, _u2, u3, _ = in_progress(a, b)
     b.terminate()  # a rolling restart: b drains and stops
     msg, _ = u1.until("SystemMessage", timeout=TAKEOVER_BOUND)
     # "moved" (b's d envelope came first) or "resumed" (b's last leave, "0 members", did)

@@ -303,6 +303,25 @@ def two() -> Cluster:
     return c
 
 
+def game_on_b(*, ready: bool, more_on_b: tuple[int, ...] = ()) -> Cluster:
+    """Node A has users 1 and 3, node B user 2 (and ``more_on_b``); user 2 started a game on
+    B (the owner). With ``ready``, users 1 and 3 are ready too: the game is in progress."""
+    c = Cluster("A", "B")
+    a, b = c["A"], c["B"]
+    a.join(1)
+    a.join(3)
+    for uid in (2, *more_on_b):
+        b.join(uid)
+    c.drain()
+    b.send_game(2, m.StartGame(ROOM))
+    c.drain()
+    if ready:
+        a.send_game(1, m.ToggleReady(ROOM))
+        a.send_game(3, m.ToggleReady(ROOM))
+        c.drain()
+    return c
+
+
 def test_a_game_between_players_on_two_nodes_runs_to_game_ended(two: Cluster) -> None:
     a, b = two["A"], two["B"]
     assert two.redis.lease(ROOM) == ("B", 1)
@@ -345,17 +364,8 @@ def test_start_game_from_a_second_node_while_one_runs_is_409(two: Cluster) -> No
 
 
 def test_owner_death_resumes_on_the_survivor_within_the_lease_ttl() -> None:
-    c = Cluster("A", "B")
-    c["A"].join(1)
-    c["A"].join(3)
-    c["B"].join(2)
-    c.drain()
+    c = game_on_b(ready=True)
     a, b = c["A"], c["B"]
-    b.send_game(2, m.StartGame(ROOM))
-    c.drain()
-    a.send_game(1, m.ToggleReady(ROOM))
-    a.send_game(3, m.ToggleReady(ROOM))
-    c.drain()
     move(b, 2)  # user 1's turn next
     c.drain()
     a.inbox(1)
@@ -393,14 +403,8 @@ def test_a_dead_owner_named_by_the_cluster_is_taken_over_at_once(two: Cluster) -
 
 
 def test_the_sweep_of_a_dead_owner_hands_its_game_over_before_the_lease_ttl() -> None:
-    c = Cluster("A", "B")
-    a, b = c["A"], c["B"]
-    a.join(1)
-    a.join(3)
-    b.join(2)
-    c.drain()
-    b.send_game(2, m.StartGame(ROOM))
-    c.drain()
+    c = game_on_b(ready=False)
+    a = c["A"]
     c.kill("B")
     c.clean_up("B")  # the node sweep removed B's members: node A hears "B has 0 here"
     a.cg.node_left_room(ROOM, "B")
@@ -414,15 +418,8 @@ def test_the_sweep_of_a_dead_owner_hands_its_game_over_before_the_lease_ttl() ->
 
 
 def test_a_stalled_owner_that_comes_back_is_fenced_and_tells_its_players() -> None:
-    c = Cluster("A", "B")
-    a, b = c["A"], c["B"]
-    for uid in (1, 3):
-        a.join(uid)
-    for uid in (2, 4):
-        b.join(uid)
-    c.drain()
-    b.send_game(2, m.StartGame(ROOM))
-    c.drain()
+    c = game_on_b(ready=False, more_on_b=(4,))
+    b = c["B"]
     b.alive = False  # B stalls: no clock, no envelopes in or out
     c.advance(TTL + TTL)
     assert c.redis.lease(ROOM) == ("A", 2)
@@ -437,16 +434,8 @@ def test_a_stalled_owner_that_comes_back_is_fenced_and_tells_its_players() -> No
 
 
 def test_a_woken_owner_sends_no_stale_event_before_its_lease_is_confirmed() -> None:
-    c = Cluster("A", "B")
+    c = game_on_b(ready=True)
     a, b = c["A"], c["B"]
-    a.join(1)
-    a.join(3)
-    b.join(2)
-    c.drain()
-    b.send_game(2, m.StartGame(ROOM))
-    a.send_game(1, m.ToggleReady(ROOM))
-    a.send_game(3, m.ToggleReady(ROOM))
-    c.drain()
     game = b.games.live(ROOM)
     assert game is not None and game.players[game.turn].user_id == 2
     b.alive = False  # B stalls with user 2 to play
@@ -479,16 +468,8 @@ def test_a_woken_owner_sends_no_stale_event_before_its_lease_is_confirmed() -> N
 
 
 def test_a_woken_owner_holds_its_turn_timer_until_the_lease_is_confirmed() -> None:
-    c = Cluster("A", "B")
+    c = game_on_b(ready=True)
     a, b = c["A"], c["B"]
-    a.join(1)
-    a.join(3)
-    b.join(2)
-    c.drain()
-    b.send_game(2, m.StartGame(ROOM))
-    a.send_game(1, m.ToggleReady(ROOM))
-    a.send_game(3, m.ToggleReady(ROOM))
-    c.drain()
     b.leases.renew = lambda *_: defer.Deferred()  # type: ignore[method-assign]  # no answer
     b.alive = False
     c.advance(TTL + TTL)  # A takes over (and the game goes on there)
@@ -516,17 +497,8 @@ def test_an_owner_whose_members_all_left_hands_the_game_over(two: Cluster) -> No
 
 
 def test_handoff_with_players_left_continues_on_their_node() -> None:
-    c = Cluster("A", "B")
+    c = game_on_b(ready=True)
     a, b = c["A"], c["B"]
-    a.join(1)
-    a.join(3)
-    b.join(2)
-    c.drain()
-    b.send_game(2, m.StartGame(ROOM))
-    c.drain()
-    a.send_game(1, m.ToggleReady(ROOM))
-    a.send_game(3, m.ToggleReady(ROOM))
-    c.drain()
     a.inbox(1)
     b.leave(2)  # B has nobody left in the room: it hands the game to A
     c.drain()
