@@ -581,6 +581,27 @@ class GamedProcess(GamedServer):
         poll_until(idle, timeout, "no connections and no rooms")
 
 
+def cluster_node(workdir: Path, redis: RedisServer, name: str, *extra: str) -> GamedProcess:
+    """``twistd -n gamed --redis ... --node-id name --middleware none`` plus ``extra`` in
+    ``workdir/name``, returned once its /healthz says ``cluster: up`` (stopped if it never does)."""
+    p = GamedProcess(
+        workdir / name,
+        "--redis",
+        redis.url(),
+        "--node-id",
+        name,
+        "--middleware",
+        "none",
+        *extra,
+    )
+    try:
+        p.wait_json("/healthz", lambda body: body.get("cluster") == "up")
+    except BaseException:
+        p.stop()
+        raise
+    return p
+
+
 def two_in_room(
     server: GamedProcess, room: int, uid_a: int = 1, uid_b: int = 2
 ) -> tuple[WireClient, WireClient]:

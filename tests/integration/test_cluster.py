@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -18,7 +19,13 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from tests.integration.helpers import GamedProcess, RedisServer, WireClient, poll_until
+from tests.integration.helpers import (
+    GamedProcess,
+    RedisServer,
+    WireClient,
+    cluster_node,
+    poll_until,
+)
 
 #: The module's nodes admit this many members per room (the race test fills one).
 MAX_USERS = 8
@@ -28,20 +35,7 @@ CLEANUP_BOUND = 5.0
 
 
 def node(workdir: Path, redis: RedisServer, name: str, *extra: str) -> GamedProcess:
-    p = GamedProcess(
-        workdir / name,
-        "--redis",
-        redis.url(),
-        "--node-id",
-        name,
-        "--max-room-users",
-        str(MAX_USERS),
-        "--middleware",
-        "none",
-        *extra,
-    )
-    p.wait_json("/healthz", lambda body: body.get("cluster") == "up")
-    return p
+    return cluster_node(workdir, redis, name, "--max-room-users", str(MAX_USERS), *extra)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +72,29 @@ def joined(c: WireClient, room: int) -> int:
     reply = c.join(room)
     assert "RoomJoinSuccess" in reply, reply
     return int(reply["RoomJoinSuccess"]["user_count"])
+
+
+@contextmanager
+def extra_node(workdir: Path, redis: RedisServer, name: str, *extra: str) -> Iterator[GamedProcess]:
+    """A node beside the module's pair, for one test: its clients closed (a plain leave),
+    then stopped, when the block ends."""
+    p = node(workdir, redis, name, *extra)
+    try:
+        yield p
+    finally:
+        p.close_clients()
+        p.stop()
+
+
+def met(a: GamedProcess, other: GamedProcess, uid: int, room: int) -> tuple[WireClient, WireClient]:
+    """User ``uid`` on ``a``, then ``uid + 1`` on ``other``, in ``room``; the first saw the
+    second join (2 members)."""
+    a1 = a.client(uid)
+    joined(a1, room)
+    o1 = other.client(uid + 1)
+    joined(o1, room)
+    assert a1.recv()["UserJoinedRoom"]["user_count"] == 2
+    return a1, o1
 
 
 def test_counts_are_cluster_wide_in_every_notice(
@@ -238,8 +255,7 @@ def test_a_killed_node_is_cleaned_up_within_the_bound(
     nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer, tmp_path: Path
 ) -> None:
     a, _ = nodes
-    c = node(tmp_path, redis, "c")
-    try:
+    with extra_node(tmp_path, redis, "c") as c:
         a1 = a.client(140)
         joined(a1, 15)
         c1, c2 = c.client(141), c.client(142)
@@ -267,9 +283,6 @@ def test_a_killed_node_is_cleaned_up_within_the_bound(
         # the survivor no longer relays to the dead node
         a1.chat(15, "still here")
         assert a1.recv()["ChatMessage"]["message"] == "still here"
-    finally:
-        c.close_clients()
-        c.stop()
 
 
 def test_cross_node_chat_resumes_after_the_subscribers_are_cut(
@@ -298,16 +311,8 @@ def test_a_stopped_node_takes_its_registration_with_it(
     nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer, tmp_path: Path
 ) -> None:
     a, _ = nodes
-    d = node(tmp_path, redis, "d")
-    try:
-        a1 = a.client(160)
-        joined(a1, 19)
-        d1 = d.client(161)
-        joined(d1, 19)
-        assert a1.recv()["UserJoinedRoom"]["user_count"] == 2
-    finally:
-        d.close_clients()  # the client leaves first: a plain leave
-        d.stop()
+    with extra_node(tmp_path, redis, "d") as d:  # the client leaves first: a plain leave
+        a1, _d1 = met(a, d, 160, 19)
     assert a1.until("UserLeftRoom")[0] == {
         "room_id": 19,
         "user_id": 161,
@@ -324,21 +329,13 @@ def test_a_draining_node_tells_the_other_nodes_its_members_left(
     nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer, tmp_path: Path
 ) -> None:
     a, _ = nodes
-    e = node(tmp_path, redis, "e", "--shutdown-grace", "5")
-    try:
-        a1 = a.client(170)
-        joined(a1, 20)
-        e1 = e.client(171)
-        joined(e1, 20)
-        assert a1.recv()["UserJoinedRoom"]["user_count"] == 2
+    with extra_node(tmp_path, redis, "e", "--shutdown-grace", "5") as e:
+        a1, e1 = met(a, e, 170, 20)
         e.proc.send_signal(signal.SIGTERM)
         e1.until("SystemMessage")  # the drain's notice; e1 then leaves as told
         e1.close()
         assert a1.until("UserLeftRoom")[0]["user_count"] == 1
         e.proc.wait(15)
-    finally:
-        e.close_clients()
-        e.stop()
     assert redis.cli("ZSCORE", "gamed:nodes", "e") is None
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import GamedProcess, RedisServer, WireClient, act
+from tests.integration.helpers import GamedProcess, RedisServer, WireClient, act, cluster_node
 
 ROOM = 77
 #: docs/cluster.md: a dead owner's game resumes (or ends) within lease TTL (5 s) + one
@@ -23,23 +23,8 @@ TAKEOVER_BOUND = 7.5 + 4.0
 
 
 def node(workdir: Path, redis: RedisServer, name: str) -> GamedProcess:
-    p = GamedProcess(
-        workdir / name,
-        "--redis",
-        redis.url(),
-        "--node-id",
-        name,
-        "--round-limit",
-        "2",
-        "--turn-timeout",
-        "60",
-        "--reconnect-grace",
-        "0",
-        "--middleware",
-        "none",
-    )
-    p.wait_json("/healthz", lambda body: body.get("cluster") == "up")
-    return p
+    game = ("--round-limit", "2", "--turn-timeout", "60", "--reconnect-grace", "0")
+    return cluster_node(workdir, redis, name, *game)
 
 
 @pytest.fixture

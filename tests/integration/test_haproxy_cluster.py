@@ -21,10 +21,10 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.integration.helpers import (
-    GamedProcess,
     HAProxy,
     RedisServer,
     WireClient,
+    cluster_node,
     free_port,
     poll_until,
 )
@@ -40,11 +40,9 @@ class Node:
         self.name = name
         self.game, self.ws, self.http = free_port(), free_port(), free_port()
         on = ":interface=127.0.0.1"
-        self.proc = GamedProcess(
-            workdir / name,
-            "--redis",
-            redis.url(),
-            "--node-id",
+        self.proc = cluster_node(
+            workdir,
+            redis,
             name,
             "--port",
             f"haproxy:tcp:{self.game}{on}",
@@ -54,18 +52,11 @@ class Node:
             "127.0.0.1",
             "--metrics-port",
             f"tcp:{self.http}{on}",
-            "--middleware",
-            "none",
             # long enough that the node still drains (and still answers /healthz 503)
             # while the test checks where new players go; its clients end it sooner
             "--shutdown-grace",
             "30",
         )
-        try:
-            self.proc.wait_json("/healthz", lambda body: body.get("cluster") == "up")
-        except BaseException:
-            self.proc.stop()
-            raise
 
     def connections(self) -> int:
         return int(self.proc.stats()["connections"])
