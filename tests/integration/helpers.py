@@ -14,7 +14,8 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -219,6 +220,17 @@ def free_port() -> int:
         return port
 
 
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, up to 10 s to exit, then SIGKILL: a helper process never outlives its test."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def haproxy_binary() -> str:
     """The Debian package's haproxy (installed by .ci/install-deps.sh; never skipped)."""
     path = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
@@ -284,13 +296,7 @@ class HAProxy:
         raise AssertionError(f"no server {backend}/{server} in haproxy's stats")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 class RedisServer:
@@ -377,13 +383,8 @@ class RedisServer:
         return "redis.log ends:\n" + text[-2000:]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
     def restart(self) -> None:
@@ -600,6 +601,23 @@ def cluster_node(workdir: Path, redis: RedisServer, name: str, *extra: str) -> G
         p.stop()
         raise
     return p
+
+
+@contextmanager
+def cluster_nodes(
+    workdir: Path, redis: RedisServer, names: Sequence[str], *extra: str
+) -> Iterator[tuple[GamedProcess, ...]]:
+    """One ``cluster_node`` per name (``extra`` for each), in order; when the block ends (or a
+    start fails) each started node's clients are closed (a plain leave), then it stops."""
+    started: list[GamedProcess] = []
+    try:
+        for name in names:
+            started.append(cluster_node(workdir, redis, name, *extra))
+        yield tuple(started)
+    finally:
+        for p in started:
+            p.close_clients()
+            p.stop()
 
 
 def two_in_room(

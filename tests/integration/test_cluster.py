@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -23,7 +22,7 @@ from tests.integration.helpers import (
     GamedProcess,
     RedisServer,
     WireClient,
-    cluster_node,
+    cluster_nodes,
     poll_until,
 )
 
@@ -34,8 +33,8 @@ MAX_USERS = 8
 CLEANUP_BOUND = 5.0
 
 
-def node(workdir: Path, redis: RedisServer, name: str, *extra: str) -> GamedProcess:
-    return cluster_node(workdir, redis, name, "--max-room-users", str(MAX_USERS), *extra)
+#: Every node of the module admits MAX_USERS per room.
+LIMIT = ("--max-room-users", str(MAX_USERS))
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +49,8 @@ def pair(
     redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[GamedProcess, GamedProcess]]:
     """Nodes ``a`` and ``b`` of one cluster, for the module."""
-    d = tmp_path_factory.mktemp("nodes")
-    a = node(d, redis, "a")
-    b = node(d, redis, "b")
-    yield a, b
-    for p in (a, b):
-        p.close_clients()
-        p.stop()
+    with cluster_nodes(tmp_path_factory.mktemp("nodes"), redis, ("a", "b"), *LIMIT) as (a, b):
+        yield a, b
 
 
 @pytest.fixture
@@ -72,18 +66,6 @@ def joined(c: WireClient, room: int) -> int:
     reply = c.join(room)
     assert "RoomJoinSuccess" in reply, reply
     return int(reply["RoomJoinSuccess"]["user_count"])
-
-
-@contextmanager
-def extra_node(workdir: Path, redis: RedisServer, name: str, *extra: str) -> Iterator[GamedProcess]:
-    """A node beside the module's pair, for one test: its clients closed (a plain leave),
-    then stopped, when the block ends."""
-    p = node(workdir, redis, name, *extra)
-    try:
-        yield p
-    finally:
-        p.close_clients()
-        p.stop()
 
 
 def met(a: GamedProcess, other: GamedProcess, uid: int, room: int) -> tuple[WireClient, WireClient]:
@@ -255,7 +237,7 @@ def test_a_killed_node_is_cleaned_up_within_the_bound(
     nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer, tmp_path: Path
 ) -> None:
     a, _ = nodes
-    with extra_node(tmp_path, redis, "c") as c:
+    with cluster_nodes(tmp_path, redis, ("c",), *LIMIT) as (c,):
         a1 = a.client(140)
         joined(a1, 15)
         c1, c2 = c.client(141), c.client(142)
@@ -311,7 +293,8 @@ def test_a_stopped_node_takes_its_registration_with_it(
     nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer, tmp_path: Path
 ) -> None:
     a, _ = nodes
-    with extra_node(tmp_path, redis, "d") as d:  # the client leaves first: a plain leave
+    # When the block ends, d's client leaves first (a plain leave), then d stops.
+    with cluster_nodes(tmp_path, redis, ("d",), *LIMIT) as (d,):
         a1, _d1 = met(a, d, 160, 19)
     assert a1.until("UserLeftRoom")[0] == {
         "room_id": 19,
@@ -329,7 +312,7 @@ def test_a_draining_node_tells_the_other_nodes_its_members_left(
     nodes: tuple[GamedProcess, GamedProcess], redis: RedisServer, tmp_path: Path
 ) -> None:
     a, _ = nodes
-    with extra_node(tmp_path, redis, "e", "--shutdown-grace", "5") as e:
+    with cluster_nodes(tmp_path, redis, ("e",), *LIMIT, "--shutdown-grace", "5") as (e,):
         a1, e1 = met(a, e, 170, 20)
         e.proc.send_signal(signal.SIGTERM)
         e1.until("SystemMessage")  # the drain's notice; e1 then leaves as told
@@ -343,9 +326,7 @@ def test_a_redis_restart_keeps_local_play_and_the_cluster_recovers(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     redis = redis_server
-    x = node(tmp_path, redis, "x")
-    y = node(tmp_path, redis, "y")
-    try:
+    with cluster_nodes(tmp_path, redis, ("x", "y"), *LIMIT) as (x, y):
         x1, y1 = x.client(150), y.client(151)
         joined(x1, 16)
         joined(y1, 16)
@@ -393,7 +374,3 @@ def test_a_redis_restart_keeps_local_play_and_the_cluster_recovers(
         y1.chat(16, "back too")
         assert x1.until("ChatMessage")[0]["message"] == "back"  # its own echo first
         assert x1.until("ChatMessage")[0]["message"] == "back too"
-    finally:
-        for p in (x, y):
-            p.close_clients()
-            p.stop()

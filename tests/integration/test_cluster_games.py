@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import GamedProcess, RedisServer, WireClient, act, cluster_node
+from tests.integration.helpers import GamedProcess, RedisServer, WireClient, act, cluster_nodes
 
 ROOM = 77
 #: docs/cluster.md: a dead owner's game resumes (or ends) within lease TTL (5 s) + one
@@ -22,19 +22,11 @@ ROOM = 77
 TAKEOVER_BOUND = 7.5 + 4.0
 
 
-def node(workdir: Path, redis: RedisServer, name: str) -> GamedProcess:
-    game = ("--round-limit", "2", "--turn-timeout", "60", "--reconnect-grace", "0")
-    return cluster_node(workdir, redis, name, *game)
-
-
 @pytest.fixture
 def cluster(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[GamedProcess, ...]]:
-    a = node(tmp_path, redis_server, "a")
-    b = node(tmp_path, redis_server, "b")
-    yield a, b
-    for p in (a, b):
-        p.close_clients()
-        p.stop()
+    game = ("--round-limit", "2", "--turn-timeout", "60", "--reconnect-grace", "0")
+    with cluster_nodes(tmp_path, redis_server, ("a", "b"), *game) as pair:
+        yield pair
 
 
 def move(c: WireClient) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import heartbeat_ok
+from tests.integration.helpers import free_port, heartbeat_ok, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 ETC = ROOT / "etc"
@@ -86,12 +85,6 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     return subprocess.run(
         [tool("promtool"), *args], capture_output=True, text=True, timeout=60, cwd=cwd
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metric_names(expr: str) -> set[str]:
@@ -334,13 +327,7 @@ class Prometheus:
         )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self._log.close()
 
 
