@@ -25,7 +25,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.integration.browser import ROOT, WAIT, screenshot
-from tests.integration.helpers import GamedProcess, WireClient, heartbeat_ok
+from tests.integration.helpers import GamedProcess, WireClient, heartbeat_ok, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -148,12 +148,7 @@ def loaded_server(gamed: Any, tmp_path: Path) -> Iterator[GamedProcess]:
             time.sleep(0.1)
         yield server
     finally:
-        bench.terminate()
-        try:
-            bench.wait(10)
-        except subprocess.TimeoutExpired:
-            bench.kill()
-            bench.wait(10)
+        stop_process(bench)
         log.close()
 
 
