@@ -267,13 +267,26 @@ def test_no_redis_call_per_message(nodes: tuple[Node, Node], hub: SharedHub) -> 
 # -- the rate window follows the session ------------------------------------------------------
 
 
-def test_a_users_rate_window_follows_them_to_another_node(tmp_path: Path, hub: SharedHub) -> None:
+@pytest.fixture
+def limited(tmp_path: Path, hub: SharedHub) -> tuple[Node, Node]:
+    """Nodes a and b allowing 10 messages a minute per user (Connect counts one)."""
     a = Node(tmp_path / "a", hub, "a", rate_limit_per_minute=10)
-    b = Node(tmp_path / "b", hub, "b", rate_limit_per_minute=10)
-    ctx, _ = a.connect(50)
-    for _ in range(7):
+    return a, Node(tmp_path / "b", hub, "b", rate_limit_per_minute=10)
+
+
+def chat_every_second(node: Node, hub: SharedHub, ctx: Ctx, times: int) -> None:
+    """``times`` chats a second apart, each let through."""
+    for _ in range(times):
         hub.clock.advance(1)
-        assert a.chat(ctx) is None
+        assert node.chat(ctx) is None
+
+
+def test_a_users_rate_window_follows_them_to_another_node(
+    limited: tuple[Node, Node], hub: SharedHub
+) -> None:
+    a, b = limited
+    ctx, _ = a.connect(50)
+    chat_every_second(a, hub, ctx, 7)
     a.close(ctx)
     assert "rate:50" in hub.stashes
     ctx_b, _ = b.connect(50)  # Connect counts 1: 8 on A + 1 here
@@ -283,13 +296,12 @@ def test_a_users_rate_window_follows_them_to_another_node(tmp_path: Path, hub: S
     assert "rate:50" not in hub.stashes  # taken, not copied
 
 
-def test_takeover_merges_the_window_a_second_later(tmp_path: Path, hub: SharedHub) -> None:
-    a = Node(tmp_path / "a", hub, "a", rate_limit_per_minute=10)
-    b = Node(tmp_path / "b", hub, "b", rate_limit_per_minute=10)
+def test_takeover_merges_the_window_a_second_later(
+    limited: tuple[Node, Node], hub: SharedHub
+) -> None:
+    a, b = limited
     ctx, _ = a.connect(51)
-    for _ in range(8):
-        hub.clock.advance(1)
-        a.chat(ctx)
+    chat_every_second(a, hub, ctx, 8)
     ctx_b, _ = b.connect(51)  # the takeover: A closes its session after this Connect
     assert b.mw.users[51].count == 1
     a.close(ctx, "replaced")

@@ -98,6 +98,14 @@ def supervisor(
     return top
 
 
+def started_with_pipe(tmp_path: Path, reactor: ProcessReactor) -> tuple[int, sup.Supervisor]:
+    """A Supervisor started as in twistd's daemon mode: (its status pipe's read end, it)."""
+    r, w = os.pipe()
+    top = supervisor(tmp_path, reactor, pipe=w)
+    top.startService()
+    return r, top
+
+
 def ready(worker: sup.Worker, http_port: int = 4321) -> None:
     """The worker's stdout carries its ready event, as a worker's relay observer writes it."""
     event = {
@@ -169,10 +177,8 @@ def test_each_worker_is_twistd_gamed_with_its_own_node_data_dir_and_inherited_so
 
 
 def test_twistds_launcher_hears_started_only_when_every_worker_is_ready(tmp_path: Path) -> None:
-    r, w = os.pipe()
     reactor = ProcessReactor()
-    top = supervisor(tmp_path, reactor, pipe=w)
-    top.startService()
+    r, top = started_with_pipe(tmp_path, reactor)
     assert top.launcher is not None and top.launcher["statusPipe"] is None  # twistd: not yet
     ready(reactor.spawned[0][0], http_port=1111)
     assert not top.started
@@ -185,10 +191,8 @@ def test_twistds_launcher_hears_started_only_when_every_worker_is_ready(tmp_path
 
 
 def test_a_worker_dying_before_it_is_ready_is_a_one_line_start_failure(tmp_path: Path) -> None:
-    r, w = os.pipe()
     reactor = ProcessReactor()
-    top = supervisor(tmp_path, reactor, pipe=w)
-    top.startService()
+    r, top = started_with_pipe(tmp_path, reactor)
     worker = reactor.spawned[1][0]
     worker.childDataReceived(2, b"gamed: cannot use /d/security.sqlite3: file is not a database\n")
     die(worker, sig=None, status=1)
@@ -203,10 +207,8 @@ def test_a_worker_dying_before_it_is_ready_is_a_one_line_start_failure(tmp_path:
 
 
 def test_no_readiness_within_the_start_timeout_is_a_start_failure(tmp_path: Path) -> None:
-    r, w = os.pipe()
     reactor = ProcessReactor()
-    top = supervisor(tmp_path, reactor, pipe=w)
-    top.startService()
+    r, _ = started_with_pipe(tmp_path, reactor)
     ready(reactor.spawned[0][0])
     reactor.advance(sup.START_TIMEOUT)
     assert os.read(r, 200) == b"1 gamed: worker(s) [2] not ready within 30s"
@@ -215,10 +217,8 @@ def test_no_readiness_within_the_start_timeout_is_a_start_failure(tmp_path: Path
 
 
 def test_a_worker_that_cannot_be_executed_is_a_start_failure(tmp_path: Path) -> None:
-    r, w = os.pipe()
     reactor = ProcessReactor(fail_spawn=True)
-    top = supervisor(tmp_path, reactor, pipe=w)
-    top.startService()
+    r, _ = started_with_pipe(tmp_path, reactor)
     assert os.read(r, 200).startswith(b"1 gamed: worker 1 cannot be started: [Errno 13]")
     os.close(r)
     assert reactor.stopped == 1
@@ -458,10 +458,8 @@ def test_workers_n_makes_the_supervisor_with_deep_backlogs(tmp_path: Path) -> No
 
 
 def test_a_stop_before_every_worker_is_ready_answers_twistds_launcher(tmp_path: Path) -> None:
-    r, w = os.pipe()
     reactor = ProcessReactor()
-    top = supervisor(tmp_path, reactor, pipe=w)
-    top.startService()
+    r, top = started_with_pipe(tmp_path, reactor)
     ready(reactor.spawned[0][0])
     top.stopService()
     assert os.read(r, 200) == b"1 gamed: stopped before every worker was ready"
