@@ -75,12 +75,16 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {1, ARGV[1], token, snap}
 """
 
-# KEYS: game, snapshot. ARGV: node, token, ttl ms, snapshot ttl ms. 1 = renewed, 0 = fenced.
-RENEW = """
+# How every script of an owner begins: KEYS[1] (the game) must still name ARGV[1] (this
+# node) with ARGV[2] (its token), else the script answers 0 (fenced) and changes nothing.
+FENCED = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1]
     or redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then
   return 0
-end
+end"""
+
+# KEYS: game, snapshot. ARGV: node, token, ttl ms, snapshot ttl ms. 1 = renewed, 0 = fenced.
+RENEW = f"""{FENCED}
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
@@ -89,11 +93,7 @@ return 1
 # KEYS: game, snapshot. ARGV: node, token, blob, ttl ms, snapshot ttl ms, seq.
 # 1 = written (and the lease renewed; a snapshot older than the stored one is skipped),
 # 0 = fenced (nothing written).
-WRITE = """
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1]
-    or redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then
-  return 0
-end
+WRITE = f"""{FENCED}
 if tonumber(redis.call('HGET', KEYS[1], 'seq') or '-1') > tonumber(ARGV[6]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   return 1
@@ -105,11 +105,7 @@ return 1
 """
 
 # KEYS: game, snapshot. ARGV: node, token. 1 = released (both keys gone), 0 = fenced.
-RELEASE = """
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1]
-    or redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then
-  return 0
-end
+RELEASE = f"""{FENCED}
 redis.call('DEL', KEYS[1], KEYS[2])
 return 1
 """
