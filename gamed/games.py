@@ -32,7 +32,7 @@ from gamed.cache import BlobCodec, CacheCollector, CacheConfig, GameStateCache, 
 from gamed.config import Settings
 from gamed.errors import Refusal
 from gamed.interfaces import IGameService, IRoomClient
-from gamed.rooms import RoomService
+from gamed.rooms import Room, RoomService
 
 _log = Logger()
 
@@ -45,6 +45,18 @@ SNAPSHOT_VERSION = 1
 #: A turn restored from a snapshot has at least this long (or the whole turn time-out,
 #: if shorter) before it times out: the failover was not the player's fault.
 RESUME_TURN_FLOOR = 5.0
+
+
+def member_room(rooms: RoomService, client: IRoomClient, room_id: int) -> Room | None:
+    """Room ``room_id`` if ``client`` (this very connection) is its member, else None.
+
+    A game message is taken only from a member; after a wait (Redis) the sender may have
+    left, or joined again on another connection, meanwhile.
+    """
+    room = rooms.room_of(client.user_id)
+    if room is None or room.room_id != room_id or room.members.get(client.user_id) is not client:
+        return None
+    return room
 
 
 class SnapshotError(ValueError):
@@ -271,11 +283,9 @@ class Games:
     # -- IGameService -------------------------------------------------------------------
 
     def handle(self, client: IRoomClient, message: Any) -> None:
-        room_id = message.room_id
-        uid = client.user_id
-        room = self._rooms.room_of(uid)
-        if room is None or room.room_id != room_id or room.members.get(uid) is not client:
-            raise Refusal(404, f"not in room {room_id}")
+        room = member_room(self._rooms, client, message.room_id)
+        if room is None:
+            raise Refusal(404, f"not in room {message.room_id}")
         self.apply(client, message, list(room.members.values()))
 
     def apply(self, client: IRoomClient, message: Any, members: list[IRoomClient]) -> None:

@@ -53,7 +53,7 @@ from gamed.cluster.envelope import MEMBERS
 from gamed.cluster.gamelease import GameLeases
 from gamed.cluster.link import DOWN
 from gamed.errors import Refusal
-from gamed.games import Game, Games, SnapshotError
+from gamed.games import Game, Games, SnapshotError, member_room
 from gamed.interfaces import IGameService, IRoomClient
 from gamed.rooms import RoomService
 
@@ -177,9 +177,7 @@ class ClusterGames:
 
     def handle(self, client: IRoomClient, message: Any) -> None:
         room_id = message.room_id
-        uid = client.user_id
-        room = self.rooms.room_of(uid)
-        if room is None or room.room_id != room_id or room.members.get(uid) is not client:
+        if member_room(self.rooms, client, room_id) is None:
             raise Refusal(404, f"not in room {room_id}")
         pending = self._pending.get(room_id)
         if pending is not None:
@@ -427,12 +425,7 @@ class ClusterGames:
             if again is not None:
                 again.extend(waiting[i:])
                 return
-            room = self.rooms.room_of(client.user_id)
-            if (
-                room is None
-                or room.room_id != room_id
-                or room.members.get(client.user_id) is not client
-            ):
+            if member_room(self.rooms, client, room_id) is None:
                 continue  # left meanwhile
             try:
                 self._route(client, message, may_ask=False)
@@ -471,12 +464,8 @@ class ClusterGames:
         except Exception:
             self.leases.release(room_id, got.token).addErrback(self._log_failure)
             raise
-        room = self.rooms.room_of(client.user_id)
-        if (
-            room is None
-            or room.room_id != room_id
-            or room.members.get(client.user_id) is not client
-        ):
+        room = member_room(self.rooms, client, room_id)
+        if room is None:
             self.leases.release(room_id, got.token).addErrback(self._log_failure)
             self._flush(room_id)  # the starter left meanwhile
             return
