@@ -561,6 +561,27 @@ class ClientVerbs:
         return self.received()
 
 
+class RouterClient(ClientVerbs):
+    """A FakeConnection opened on a router (no transport, no framing), with a client's verbs."""
+
+    def __init__(self, router: IConnectionHandler, clock: IReactorTime, port: int) -> None:
+        self.conn = FakeConnection(router, clock, "127.0.0.1", port).open()
+
+    def send(self, *objs: object) -> None:
+        for o in objs:
+            self.conn.receive(o if isinstance(o, bytes) else orjson.dumps(o))
+
+    def received(self) -> list[object]:
+        return self.conn.messages()
+
+    def lose(self) -> None:
+        self.conn.lose()
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closing
+
+
 class HarnessBase:
     """A Router's surroundings: a Clock, Settings, an EventBus (every event kept in
     ``seen``), ServerMetrics and a RoomService; subclasses add the Router and clients."""

@@ -23,24 +23,12 @@ from gamed.pipeline import Pipeline
 from gamed.router import Router
 from gamed.solo import NullCluster
 from tests.unit.fakes import (
-    ClientVerbs,
     FakeCluster,
     FakeConnection,
     HarnessBase,
+    RouterClient,
     assert_error,
 )
-
-
-class Client(ClientVerbs):
-    def __init__(self, harness: Harness, port: int) -> None:
-        self.conn = FakeConnection(harness.router, harness.clock, "127.0.0.1", port).open()
-
-    def send(self, *objs: object) -> None:
-        for o in objs:
-            self.conn.receive(orjson.dumps(o))
-
-    def received(self) -> list[object]:
-        return self.conn.messages()
 
 
 class Harness(HarnessBase):
@@ -57,9 +45,9 @@ class Harness(HarnessBase):
             cluster=self.cluster,
         )
 
-    def client(self, uid: int) -> Client:
+    def client(self, uid: int) -> RouterClient:
         self._port += 1
-        c = Client(self, self._port)
+        c = RouterClient(self.router, self.clock, self._port)
         c.connect(uid)
         return c
 
@@ -69,7 +57,7 @@ def h() -> Harness:
     return Harness()
 
 
-def send_join(c: Client, uid: int, room: int) -> None:
+def send_join(c: RouterClient, uid: int, room: int) -> None:
     c.send({"RoomJoin": {"user_id": uid, "room_id": room, "nickname": f"n{uid}"}})
 
 

@@ -7,7 +7,6 @@ the router wrote to it and how it closed it.
 
 from __future__ import annotations
 
-import orjson
 import pytest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -27,33 +26,11 @@ from gamed.interfaces import (
 from gamed.pipeline import Pipeline, Veto
 from gamed.router import DRAIN_FLUSH_SECONDS, Router
 from tests.unit.fakes import (
-    ClientVerbs,
-    FakeConnection,
     FakeServerControl,
     HarnessBase,
+    RouterClient,
     assert_error,
 )
-
-
-class Client(ClientVerbs):
-    """A FakeConnection opened on the harness's router, with the wire helpers of a client."""
-
-    def __init__(self, harness: Harness, port: int) -> None:
-        self.conn = FakeConnection(harness.router, harness.clock, "127.0.0.1", port).open()
-
-    def send(self, *objs: object) -> None:
-        for o in objs:
-            self.conn.receive(o if isinstance(o, bytes) else orjson.dumps(o))
-
-    def received(self) -> list[object]:
-        return self.conn.messages()
-
-    def lose(self) -> None:
-        self.conn.lose()
-
-    @property
-    def closed(self) -> bool:
-        return self.conn.closing
 
 
 class Harness(HarnessBase):
@@ -70,9 +47,9 @@ class Harness(HarnessBase):
             self.games,
         )
 
-    def client(self) -> Client:
+    def client(self) -> RouterClient:
         self._port += 1
-        return Client(self, self._port)
+        return RouterClient(self.router, self.clock, self._port)
 
 
 @pytest.fixture
