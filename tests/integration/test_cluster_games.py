@@ -129,6 +129,14 @@ def test_owner_killed_mid_game_resumes_on_the_survivor_within_the_bound(
     state, _ = u1.until("GameStarted")
     assert sorted(p["user_id"] for p in state["players"]) == [1, 3]
     body, _ = u1.until("GameInProgress")
+    # u3 read nothing since the game started: skip to the restore, so the results read
+    # below are the resumed game's, not older turns'
+    for _ in range(5):
+        notice, _ = u3.until("SystemMessage", timeout=TAKEOVER_BOUND)
+        if "resumed on another server" in notice["message"]:
+            break
+    assert "resumed on another server" in notice["message"], notice
+    assert u3.until("GameInProgress")[0] == body
     current = body["current_turn"]
     for _ in range(6):
         move(players[current])
