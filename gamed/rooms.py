@@ -160,13 +160,15 @@ class RoomService:
         self.bytes_out += n * len(frame)
         return n
 
-    def broadcast_chat(self, room: Room, frame: bytes) -> int:
+    def broadcast_chat(self, room: Room, frame: bytes, now: float) -> int:
         """A chat to every member of ``room`` (the caller has the room), counted as a chat.
 
         ``record_message`` and ``broadcast`` in one call, without a second lookup.
+        ``now`` is the chat's arrival (the transport's ``ctx.received_at``): no clock
+        read of our own on the hot path.
         """
         room.message_count += 1
-        room.last_activity = self._clock.seconds()
+        room.last_activity = now
         if room.remote and self.relay is not None:
             self.relay(room, frame)
         for member in room.members.values():

@@ -503,7 +503,9 @@ class Router:
                     f"chat contains a control character (U+{ord(bad.group()):04X}); "
                     "only tab and newline are allowed",
                 )
-        self.metrics.chat_deliveries += self.rooms.broadcast_chat(room, codec.frame_chat(msg))
+        self.metrics.chat_deliveries += self.rooms.broadcast_chat(
+            room, codec.frame_chat(msg), conn.ctx.received_at
+        )
 
     def _on_game_message(self, conn: IConnection, msg: Any) -> None:
         self._room_id(msg.room_id)

@@ -68,7 +68,7 @@ def test_a_room_with_only_local_members_publishes_nothing(w: World) -> None:
     room = w.rooms.join(a, 5)
     w.rooms.join(b, 5)
     w.link.published.clear()
-    w.rooms.broadcast_chat(room, b"\x00\x00\x00\x02{}")
+    w.rooms.broadcast_chat(room, b"\x00\x00\x00\x02{}", 0.0)
     assert w.link.published == []
     assert a.frames and b.frames
 
@@ -77,7 +77,7 @@ def test_a_frame_is_published_once_per_other_node(w: World) -> None:
     room = w.rooms.join(Member(1), 5)
     room.remote = {"b": 2, "c": 1}
     frame = codec.frame(m.SystemMessage("x"))
-    w.rooms.broadcast_chat(room, frame)
+    w.rooms.broadcast_chat(room, frame, 0.0)
     assert w.link.published == [
         ("gamed:n:b", env.room_frame(5, frame)),
         ("gamed:n:c", env.room_frame(5, frame)),
