@@ -65,6 +65,9 @@ class RoomService:
         self._events = events
         self._rooms: dict[int, Room] = {}
         self._room_of: dict[int, Room] = {}
+        #: ``room_of(user_id)``: the user's room or None. The dict's own ``get``, bound
+        #: once: the router asks it per chat, and a C call costs less than a Python one.
+        self.room_of: Callable[[int], Room | None] = self._room_of.get
         self.total_broadcast_frames = 0
         self.bytes_out = 0  # counted per broadcast: members' writers do not count
         #: Cluster only (set by gamed.cluster): ``relay(room, frame)`` hands a frame to the
@@ -75,9 +78,6 @@ class RoomService:
 
     def get(self, room_id: int) -> Room | None:
         return self._rooms.get(room_id)
-
-    def room_of(self, user_id: int) -> Room | None:
-        return self._room_of.get(user_id)
 
     def members(self, room_id: int) -> list[IRoomClient]:
         room = self._rooms.get(room_id)

@@ -85,6 +85,9 @@ class Router:
         self.pipeline = pipeline
         self.metrics = metrics
         self.events = events
+        # The per-frame counters, held here: two attribute loads less per frame.
+        self._received = metrics.received
+        self._processing = metrics.processing
         self.authenticate: Authenticator | None = None
         #: Game rules; NullGames refuses game messages with 404 and holds no seat.
         self.games: IGameService = NullGames() if games is None else games
@@ -261,13 +264,13 @@ class Router:
             # Any: a plugin may hand back a replacement message of its own.
             msg: Any = codec.decode(data)
         except codec.DecodeError as e:
-            self.metrics.received["invalid"] += 1
+            self._received["invalid"] += 1
             self.frame_refused(conn, "invalid", len(data))
             conn.send_error(400, str(e))
-            self.metrics.processing["invalid"].observe(perf_counter() - started)
+            self._processing["invalid"].observe(perf_counter() - started)
             return
         tag = msg.TAG
-        self.metrics.received[tag] += 1
+        self._received[tag] += 1
         ctx = conn.ctx
         pipeline = self.pipeline
         active = pipeline.active
@@ -295,7 +298,7 @@ class Router:
                 conn.send_error(result.code, result.message)
         if active:
             pipeline.after(ctx, msg, result)
-        self.metrics.processing[tag].observe(perf_counter() - started)
+        self._processing[tag].observe(perf_counter() - started)
 
     # -- handlers -----------------------------------------------------------------------
 
