@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import GamedProcess, RedisServer, WireClient, act, cluster_nodes
+from tests.integration.helpers import (
+    GamedProcess,
+    RedisServer,
+    WireClient,
+    act,
+    cluster_nodes,
+    poll_until,
+)
 
 ROOM = 77
 #: docs/cluster.md: a dead owner's game resumes (or ends) within lease TTL (5 s) + one
@@ -97,8 +104,9 @@ def test_a_game_between_players_on_two_nodes_runs_to_game_ended(
     assert ended is not None and sorted(s[0] for s in ended["final_scores"]) == [1, 2, 3]
     u3.until("GameEnded")
     u2.until("GameEnded")
-    assert redis_server.cli("EXISTS", f"gamed:{{room:{ROOM}}}:game") == 0
-    assert redis_server.cli("EXISTS", f"gamed:{{room:{ROOM}}}:snapshot") == 0
+    # the owner releases the lease after it sent GameEnded: a Redis round trip later
+    keys = (f"gamed:{{room:{ROOM}}}:game", f"gamed:{{room:{ROOM}}}:snapshot")
+    poll_until(lambda: redis_server.cli("EXISTS", *keys) == 0, 5.0, "the game's keys released")
     stats = b.stats()["cluster_games"]
     assert stats["applied_remote_total"] >= 3 and stats["owned"] == 0
     assert a.stats()["cluster_games"]["forwarded_total"] >= 3
