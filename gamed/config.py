@@ -246,9 +246,11 @@ def _redis(option: str, value: Any) -> str | None:
     if text.lower() in ("", "none", "off"):
         return None
     try:
-        parse_redis_url(text)
+        address = parse_redis_url(text)
     except ValueError as e:
         raise ConfigError(option, str(e)) from None
+    if address.ca_file is not None and not os.access(address.ca_file, os.R_OK):
+        raise ConfigError(option, f"ca={address.ca_file}: cannot read the CA file")
     return text
 
 

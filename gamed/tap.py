@@ -164,8 +164,8 @@ class Options(usage.Options):
             "redis",
             None,
             None,
-            "Redis URL of the cluster (redis://[:password@]host[:port][/db], rediss://... for "
-            "TLS, redis+sentinel://host:port[,...]/master[/db]); unset: one process, no Redis",
+            "Redis URL of the cluster (redis://[:password@]host[:port][/db], rediss://...[?ca="
+            "PEM] for TLS, redis+sentinel://host:port[,...]/master[/db]); unset: one process",
         ],
         [
             "node-id",

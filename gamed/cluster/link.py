@@ -409,7 +409,7 @@ class RedisLink:
         self.probe_timeout = probe_timeout
         self.connect_timeout = connect_timeout
         #: rediss://: a PEM file of the CA to trust instead of the system's (private CAs, tests)
-        self.tls_ca_file = tls_ca_file
+        self.tls_ca_file = tls_ca_file or address.ca_file
         self.probe_channel = PROBE_PREFIX + node_id
         self._probe_channel_b = self.probe_channel.encode()
         self.command = _Conn(self, "command", "utf-8")

@@ -3,7 +3,8 @@
 Forms (docs/cluster.md):
 
 - ``redis://[[user]:password@]host[:port][/db]``     plain TCP
-- ``rediss://[[user]:password@]host[:port][/db]``    TLS (needs pyOpenSSL: twisted[tls])
+- ``rediss://[[user]:password@]host[:port][/db][?ca=/path/ca.pem]``  TLS (pyOpenSSL): the
+  server's certificate checked against the system's CAs, or the PEM file ``ca`` names
 - ``redis+sentinel://[:password@]host:port[,host:port...]/master[/db]``  Sentinel
 
 Imports nothing heavy: gamed.config calls it while parsing options.
@@ -29,6 +30,8 @@ class RedisAddress:
     #: Sentinel form: the sentinels to ask and the master's name (host/port unused).
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str | None = None
+    #: rediss://: a PEM file with the CA to trust instead of the system's (``?ca=PATH``).
+    ca_file: str | None = None
 
     def display(self) -> str:
         """The URL without its password, for logs, /healthz and metrics."""
@@ -57,6 +60,13 @@ def _host_port(text: str, default: int) -> tuple[str, int]:
 def parse_redis_url(url: str) -> RedisAddress:
     """The address of ``url``; ValueError with a reason for anything else."""
     text = url.strip()
+    text, _, query = text.partition("?")
+    ca_file: str | None = None
+    for item in filter(None, query.split("&")):
+        name, _, value = item.partition("=")
+        if name != "ca" or not value:
+            raise ValueError(f"unknown URL parameter {item!r} (only ca=/path/ca.pem)")
+        ca_file = unquote(value)
     scheme, sep, rest = text.partition("://")
     if not sep or scheme not in ("redis", "rediss", "redis+sentinel"):
         raise ValueError(
@@ -94,6 +104,8 @@ def parse_redis_url(url: str) -> RedisAddress:
     host, port = ("", 0) if sentinels else _host_port(hosts, DEFAULT_PORT)
     # urlsplit only to reject what it cannot parse at all (spaces, bad brackets)
     urlsplit(text)
+    if ca_file is not None and scheme != "rediss":
+        raise ValueError("ca= is for rediss:// (TLS) URLs")
     return RedisAddress(
         host=host,
         port=port,
@@ -103,4 +115,5 @@ def parse_redis_url(url: str) -> RedisAddress:
         tls=scheme == "rediss",
         sentinels=sentinels,
         master=master,
+        ca_file=ca_file,
     )
