@@ -686,9 +686,9 @@ def test_a_rediss_url_may_name_its_ca_file(tmp_path: Path) -> None:
     assert build_settings({"redis": url}).redis == url
     assert parse_redis_url(url).ca_file == str(ca)
     assert parse_redis_url(url).display() == "rediss://***@127.0.0.1:6380/0"
-    with pytest.raises(ConfigError, match="ca=.*cannot read the CA file"):
+    with pytest.raises(ConfigError, match=r"ca=.*cannot read the CA file"):
         build_settings({"redis": f"rediss://127.0.0.1:6380/0?ca={tmp_path / 'missing.pem'}"})
-    with pytest.raises(ConfigError, match="ca= is for rediss://"):
+    with pytest.raises(ConfigError, match=r"ca= is for rediss://"):
         build_settings({"redis": f"redis://127.0.0.1:6379/0?ca={ca}"})
     with pytest.raises(ConfigError, match="unknown URL parameter"):
         build_settings({"redis": "rediss://127.0.0.1:6380/0?timeout=3"})
