@@ -13,7 +13,7 @@ import ctypes.util
 import itertools
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.interfaces import (
     IConsumer,
@@ -209,6 +209,14 @@ class OutputSweep(_Periodic):
 IDLE_SWEEP_SECONDS = 1.0
 
 
+class IdleWatched(Protocol):
+    """What ``IdleSweep`` needs of a connection (``GameProtocol``, ``WebSocketConnection``)."""
+
+    closing: bool
+
+    def check_idle(self, now: float) -> None: ...
+
+
 class IdleSweep(_Periodic):
     """The idle time-out of every connection of a factory, one timer for all.
 
@@ -219,10 +227,10 @@ class IdleSweep(_Periodic):
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
-        self.conns: set[GameProtocol] = set()
+        self.conns: set[IdleWatched] = set()
         self._call: IDelayedCall | None = None
 
-    def watch(self, conn: GameProtocol) -> None:
+    def watch(self, conn: IdleWatched) -> None:
         self.conns.add(conn)
         if self._call is None:
             self._call = self._clock.callLater(IDLE_SWEEP_SECONDS, self._tick)

@@ -62,6 +62,10 @@ class WebSocketSite(Site):
     #: The WebSocket factory behind /ws (its counters feed the transport metrics).
     ws_factory: GameWebSocketFactory
 
+    def stopFactory(self) -> None:
+        self.ws_factory.idle.stop()
+        super().stopFactory()
+
     def log(self, request: http.Request) -> None:
         if request.code >= 400:
             super().log(request)

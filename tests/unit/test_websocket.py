@@ -416,6 +416,28 @@ def test_a_quiet_client_is_pinged_and_a_pong_keeps_it() -> None:
     assert len(c.pings) == 2  # pinged again at half the timeout after the pong
 
 
+def test_one_ping_per_quiet_spell_though_the_sweep_runs_every_second() -> None:
+    h = WsHarness(idle_timeout=30.0)
+    c = h.ws()
+    for _ in range(20):  # 15 s to the ping, then 5 more sweeps without an answer
+        h.clock.advance(1)
+    c.received()
+    assert len(c.pings) == 1 and c.close_code is None
+
+
+def test_idle_connections_share_one_timer() -> None:
+    h = WsHarness(idle_timeout=30.0)
+    h.ws()
+    timers = len(h.clock.getDelayedCalls())
+    clients = [h.ws() for _ in range(5)]
+    assert len(h.clock.getDelayedCalls()) == timers
+    assert len(h.ws_factory.idle.conns) == 6
+    assert all(c.conn in h.ws_factory.idle.conns for c in clients)
+    for c in clients:
+        c.lose()
+    assert len(h.ws_factory.idle.conns) == 1  # a lost connection is no longer watched
+
+
 def test_a_client_that_answers_no_ping_is_closed_at_the_idle_timeout() -> None:
     h = WsHarness(idle_timeout=30.0)
     c = h.ws()
