@@ -68,16 +68,22 @@ _HANDSHAKE_ONLY = frozenset(
         "http_response_data",
         "http_status_line",
         "websocket_extensions",
+        "websocket_extensions_in_use",  # always empty: gamed accepts no extension
         "websocket_origin",
         "websocket_protocols",
         "_wskey",
         "_transport_details",
+        "_peer_port",  # in ctx
         "is_open",  # fired by then (``_compact`` runs as its callback)
     }
 )
 #: Values a connection may share with its class while they are equal (see ``_compact``).
 _IMMUTABLE = (type(None), bool, int, float, str, bytes, tuple)
 _MISSING = object()
+#: autobahn's event-observer state (``ObservableMixin``): the same ``["message"]`` and
+#: ``{"message": None}`` on every connection. Only ``fire`` writes ``_results``, and
+#: gamed fires no event (``onMessageEnd``), so every connection can share one pair.
+_EVENT_STATE = frozenset({"_valid_events", "_results"})
 
 
 class _LastFrame:
@@ -191,6 +197,25 @@ class ISocketTransport(IStreamTransport, IPushProducer):
 class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ignore[misc]
     """A client on a WebSocket: text messages in, text messages out."""
 
+    # autobahn's per-frame and per-message state, written on every message (after
+    # ``_compact``): in slots, so that the first message does not grow the compacted
+    # instance dict past 21 keys, where CPython doubles its table (+0.37 KB). autobahn
+    # gives none of them a class default: an unset slot reads as an unset attribute.
+    __slots__ = (
+        "_isMessageCompressed",
+        "current_frame",
+        "current_frame_masker",
+        "data",
+        "frame_data",
+        "frame_length",
+        "inside_message",
+        "message_data",
+        "message_data_total_length",
+        "message_is_binary",
+        "utf8validateIncomingCurrentMessage",
+        "utf8validateLast",
+    )
+
     factory: GameWebSocketFactory
     ctx: ConnectionContext
     # Set by makeConnection (the transport WebSocketResource took over from twisted.web).
@@ -205,6 +230,8 @@ class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ign
     http_request_params: dict[str, Any] = {}
     websocket_extensions: list[Any] = []
     websocket_protocols: list[str] = []
+    websocket_extensions_in_use: Any = ()
+    _peer_port = 0
     websocket_origin = ""
     _wskey = ""
     _transport_details: Any = None
@@ -287,19 +314,38 @@ class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ign
         again. (Idle memory per WebSocket connection: docs/performance.md.)
         """
         cls = type(self)
-        options = self.factory.option_names
+        factory = self.factory
+        options = factory.option_names
+        # Set by __init__ or autobahn's connectionMade before any read: the factory's own.
+        factory_wide = (factory.handler, factory.clock, factory.traffic)
         keep: dict[str, Any] = {}
         for key, value in self.__dict__.items():
             if key in _HANDSHAKE_ONLY:
                 continue
+            if key in _EVENT_STATE:
+                # ObservableMixin's class default is None: share this factory's own.
+                own = cls.__dict__.get(key, _MISSING)
+                if own is _MISSING:
+                    setattr(cls, key, value)
+                    continue
+                if own == value:
+                    continue
             if key == "trafficStats":
-                value = self.factory.traffic  # one for all: gamed never reads them apart
+                value = factory.traffic  # one for all: gamed never reads them apart
             elif key == "send_queue" and not value:
                 continue  # the class's shared empty queue
             shared = getattr(cls, key, _MISSING)
             if shared is _MISSING:
                 # Not functions: on a class they would become methods.
-                if type(value) in _IMMUTABLE or (key in options and not callable(value)):
+                if key in options and callable(value):
+                    # perMessageCompressionAccept: a function on a class would be a method.
+                    setattr(cls, key, staticmethod(value))
+                    continue
+                if (
+                    type(value) in _IMMUTABLE
+                    or key in options
+                    or any(value is v for v in factory_wide)
+                ):
                     setattr(cls, key, value)
                     continue
             elif shared is value or (
@@ -377,6 +423,14 @@ class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ign
         if not self.failedByMe:
             self.onMessage(b"".join(self.message_data), self.message_is_binary)
         self.message_data = None  # type: ignore[assignment]  # as autobahn does
+
+    def onFrameEnd(self) -> bool | None:
+        """autobahn's, then drop the frame's unmasker (~0.3 KB with its C state): the next
+        frame header makes a new one, and nothing reads it between frames."""
+        try:
+            return super().onFrameEnd()
+        finally:
+            self.current_frame_masker = None
 
     def onPing(self, payload: bytes) -> None:
         self._alive()
