@@ -229,11 +229,14 @@ class IdleSweep(_Periodic):
         self._clock = clock
         self.conns: set[IdleWatched] = set()
         self._call: IDelayedCall | None = None
+        #: Seconds between looks (WebSocket connections, which ping at half the
+        #: time-out, look more often under a short time-out).
+        self.interval = IDLE_SWEEP_SECONDS
 
     def watch(self, conn: IdleWatched) -> None:
         self.conns.add(conn)
         if self._call is None:
-            self._call = self._clock.callLater(IDLE_SWEEP_SECONDS, self._tick)
+            self._call = self._clock.callLater(self.interval, self._tick)
 
     def _tick(self) -> None:
         self._call = None
@@ -244,7 +247,7 @@ class IdleSweep(_Periodic):
             else:
                 conn.check_idle(now)
         if self.conns:
-            self._call = self._clock.callLater(IDLE_SWEEP_SECONDS, self._tick)
+            self._call = self._clock.callLater(self.interval, self._tick)
 
 
 class PartialFrames:

@@ -33,7 +33,13 @@ from zope.interface import implementer
 from gamed.connection import ConnectionBase
 from gamed.interfaces import IConnection, IConnectionHandler
 from gamed.messages import SystemMessage
-from gamed.protocol import CLOSE_FLUSH_SECONDS, ConnectionContext, IdleSweep, IStreamTransport
+from gamed.protocol import (
+    CLOSE_FLUSH_SECONDS,
+    IDLE_SWEEP_SECONDS,
+    ConnectionContext,
+    IdleSweep,
+    IStreamTransport,
+)
 
 _log = Logger()
 
@@ -296,7 +302,10 @@ class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ign
         self._route_output()
         self.handler.connection_made(self)
         if not self.closing and self._idle_timeout > 0:
-            self.factory.idle.watch(self)
+            idle = self.factory.idle
+            # A look at least every quarter time-out: the ping at half of it is not skipped.
+            idle.interval = min(IDLE_SWEEP_SECONDS, self._idle_timeout / 4)
+            idle.watch(self)
         # autobahn fires is_open right after onOpen returns: compact then, not before.
         self.is_open.addCallback(self._compact)
 
