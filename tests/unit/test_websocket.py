@@ -196,6 +196,10 @@ def test_connections_after_the_first_open_like_it(h: WsHarness) -> None:
     assert len(vars(second.conn)) < 40  # compacted: autobahn alone sets ~100
     second.send("HeartBeat")
     assert "HeartBeatResponse" in second.received()[0]
+    # Messages do not grow it back: autobahn's per-frame state is in slots, and the
+    # frame's unmasker goes at the frame's end.
+    assert len(vars(second.conn)) <= 16
+    assert second.conn.current_frame_masker is None
 
 
 def test_opening_logs_no_error(h: WsHarness) -> None:
@@ -423,6 +427,18 @@ def test_one_ping_per_quiet_spell_though_the_sweep_runs_every_second() -> None:
         h.clock.advance(1)
     c.received()
     assert len(c.pings) == 1 and c.close_code is None
+
+
+def test_a_short_idle_timeout_still_pings_before_closing() -> None:
+    h = WsHarness(idle_timeout=1.0)
+    c = h.ws()
+    for _ in range(3):  # the sweep looks every 0.25 s
+        h.clock.advance(0.25)
+    c.received()
+    assert len(c.pings) == 1 and c.close_code is None
+    h.clock.advance(0.25)
+    c.received()
+    assert c.close_code == 1000 and c.close_reason == "idle"
 
 
 def test_idle_connections_share_one_timer() -> None:
