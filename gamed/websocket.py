@@ -226,6 +226,10 @@ class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ign
     ctx: ConnectionContext
     # Set by makeConnection (the transport WebSocketResource took over from twisted.web).
     transport: ISocketTransport
+    # autobahn options (copied from the factory, or shared by ``_compact``), set per
+    # connection by the factory when a reload changed them.
+    maxFramePayloadSize: int
+    maxMessagePayloadSize: int
     #: For the ``transport`` label of gamed_transport_* metrics.
     transport_name = "ws"
     # What the handshake-only attributes read as once ``_compact`` dropped them.
@@ -602,5 +606,9 @@ class GameWebSocketFactory(WebSocketServerFactory):
         limit = self.handler.settings.max_frame_bytes
         self.maxFramePayloadSize = self.maxMessagePayloadSize = limit
         proto = self.connection_class(self.handler, self.clock)
+        if getattr(proto, "maxFramePayloadSize", limit) != limit:
+            # The class holds the limit ``_compact`` saw first; autobahn copies a factory
+            # option only to a connection that does not have it already.
+            proto.maxFramePayloadSize = proto.maxMessagePayloadSize = limit
         proto.factory = self
         return proto

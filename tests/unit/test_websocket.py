@@ -7,6 +7,7 @@ client half in gamed.bench.wsframe: no sockets, no sleeps.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import ipaddress
 import struct
@@ -307,6 +308,19 @@ def test_a_message_over_max_frame_bytes_gets_413_then_1009() -> None:
     assert h.router.frames_refused["oversize"] == 1
     c.reply_close()
     assert c.transport.disconnecting or c.transport.disconnected
+
+
+def test_a_reloaded_max_frame_bytes_applies_to_later_connections() -> None:
+    """_compact shares the first connection's limit with the class: a later one must not
+    keep it after a reload."""
+    h = WsHarness(max_frame_bytes=4096)
+    h.ws().connect(1)
+    h.router.settings = dataclasses.replace(h.router.settings, max_frame_bytes=128)
+    c = h.ws()
+    c.connect(2)
+    c.send({"ChatMessage": {"room_id": 1, "user_id": 2, "message": "x" * 200}})
+    msgs = c.received()
+    assert error_code(msgs[0]) == 413 and c.close_code == 1009
 
 
 def test_a_fragmented_message_over_the_limit_is_1009_too() -> None:
