@@ -16,7 +16,9 @@ Instruction counts (repeatable on a loaded machine): run it under
 ``valgrind --tool=callgrind`` with ``PYTHONHASHSEED=0`` (a random seed changes dict
 and set layouts, and the count by ~1k per chat) and a small ``--chats``; the
 difference of two runs (e.g. 200 and 1,200 chats, same ``--warmup``) divided by the
-difference in chats is the count per chat. To compare two checkouts, run this
+difference in chats is the count per chat. ``--pipeline-timer`` installs the metrics
+plugin's sampled per-plugin timing, as its service does when a server starts (the
+services are not started here). To compare two checkouts, run this
 module from each checkout's directory in turn.
 """
 
@@ -99,7 +101,9 @@ def _frame(obj: object) -> bytes:
     return struct.pack(">I", len(payload)) + payload
 
 
-def build(middleware: str | None, data_dir: str) -> tuple[Any, Any, _Reactor]:
+def build(
+    middleware: str | None, data_dir: str, pipeline_timer: bool = False
+) -> tuple[Any, Any, _Reactor]:
     from gamed.protocol import GameFactory
     from gamed.tap import Options, makeService
 
@@ -116,6 +120,11 @@ def build(middleware: str | None, data_dir: str) -> tuple[Any, Any, _Reactor]:
     opts.parseOptions(argv)
     top = makeService(opts, reactor)
     router = top.router  # type: ignore[attr-defined]
+    if pipeline_timer:
+        # What the metrics plugin's service installs when it starts (the services are
+        # not started here): the pipeline's sampled per-plugin timing.
+        metrics = top.getServiceNamed("middleware-metrics")
+        router.set_pipeline_timer(metrics.collector.timer)
     return router, GameFactory(router, reactor), reactor
 
 
@@ -182,10 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2000, help="chats before the timed rounds")
     ap.add_argument("--middleware", default=None, help="as gamed's --middleware (default: all)")
+    ap.add_argument(
+        "--pipeline-timer",
+        action="store_true",
+        help="install the metrics plugin's pipeline timer, as a started server does",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gamed-micro-") as d:
-        router, factory, reactor = build(args.middleware, d)
+        router, factory, reactor = build(args.middleware, d, args.pipeline_timer)
         rooms = setup(factory, reactor, args.rooms, args.members)
         run_round(rooms, reactor, args.warmup, router)
         gc.collect()
@@ -195,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "rooms": args.rooms,
         "members": args.members,
         "middleware": args.middleware or "default",
+        "pipeline_timer": args.pipeline_timer,
         "us_per_chat": {"min": us[0], "median": statistics.median(us), "max": us[-1]},
     }
     if args.json:
