@@ -1,9 +1,9 @@
 """The metrics plugin's Prometheus side: per-middleware cost, top-K rooms.
 
 Both collectors render plain Python state, read on the reactor thread (the
-core renders /metrics there): the per-middleware timer counts into lists of
-ints on the hot path, and the room series are a snapshot the collection
-LoopingCall computes. Only the current top-K rooms (plus ``other``) are
+core renders /metrics there): the per-middleware timer appends its timings to a
+list on the hot path and counts them into buckets when they are read, and the room
+series are a snapshot the collection LoopingCall computes. Only the current top-K rooms (plus ``other``) are
 yielded, so rooms that leave the top-K leave /metrics with them and the
 series count stays bounded whatever the number of rooms.
 """
@@ -52,33 +52,51 @@ class _Timing:
         self.total = 0.0
 
 
+#: Raw timings kept before they are folded into the histograms (bounds the buffer).
+FOLD_AT = 4096
+
+
 @implementer(IPipelineObserver)
 class PipelineTimer(Collector):
-    """Told the cost of every plugin call by the pipeline; exports it.
+    """Told the cost of every sampled plugin call by the pipeline; exports it.
 
-    ``middleware_timed`` runs twice per plugin per message: two dict lookups,
-    a bisect over 11 floats and two adds, no allocation after the first call.
+    ``middleware_timed`` only appends the (name, phase, seconds) it is told to a
+    list: the bucket search and the two dict lookups run when the numbers are read
+    (``collect``, ``mean_microseconds``) or the list holds FOLD_AT timings, in
+    arrival order, so the counts and sums are the ones a fold per call gives.
     """
 
     def __init__(self) -> None:
         self._timings: dict[str, dict[str, _Timing]] = {p: {} for p in PHASES}
+        self._raw: list[tuple[str, str, float]] = []
         self.vetoes: dict[str, int] = {}
 
     def middleware_timed(self, name: str, phase: str, seconds: float) -> None:
-        by_name = self._timings.get(phase)
-        if by_name is None:
-            by_name = self._timings[phase] = {}
-        t = by_name.get(name)
-        if t is None:
-            t = by_name[name] = _Timing()
-        t.counts[bisect_left(MIDDLEWARE_BUCKETS, seconds)] += 1
-        t.total += seconds
+        raw = self._raw
+        raw.append((name, phase, seconds))
+        if len(raw) >= FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Move the raw timings into the per-(plugin, phase) histograms."""
+        raw, self._raw = self._raw, []
+        timings = self._timings
+        for name, phase, seconds in raw:
+            by_name = timings.get(phase)
+            if by_name is None:
+                by_name = timings[phase] = {}
+            t = by_name.get(name)
+            if t is None:
+                t = by_name[name] = _Timing()
+            t.counts[bisect_left(MIDDLEWARE_BUCKETS, seconds)] += 1
+            t.total += seconds
 
     def middleware_vetoed(self, name: str) -> None:
         self.vetoes[name] = self.vetoes.get(name, 0) + 1
 
     def mean_microseconds(self) -> dict[str, dict[str, float]]:
         """Lifetime mean cost per plugin and phase, for /stats."""
+        self.fold()
         out: dict[str, dict[str, float]] = {}
         for phase, by_name in self._timings.items():
             for name, t in by_name.items():
@@ -93,6 +111,7 @@ class PipelineTimer(Collector):
             "Time spent in one middleware call, by plugin and phase (before/after)",
             labels=["plugin", "phase"],
         )
+        self.fold()
         for phase, by_name in sorted(self._timings.items()):
             for name, t in sorted(by_name.items()):
                 cumulative, buckets = 0, []
