@@ -123,7 +123,7 @@ def build(
     if pipeline_timer:
         # What the metrics plugin's service installs when it starts (the services are
         # not started here): the pipeline's sampled per-plugin timing.
-        metrics = top.getServiceNamed("middleware-metrics")
+        metrics: Any = top.getServiceNamed("middleware-metrics")  # type: ignore[attr-defined]
         router.set_pipeline_timer(metrics.collector.timer)
     return router, GameFactory(router, reactor), reactor
 

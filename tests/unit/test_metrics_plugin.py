@@ -29,7 +29,7 @@ from gamed.events import EventBus
 from gamed.interfaces import IMiddleware, IServerControl
 from gamed.middleware.metrics import middleware as metrics
 from gamed.middleware.metrics.middleware import MetricsConfig, MetricsMiddleware, make_plugin
-from gamed.middleware.metrics.prom import MIDDLEWARE_BUCKETS, PipelineTimer
+from gamed.middleware.metrics.prom import FOLD_AT, MIDDLEWARE_BUCKETS, PipelineTimer
 from gamed.middleware.metrics.window import (
     LatencyRing,
     RoomActivity,
@@ -546,6 +546,32 @@ def test_histogram_buckets_are_cumulative_and_le_inclusive() -> None:
     assert buckets["5e-05"] == 2
     assert buckets["0.1"] == 2
     assert buckets["+Inf"] == 3
+
+
+def test_raw_timings_are_bounded_and_fold_to_the_exact_counts_and_sums() -> None:
+    """The hot path only appends; what /metrics and /stats show is what a fold per call
+    gives (same buckets, same float sum in the same order), and the list never holds
+    FOLD_AT timings."""
+    timer = PipelineTimer()
+    values = [(i % 7) * 0.000004 + 0.0000001 * (i % 3) for i in range(FOLD_AT * 2 + 5)]
+    expected = [0] * (len(MIDDLEWARE_BUCKETS) + 1)
+    total = 0.0
+    for v in values:
+        timer.middleware_timed("x", "after", v)
+        assert len(timer._raw) < FOLD_AT
+        expected[sum(1 for b in MIDDLEWARE_BUCKETS if b < v)] += 1
+        total += v
+    assert len(timer._raw) == 5  # the rest were folded as the list filled
+    (hist, _) = list(timer.collect())
+    assert timer._raw == []
+    samples = {(s.name, s.labels.get("le")): s.value for s in hist.samples}
+    assert samples[("gamed_middleware_duration_seconds_count", None)] == len(values)
+    assert samples[("gamed_middleware_duration_seconds_sum", None)] == total  # exact
+    cumulative = 0
+    for bound, n in zip(MIDDLEWARE_BUCKETS, expected, strict=False):
+        cumulative += n
+        assert samples[("gamed_middleware_duration_seconds_bucket", repr(bound))] == cumulative
+    assert timer.mean_microseconds() == {"x": {"after": round(total / len(values) * 1e6, 3)}}
 
 
 def test_exposition_parses_with_no_duplicate_names_next_to_the_core() -> None:
