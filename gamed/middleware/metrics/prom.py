@@ -3,8 +3,8 @@
 Both collectors render plain Python state, read on the reactor thread (the
 core renders /metrics there): the per-middleware timer appends its timings to a
 list on the hot path and counts them into buckets when they are read, and the room
-series are a snapshot the collection LoopingCall computes. Only the current top-K rooms (plus ``other``) are
-yielded, so rooms that leave the top-K leave /metrics with them and the
+series are a snapshot the collection LoopingCall computes. Only the current top-K
+rooms (plus ``other``) are yielded, so rooms that leave the top-K leave /metrics with them and the
 series count stays bounded whatever the number of rooms.
 """
 
