@@ -54,6 +54,20 @@ def poll_until(
         time.sleep(interval)
 
 
+def until(c: Any, tag: str, timeout: float = 5.0) -> tuple[Any, list[Any]]:
+    """Read (any client with ``recv(timeout)``: TCP or WebSocket) until a message tagged
+    ``tag``; its body and the messages skipped on the way."""
+    skipped: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {tag} within {timeout}s; got {skipped}"
+        msg = c.recv(left)
+        if isinstance(msg, dict) and tag in msg:
+            return msg[tag], skipped
+        skipped.append(msg)
+
+
 class WireClient:
     """A blocking gamed client for tests: every wait is bounded."""
 
@@ -126,15 +140,7 @@ class WireClient:
 
     def until(self, tag: str, timeout: float = 5.0) -> tuple[Any, list[Any]]:
         """Read frames until one tagged ``tag``; returns its body and what came before it."""
-        skipped: list[Any] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            assert left > 0, f"no {tag} within {timeout}s; got {skipped}"
-            msg = self.recv(left)
-            if isinstance(msg, dict) and tag in msg:
-                return msg[tag], skipped
-            skipped.append(msg)
+        return until(self, tag, timeout)
 
     def replies(self, n: int, timeout: float = 5.0) -> list[Any]:
         """Read until ``n`` replies to our own frames (an Error, or our own chat

@@ -21,20 +21,14 @@ from websockets.sync.client import connect as ws_connect
 
 from gamed.bench import wsframe
 from tests.integration.helpers import GAME_ROOM as ROOM
-from tests.integration.helpers import GamedProcess, attack, flood_until_dropped, heartbeat_ok, move
-
-
-def until(c: Any, tag: str, timeout: float = 5.0) -> tuple[Any, list[Any]]:
-    """Read (TCP or WebSocket client) until a message tagged ``tag``; its body and the skipped."""
-    skipped: list[Any] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {tag} within {timeout}s; got {skipped}"
-        msg = c.recv(left)
-        if isinstance(msg, dict) and tag in msg:
-            return msg[tag], skipped
-        skipped.append(msg)
+from tests.integration.helpers import (
+    GamedProcess,
+    attack,
+    flood_until_dropped,
+    heartbeat_ok,
+    move,
+    until,
+)
 
 
 class WsClient:
