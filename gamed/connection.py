@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from gamed import codec
 from gamed.interfaces import IConnectionHandler
 from gamed.messages import Error
+from gamed.turnwrite import TurnWriter
 
 
 class _Connection(Protocol):
@@ -49,8 +50,21 @@ class _Connection(Protocol):
     def _route_output(self) -> None: ...
 
 
+class _Queued(Protocol):
+    """What the turn's output uses of a connection."""
+
+    _out: list[bytes] | None
+    _turn: TurnWriter | None
+
+    @property
+    def transport(self) -> Any: ...
+
+
 class ConnectionBase:
     """``IConnection``'s send, send_error, disconnect and abort, and the slow-client drop."""
+
+    _out: list[bytes] | None
+    _turn: TurnWriter | None
 
     def _init_state(self) -> None:
         """The state every connection starts with; called at one place of ``__init__``.
@@ -63,6 +77,29 @@ class ConnectionBase:
         self.closing = False
         self.close_reason = "closed"
         self.last_seen = 0.0
+
+    # -- the turn's output (gamed.turnwrite) ------------------------------------------
+
+    def _queue_frame(self: _Queued, frame: bytes) -> None:
+        """Queue ``frame`` for this turn's one send (the connection has a ``TurnWriter``)."""
+        out = self._out
+        if out is not None:
+            out.append(frame)
+            return
+        self._out = [frame]
+        turn = self._turn
+        assert turn is not None  # bound only with a TurnWriter (``_route_output``)
+        turn.dirty.append(self)
+        if turn.call is None:
+            turn.schedule()
+
+    def flush_output(self: _Queued) -> None:
+        """Hand the bytes queued this turn to the transport now (before the writer
+        changes, or a close): they stay ahead of whatever is written next."""
+        out = self._out
+        if out is not None:
+            self._out = None
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def send(self: _Connection, message: object) -> None:
         frame = codec.frame(message)

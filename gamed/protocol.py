@@ -33,6 +33,7 @@ from gamed.connection import ConnectionBase
 from gamed.fdlimit import FD_HEADROOM, FdLimit, raise_nofile
 from gamed.interfaces import IConnection, IConnectionHandler, IMessageContext
 from gamed.messages import SystemMessage
+from gamed.turnwrite import TurnWriter, socket_transport
 
 _log = Logger()
 _ids = itertools.count(1)
@@ -374,6 +375,10 @@ class GameProtocol(ConnectionBase, Int32StringReceiver):
         # some connections would undo (measured: +0.25 KiB RSS per idle connection).
         self._init_state()
         self._backlog = 0  # bytes written while the transport's buffer was over its high mark
+        #: Frames queued this reactor turn for the factory's ``TurnWriter`` (None: none).
+        self._out: list[bytes] | None = None
+        self._turn: TurnWriter | None = None  # set at connectionMade when the socket allows
+        self._raw: Any = None  # the TCP connection the TurnWriter sends on
         self._abort_call: IDelayedCall | None = None
         # Per-connection byte counts (folded into the router's totals on close):
         # an attribute add per write is cheaper than a locked Prometheus counter.
@@ -404,9 +409,13 @@ class GameProtocol(ConnectionBase, Int32StringReceiver):
         # Slow clients are found by the factory's sweep (``OutputSweep``), not by
         # registering as the transport's producer: that made Twisted check the
         # buffer on every write (7.4% of the reactor thread in fan-out).
+        factory = self.factory
+        if isinstance(factory, GameFactory):
+            self._raw = socket_transport(transport)
+            if self._raw is not None:
+                self._turn = factory.turn
         self._route_output()
         self.handler.connection_made(self)
-        factory = self.factory
         if not self.closing and self._idle_timeout > 0 and isinstance(factory, GameFactory):
             factory.idle.watch(self)
 
@@ -417,6 +426,7 @@ class GameProtocol(ConnectionBase, Int32StringReceiver):
                 call.cancel()
             self._abort_call = None
         self._unprocessed = b""
+        self._out = None  # the socket is gone: what was queued this turn goes with it
         factory = self.factory
         if isinstance(factory, GameFactory):
             factory.sweep.paused.pop(self, None)
@@ -502,10 +512,11 @@ class GameProtocol(ConnectionBase, Int32StringReceiver):
 
     # ``send_frame`` is what rooms call once per member per broadcast, so it is
     # rebound to the cheapest correct writer for the connection's state
-    # (``_route_output``): the transport's own ``write`` while the client keeps
-    # up, a counting writer while its buffer is over the high-water mark, and a
-    # no-op once we are closing. The method below is the general version, used
-    # before the connection is made.
+    # (``_route_output``): while the client keeps up, ``_queue_frame`` (the factory's
+    # ``TurnWriter`` sends the turn's frames on the socket at once: gamed.turnwrite)
+    # or the transport's own ``write`` (TLS, PROXY, tests); a counting writer while
+    # its buffer is over the high-water mark; a no-op once we are closing. The method
+    # below is the general version, used before the connection is made.
 
     def send_frame(self, frame: bytes) -> None:
         if self.closing:
@@ -527,10 +538,13 @@ class GameProtocol(ConnectionBase, Int32StringReceiver):
         pass
 
     def _route_output(self) -> None:
+        self.flush_output()
         if self.closing:
             self.send_frame = self._drop  # type: ignore[method-assign]
         elif self.paused:
             self.send_frame = self._write_while_paused  # type: ignore[method-assign]
+        elif self._turn is not None:
+            self.send_frame = self._queue_frame  # type: ignore[method-assign]
         else:
             # The deliberate rebinding of a method to the transport's own writer.
             self.send_frame = self.transport.write  # type: ignore[method-assign,assignment]
@@ -585,6 +599,8 @@ class GameFactory(Factory):
         self.partials = PartialFrames(lambda: handler.settings.max_partial_bytes, clock)
         self.sweep = OutputSweep(clock)
         self.idle = IdleSweep(clock)
+        #: Sends each connection's frames of a reactor turn on its socket in one go.
+        self.turn = TurnWriter(clock)
         self.fd_limit = fd_limit  # None: read (and raised) when the listener starts
         self.open = 0  # protocols built and not yet lost
         self.fd_refused = 0  # connections closed at accept to keep descriptors free
@@ -608,6 +624,7 @@ class GameFactory(Factory):
         self.partials.stop()
         self.sweep.stop()
         self.idle.stop()
+        self.turn.stop()
 
     def connection_closed(self) -> None:
         self.open -= 1

@@ -28,7 +28,12 @@ from gamed.service import (
     twistd_options,
 )
 from gamed.store import StoreError
-from gamed.telemetry import ServerMetrics, TrafficCollector, TransportCollector
+from gamed.telemetry import (
+    SendCounts,
+    ServerMetrics,
+    TrafficCollector,
+    TransportCollector,
+)
 from gamed.web import make_site
 from gamed.workers.listen import worker_spec
 from gamed.workers.worker import adopt
@@ -323,8 +328,9 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
     game = GameService(router)
     game.setName("game")
     # ``haproxy:`` (the PROXY protocol): the game protocol starts once the header named the client.
+    tcp_factory = GameFactory(router, reactor)
     game_endpoint, game_factory = proxy.listen_args(
-        with_backlog(settings.port), GameFactory(router, reactor), reactor
+        with_backlog(settings.port), tcp_factory, reactor
     )
     listener = strports.service(game_endpoint, game_factory, reactor=reactor)
     listener.setName("game-listener")
@@ -338,7 +344,10 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> IServ
         ws = strports.service(with_backlog(settings.ws_port), ws_site, reactor=reactor)
         ws.setName("ws-listener")
         ws.setServiceParent(game)
-    metrics.registry.register(TransportCollector(router, ws_factory))
+    writers: dict[str, SendCounts] = {"tcp": tcp_factory.turn}
+    if ws_factory is not None:
+        writers["ws"] = ws_factory.turn
+    metrics.registry.register(TransportCollector(router, ws_factory, writers))
     game.setServiceParent(top)
 
     if settings.metrics_port is not None:

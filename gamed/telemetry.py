@@ -252,6 +252,16 @@ class MessageCounter(Protocol):
     def messages(self) -> int: ...
 
 
+class SendCounts(Protocol):
+    """A listener's ``TurnWriter`` (gamed.turnwrite): its sends and buffered writes."""
+
+    @property
+    def sends(self) -> int: ...
+
+    @property
+    def fallbacks(self) -> int: ...
+
+
 def _by_transport(
     family: GaugeMetricFamily | CounterMetricFamily, total: float, ws: float
 ) -> Metric:
@@ -270,9 +280,16 @@ class TransportCollector(Collector):
     connections, well under a millisecond for 10,000).
     """
 
-    def __init__(self, router: RouterView, ws: MessageCounter | None) -> None:
+    def __init__(
+        self,
+        router: RouterView,
+        ws: MessageCounter | None,
+        writers: Mapping[str, SendCounts] | None = None,
+    ) -> None:
         self._router = router
         self._ws = ws
+        #: Each transport's TurnWriter, by label ("tcp", "ws"): plain ints read here.
+        self._writers = dict(writers or {})
 
     def collect(self) -> Iterator[Metric]:
         router, ws = self._router, self._ws
@@ -302,6 +319,24 @@ class TransportCollector(Collector):
             received,
             ws_messages,
         )
+        if self._writers:
+            sends = CounterMetricFamily(
+                "gamed_transport_sends",
+                "Sends straight on client sockets, one per connection per reactor turn "
+                "with output, by transport",
+                labels=["transport"],
+            )
+            buffered = CounterMetricFamily(
+                "gamed_transport_buffered_writes",
+                "Output handed to Twisted's transport buffer instead (the socket was full "
+                "or still held unsent bytes: a client reading slower than it is sent to)",
+                labels=["transport"],
+            )
+            for name, w in sorted(self._writers.items()):
+                sends.add_metric([name], w.sends)
+                buffered.add_metric([name], w.fallbacks)
+            yield sends
+            yield buffered
 
     def describe(self) -> list[Metric]:
         return []

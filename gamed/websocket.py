@@ -40,6 +40,7 @@ from gamed.protocol import (
     IdleSweep,
     IStreamTransport,
 )
+from gamed.turnwrite import TurnWriter, socket_transport
 
 _log = Logger()
 
@@ -268,6 +269,11 @@ class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ign
         self._peer_host = "unknown"
         self._peer_port = 0
         self._abort_call: IDelayedCall | None = None
+        #: This turn's messages for the factory's ``TurnWriter`` (gamed.turnwrite), the
+        #: writer, and the TCP connection it sends on (None: written through ``write``).
+        self._out: list[bytes] | None = None
+        self._turn: TurnWriter | None = None
+        self._raw: Any = None
         self.send_frame = self._drop  # type: ignore[method-assign]  # until the handshake
 
     # -- connection life -------------------------------------------------------------
@@ -303,6 +309,9 @@ class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ign
         self.ctx = ConnectionContext(self, self._peer_host, self._peer_port, self.clock)
         self.last_seen = self.ctx.connected_at
         self._opened = True
+        self._raw = socket_transport(self.transport)
+        if self._raw is not None:
+            self._turn = self.factory.turn
         self._route_output()
         self.handler.connection_made(self)
         if not self.closing and self._idle_timeout > 0:
@@ -379,6 +388,7 @@ class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ign
         self.factory.idle.conns.discard(self)
         self.closing = True
         self.send_frame = self._drop  # type: ignore[method-assign]
+        self._out = None  # the socket is gone: what was queued this turn goes with it
         try:
             super().connectionLost(reason)  # type: ignore[arg-type]
         finally:
@@ -485,6 +495,13 @@ class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ign
             cache.frame = frame  # holds the bytes: its identity cannot be reused meanwhile
         self.transport.write(cache.data)
 
+    def _queue_open(self, frame: bytes) -> None:
+        cache = self.factory.last
+        if frame is not cache.frame:
+            cache.data = text_message(frame)
+            cache.frame = frame
+        self._queue_frame(cache.data)
+
     def _write_while_paused(self, frame: bytes) -> None:
         self._backlog += len(frame)
         if self._backlog > self._max_backlog:
@@ -497,10 +514,15 @@ class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ign
         pass
 
     def _route_output(self) -> None:
+        # What this turn queued goes first: autobahn's own frames (a close, a ping)
+        # and the paused writer use the transport's ``write``.
+        self.flush_output()
         if self.closing or not self._opened:
             self.send_frame = self._drop  # type: ignore[method-assign]
         elif self.paused:
             self.send_frame = self._write_while_paused  # type: ignore[method-assign]
+        elif self._turn is not None:
+            self.send_frame = self._queue_open  # type: ignore[method-assign]
         else:
             self.send_frame = self._write_open  # type: ignore[method-assign]
 
@@ -568,6 +590,8 @@ class GameWebSocketFactory(WebSocketServerFactory):
         self.traffic = TrafficStats()
         #: The idle time-out of every connection, one timer for all (``check_idle``).
         self.idle = IdleSweep(clock)
+        #: Sends each connection's messages of a reactor turn on its socket in one go.
+        self.turn = TurnWriter(clock)
         #: Text messages handed to the handler, for gamed_transport_messages_received
         #: (a plain int, read at scrape time).
         self.messages = 0

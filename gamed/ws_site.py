@@ -64,6 +64,7 @@ class WebSocketSite(Site):
 
     def stopFactory(self) -> None:
         self.ws_factory.idle.stop()
+        self.ws_factory.turn.stop()
         super().stopFactory()
 
     def log(self, request: http.Request) -> None:

@@ -189,11 +189,14 @@ def heartbeat_ok(c: WireClient, timeout: float = 5.0) -> bool:
     return True
 
 
-def flood_until_dropped(talker: Any, room: int, text: str, rounds: int = 3000) -> bool:
+def flood_until_dropped(talker: Any, room: int, text: str, rounds: int = 6000) -> bool:
     """Chat ``text`` into ``room`` until a UserLeftRoom shows the silent peer was dropped.
 
     ``talker`` is any client with ``chat(room, text)`` and ``recv(timeout)``; its own
     copies are read every 50 messages. True once the drop is seen, False if never.
+    The bound is above what the kernel itself holds for the silent peer before gamed
+    sees a byte of backlog: on loopback (a 64 KiB MSS) the server's socket starts with
+    a send buffer of ~2.6-3.9 MB (``tcp_wmem``'s maximum, 4 MiB here).
     """
     for i in range(rounds):
         talker.chat(room, text)

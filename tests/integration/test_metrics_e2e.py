@@ -132,4 +132,8 @@ def test_metrics_parse_and_move_with_traffic(gamed: Any, tmp_path: Path) -> None
     rooms = {s.labels["room"] for s in after["gamed_room_members"].samples}
     assert len(rooms) == 3 and "other" in rooms and "100" in rooms  # top-2 + other
     assert value(after, "gamed_room_members") == 6
+    # Every answer above left in a send of the TCP listener's TurnWriter; nobody fell behind.
+    assert value(after, "gamed_transport_sends_total", transport="tcp") >= 6 + 32
+    assert value(after, "gamed_transport_buffered_writes_total", transport="tcp") == 0
+    assert value(after, "gamed_transport_sends_total", transport="ws") == 0
     assert "Duplicated timeseries" not in server.log()

@@ -270,3 +270,32 @@ def test_issue_targets_get_a_verdict_with_their_spread() -> None:
     idle = by_label["idle, KiB per joined connection, all plugins"]
     assert idle[3] == "MISSED by 0.10"
     assert "fan-out 500x2 W=2, all plugins, vs orjson floor" not in by_label  # did not run
+
+
+def test_ratios_to_the_turn_writing_floor_are_reported_not_judged() -> None:
+    runs = {
+        suite.BASELINE: {"fanout 50x20 w2": [{"metrics": {"deliveries_per_s": 400.0}}]},
+        suite.FLOOR_TURN: {"fanout 50x20 w2": [{"metrics": {"deliveries_per_s": 500.0}}]},
+        "gamed": {"fanout 50x20 w2": [{"metrics": {"deliveries_per_s": 450.0}}]},
+    }
+    medians = {
+        name: {k: suite.median_metrics([{**r, "errors": 0} for r in v]) for k, v in per.items()}
+        for name, per in runs.items()
+    }
+    spreads = {n: {k: suite.spread_metrics(v) for k, v in per.items()} for n, per in runs.items()}
+    by_label = {r[0]: r for r in suite.goal_rows(suite.GOALS, medians, spreads)}
+    turn = by_label["fan-out 50x20 W=2, all plugins, vs floor-turn"]
+    assert turn[1] == "(report)" and turn[3] == "report" and turn[2].startswith("0.90x")
+    assert by_label["fan-out 50x20 W=2, all plugins, vs orjson floor"][3] == "met"  # 1.12x
+    # Without floor-turn in the run, its rows are left out rather than shown as n/a.
+    del medians[suite.FLOOR_TURN]
+    labels = {r[0] for r in suite.goal_rows(suite.GOALS, medians, spreads)}
+    assert "fan-out 50x20 W=2, all plugins, vs floor-turn" not in labels
+
+
+def test_floor_turn_runs_only_where_the_write_path_shows() -> None:
+    by_key = {sc.key: sc for sc in suite.suite_scenarios(False, 5000)}
+    assert by_key["fanout 500x2 w2"].runs(suite.FLOOR_TURN)
+    assert by_key["open 1000x5/s f20"].runs(suite.FLOOR_TURN)
+    assert not next(sc for k, sc in by_key.items() if k.startswith("idle")).runs(suite.FLOOR_TURN)
+    assert next(sc for k, sc in by_key.items() if k.startswith("idle")).runs("gamed")

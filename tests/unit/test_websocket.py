@@ -12,6 +12,7 @@ import gc
 import ipaddress
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -620,6 +621,18 @@ def test_transport_labels_count_connections_and_messages(h: WsHarness) -> None:
     assert h.metric("gamed_transport_connections", transport="ws") == 1
     assert h.metric("gamed_transport_messages_received_total", transport="tcp") == 1
     assert h.metric("gamed_transport_messages_received_total", transport="ws") == 2
+    # StringTransports: nothing goes through a TurnWriter, so no writer is exported.
+    assert h.metric("gamed_transport_sends_total", transport="tcp") == 0
+
+
+def test_transport_sends_and_buffered_writes_by_writer(h: WsHarness) -> None:
+    tcp_w, ws_w = SimpleNamespace(sends=7, fallbacks=1), SimpleNamespace(sends=3, fallbacks=0)
+    collector = TransportCollector(h.router, h.ws_factory, {"tcp": tcp_w, "ws": ws_w})
+    h.metrics.registry.register(collector)
+    assert h.metric("gamed_transport_sends_total", transport="tcp") == 7
+    assert h.metric("gamed_transport_sends_total", transport="ws") == 3
+    assert h.metric("gamed_transport_buffered_writes_total", transport="tcp") == 1
+    assert h.metric("gamed_transport_buffered_writes_total", transport="ws") == 0
 
 
 # -- the static files -------------------------------------------------------------------------
