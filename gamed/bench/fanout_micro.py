@@ -6,11 +6,13 @@
 
 ``makeService`` builds gamed as ``twistd gamed`` would (the suite's bench flags: rate
 limits and flood detection off, nothing allowlisted, so every security check runs), on
-a stand-in reactor. Each client is a ``GameProtocol`` on a ``FileDescriptor`` transport
-whose writes are buffered exactly as Twisted's TCP transports buffer them (the producer
-check and all), but never sent: the buffers are emptied between rounds, as ``doWrite``
-would. Member 0 of each room sends chats in turn; the time is the process CPU per chat
-(frame parsing, decode, plugins, the broadcast's writes), min/median/max over rounds.
+a stand-in reactor. Each client is a ``GameProtocol`` on Twisted's TCP connection
+class over a socket whose ``send`` takes everything and sends nothing (``len``): the
+server's ``TurnWriter`` sends each member's frames once per turn on it, as on a real
+socket, and whatever would reach Twisted's own buffer is emptied between rounds, as
+``doWrite`` would. Member 0 of each room sends chats in turn, then the turn ends (the
+writer's flush); the time is the process CPU per chat (frame parsing, decode, plugins,
+the broadcast, the flush), min/median/max over rounds.
 
 Instruction counts (repeatable on a loaded machine): run it under
 ``valgrind --tool=callgrind`` with ``PYTHONHASHSEED=0`` (a random seed changes dict
@@ -34,7 +36,7 @@ import time
 from typing import Any
 
 import orjson
-from twisted.internet import abstract
+from twisted.internet import abstract, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.task import Clock
@@ -67,13 +69,21 @@ class _Reactor(Clock):
         return []
 
 
-class BenchTransport(abstract.FileDescriptor):
-    """Twisted's buffered writer (``FileDescriptor.write``), with no socket behind it."""
+class _NullSocket:
+    """A socket that takes every byte at once: ``send`` is ``len`` (a C call, no syscall)."""
+
+    send = staticmethod(len)
+
+
+class BenchTransport(tcp.Connection):
+    """Twisted's TCP connection (its buffered ``write`` and all) on a socket that sends
+    nothing: gamed's ``TurnWriter`` sends on it as on a real one."""
 
     protocol: Any = None
 
     def __init__(self, reactor: _Reactor, port: int) -> None:
-        super().__init__(reactor)
+        abstract.FileDescriptor.__init__(self, reactor)  # not Connection's: no real socket
+        self.socket: Any = _NullSocket()
         self.connected = 1
         self._peer = IPv4Address("TCP", "127.0.0.1", port)
 
@@ -165,6 +175,7 @@ def run_round(rooms: list[list[Any]], reactor: _Reactor, chats: int, router: Any
         t0 = time.process_time()
         for (p, _, _), data in zip(senders, frames, strict=True):
             p.dataReceived(data)
+        reactor.advance(0)  # the end of the reactor turn: gamed's TurnWriter sends
         elapsed += time.process_time() - t0
         n += len(senders)
         reactor.advance(0.002)

@@ -2,7 +2,9 @@
 
 A minimal Twisted Int32StringReceiver server speaking the gamed wire protocol with no
 checks, limits, auth or games: the fastest a Twisted server of this shape can be.
-gamed's numbers are read as a ratio to it. Connect -> ConnectionAck, HeartBeat ->
+gamed's numbers are read as a ratio to it. ``--turn-write`` gives it gamed's own write path
+(``gamed.turnwrite``) instead of Twisted's ``transport.write``: the floor for what gamed
+does above that (the suite's ``floor-turn`` target). Connect -> ConnectionAck, HeartBeat ->
 HeartBeatResponse, RoomJoin/RoomLeave with notices, ChatMessage encoded once and
 written to every member (sender included); anything else gets Error 404.
 
@@ -30,6 +32,8 @@ from twisted.python.failure import Failure
 
 _LEN = struct.Struct(">I")
 ROOMS: dict[int, dict[Floor, None]] = {}
+#: With ``--turn-write``: the TurnWriter every connection queues its output on.
+TURN: Any = None
 
 
 def _stdlib_dumps(obj: Any) -> bytes:
@@ -69,9 +73,28 @@ class Floor(Int32StringReceiver):
     def connectionMade(self) -> None:
         self.tcp = ITCPTransport(self.transport)
         self.tcp.setTcpNoDelay(True)
+        if TURN is not None:  # --turn-write: the same TurnWriter as gamed's
+            self._out: list[bytes] | None = None
+            self._turn = TURN
+            self._raw = self.transport
+            self.write = self._queue  # type: ignore[method-assign]
+
+    def write(self, data: bytes) -> None:
+        self.tcp.write(data)
+
+    def _queue(self, data: bytes) -> None:
+        # gamed's ConnectionBase._queue_frame, for the floor's one kind of connection.
+        out = self._out
+        if out is not None:
+            out.append(data)
+            return
+        self._out = [data]
+        self._turn.dirty.append(self)
+        if self._turn.call is None:
+            self._turn.schedule()
 
     def send(self, tag: str, **body: Any) -> None:
-        self.tcp.write(framed({tag: body}))
+        self.write(framed({tag: body}))
 
     def stringReceived(self, data: bytes) -> None:
         msg = loads(data)
@@ -82,7 +105,7 @@ class Floor(Int32StringReceiver):
         if tag == "ChatMessage":
             out = framed(msg)  # encode once, write the same bytes to every member
             for member in ROOMS.get(body["room_id"], ()):
-                member.tcp.write(out)
+                member.write(out)
         elif tag == "Connect":
             self.user_id = body["user_id"]
             self.send("ConnectionAck", user_id=self.user_id)
@@ -109,7 +132,7 @@ class Floor(Int32StringReceiver):
         out = framed({tag: body})
         for member in ROOMS.get(self.room_id, ()):
             if member is not self:
-                member.tcp.write(out)
+                member.write(out)
 
     def leave(self) -> int:
         """Leave the current room (if any); the members left behind."""
@@ -126,7 +149,13 @@ class Floor(Int32StringReceiver):
         return len(room)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._out = None
+        self.write = self._dropped  # type: ignore[method-assign]
         self.leave()
+
+    @staticmethod
+    def _dropped(data: bytes) -> None:
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,8 +165,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--port", type=int, default=7001, help="0 picks a free port")
     ap.add_argument("--json", choices=("stdlib", "orjson"), default="stdlib")
+    ap.add_argument(
+        "--turn-write",
+        action="store_true",
+        help="write as gamed does (gamed.turnwrite: one send per connection per turn)",
+    )
     args = ap.parse_args(argv)
     use_json(args.json)
+    if args.turn_write:
+        global TURN
+        from gamed.turnwrite import TurnWriter
+
+        TURN = TurnWriter(reactor)
     tcp: IReactorTCP = reactor
     factory = protocol.ServerFactory()
     factory.protocol = Floor
