@@ -23,6 +23,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import PreparedMessage, TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -30,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gamed import wsmask
 from gamed.connection import ConnectionBase
 from gamed.interfaces import IConnection, IConnectionHandler
 from gamed.messages import SystemMessage
@@ -581,6 +583,8 @@ class GameWebSocketFactory(WebSocketServerFactory):
         super().__init__()
         self.handler = handler
         self.clock = clock
+        # Short frames unmasked with int XOR instead of a native masker built per frame.
+        wsmask.install(autobahn_protocol)
         self.last = _LastFrame()
         #: This factory's own subclass: what its connections share (``_compact``).
         self.connection_class: type[WebSocketConnection] = type(
