@@ -20,13 +20,14 @@ import pytest
 from gamed.bench.scenarios import BenchConfig, run, run_users
 
 
-@pytest.fixture(scope="module")
-def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
-    """(port, pid) of a floor server on a free port; killed afterwards."""
+def _start_floor(
+    tmp_path_factory: pytest.TempPathFactory, *extra: str
+) -> Iterator[tuple[int, int]]:
     out = tmp_path_factory.mktemp("floor") / "floor.out"
+    argv = [sys.executable, "-m", "gamed.bench.floor", "--port", "0", "--json", "orjson", *extra]
     with open(out, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gamed.bench.floor", "--port", "0", "--json", "orjson"],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -50,6 +51,37 @@ def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """(port, pid) of a floor server on a free port; killed afterwards."""
+    yield from _start_floor(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def floor_turn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """The same floor writing through gamed's TurnWriter (the suite's ``floor-turn``)."""
+    yield from _start_floor(tmp_path_factory, "--turn-write")
+
+
+def test_the_turn_writing_floor_delivers_every_chat_and_survives_churn(
+    floor_turn: tuple[int, int],
+) -> None:
+    port, pid = floor_turn
+    cfg = BenchConfig(
+        scenario="fanout", port=port, rooms=2, members=3, warmup=0.2, duration=1.0, server_pid=pid
+    )
+    res = run(cfg)
+    assert res["ok"] and res["errors"] == 0, res
+    assert res["metrics"]["echo_count"] > 0
+    assert res["metrics"]["fanout"] == pytest.approx(3, abs=0.5)
+    churn = BenchConfig(
+        scenario="churn", port=port, workers=2, rooms=1, warmup=0.1, duration=0.5,
+        user_id_base=6_000_000, room_id_base=500,
+    )  # fmt: skip
+    res = run(churn)
+    assert res["metrics"]["cycles"] > 0 and res["errors"] == 0, res
 
 
 def test_fanout_closed_loop(floor: tuple[int, int]) -> None:
