@@ -225,3 +225,11 @@ def test_behind_the_proxy_protocol_the_tcp_connection_under_it_is_written(h: Har
     finally:
         ours.close()
         theirs.close()
+
+
+def test_a_tls_transport_is_written_through_its_write(peer: Peer) -> None:
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    tls = TLSMemoryBIOProtocol(None, peer.proto)  # what an ssl: listener hands the protocol
+    tls.transport = peer.transport  # over a real TCP connection, which encrypts nothing itself
+    assert socket_transport(tls) is None

@@ -664,3 +664,50 @@ def test_static_files_with_their_types_and_no_listing(tmp_path: Path) -> None:
     assert http_get(h, "/css/")[0] == 404  # no directory listing
     assert http_get(h, "/nope.js")[0] == 404
     assert http_get(h, "/../setup.cfg")[0] in (400, 403, 404)
+
+
+# -- the turn's output (gamed.turnwrite) ------------------------------------------------------
+
+
+class _TurnSocket:
+    """The raw TCP side a TurnWriter sends on: Twisted holds nothing, ``send`` appends to
+    the client's StringTransport (so the order of every byte on the wire shows)."""
+
+    def __init__(self, transport: StringTransport) -> None:
+        self.dataBuffer = b""
+        self._tempDataLen = 0
+        self.socket = SimpleNamespace(send=self._send)
+        self._transport = transport
+
+    def _send(self, data: bytes) -> int:
+        self._transport.write(data)
+        return len(data)
+
+
+def _on_a_turn_writer(h: WsHarness, c: WsClient) -> None:
+    c.conn._raw = _TurnSocket(c.transport)
+    c.conn._turn = h.ws_factory.turn
+    c.conn._route_output()
+
+
+def test_websocket_messages_of_a_turn_go_out_together_after_it(h: WsHarness) -> None:
+    c = h.ws()
+    c.connect(1)
+    _on_a_turn_writer(h, c)
+    c.send("HeartBeat", "HeartBeat")
+    assert c.received() == []  # queued for the turn
+    h.clock.advance(0)
+    assert [next(iter(m)) for m in c.received()] == ["HeartBeatResponse"] * 2
+    assert h.ws_factory.turn.sends == 1
+
+
+def test_a_queued_websocket_message_goes_before_the_close_frame(h: WsHarness) -> None:
+    c = h.ws()
+    c.connect(1)
+    _on_a_turn_writer(h, c)
+    c.conn.send(m.SystemMessage("last words"))
+    c.conn.close("kicked")  # autobahn writes the close frame through the transport
+    h.clock.advance(0)
+    frames = c.frames()
+    assert [op for op, _ in frames] == [wsframe.TEXT, wsframe.CLOSE]
+    assert b"last words" in frames[0][1]
