@@ -24,6 +24,19 @@ NATIVE_FROM = 1024
 _native: Callable[..., Any] | None = None
 
 
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """``payload`` XOR the 4-byte ``mask`` repeated (RFC 6455 section 5.3), in one go."""
+    n = len(payload)
+    if not n:
+        return b""
+    if n >= NATIVE_FROM and _native is not None:
+        result: bytes = _native(mask, n).process(payload)
+        return result
+    key = (mask * ((n >> 2) + 1))[:n]
+    x = int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")
+    return x.to_bytes(n, "little")
+
+
 class IntXorMasker:
     """autobahn's masker interface (``pointer``, ``reset``, ``process``) on int XOR."""
 

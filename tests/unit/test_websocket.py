@@ -199,9 +199,9 @@ def test_connections_after_the_first_open_like_it(h: WsHarness) -> None:
     second.send("HeartBeat")
     assert "HeartBeatResponse" in second.received()[0]
     # Messages do not grow it back: autobahn's per-frame state is in slots, and the
-    # frame's unmasker goes at the frame's end.
+    # frame's unmasker goes at the frame's end (a whole text frame never makes one).
     assert len(vars(second.conn)) <= 16
-    assert second.conn.current_frame_masker is None
+    assert getattr(second.conn, "current_frame_masker", None) is None
 
 
 def test_opening_logs_no_error(h: WsHarness) -> None:
@@ -711,3 +711,105 @@ def test_a_queued_websocket_message_goes_before_the_close_frame(h: WsHarness) ->
     frames = c.frames()
     assert [op for op, _ in frames] == [wsframe.TEXT, wsframe.CLOSE]
     assert b"last words" in frames[0][1]
+
+
+# -- whole text frames, read without autobahn's parser ---------------------------------------
+
+
+def _text(obj: object, key: bytes = KEY) -> bytes:
+    return wsframe.encode(wsframe.TEXT, dump(obj), key)
+
+
+def _autobahn_reads(c: WsClient) -> list[bytes]:
+    """Record what reaches autobahn's own parser from now on."""
+    seen: list[bytes] = []
+    parse = c.conn._dataReceived
+
+    def spy(data: bytes) -> None:
+        seen.append(data)
+        parse(data)
+
+    c.conn._dataReceived = spy  # type: ignore[method-assign]
+    return seen
+
+
+def test_whole_text_frames_are_taken_without_autobahns_parser(h: WsHarness) -> None:
+    c = h.ws()
+    c.connect(1)
+    seen = _autobahn_reads(c)
+    long_text = "y" * 300  # a 16-bit length
+    c.feed(
+        _text("HeartBeat")
+        + _text({"RoomJoin": {"user_id": 1, "room_id": 7, "nickname": "n1"}}, b"\xff\x00\xaa\x55")
+        + _text({"ChatMessage": {"user_id": 1, "room_id": 7, "message": long_text}})
+    )
+    got = c.received()
+    assert [next(iter(m)) for m in got] == ["HeartBeatResponse", "RoomJoinSuccess", "ChatMessage"]
+    assert got[2]["ChatMessage"]["message"] == long_text
+    assert seen == []  # every byte was read by the fast path
+
+
+def test_a_ping_between_messages_goes_to_autobahn_in_order(h: WsHarness) -> None:
+    c = h.ws()
+    c.connect(1)
+    seen = _autobahn_reads(c)
+    ping = wsframe.encode(wsframe.PING, b"p1", KEY)
+    c.feed(_text("HeartBeat") + ping + _text("HeartBeat"))
+    assert [next(iter(m)) for m in c.received()] == ["HeartBeatResponse"] * 2
+    assert c.pongs == [b"p1"]
+    assert seen == [ping + _text("HeartBeat")]  # from the ping on, autobahn read it all
+    c.feed(_text("HeartBeat"))  # and the next read is taken again
+    assert len(c.received()) == 1 and len(seen) == 1
+
+
+def test_a_frame_split_across_reads_is_delivered_once_whole(h: WsHarness) -> None:
+    c = h.ws()
+    c.connect(1)
+    frame = _text({"ChatMessage": {"user_id": 1, "room_id": 7, "message": "x" * 200}})
+    c.join(1, 7)
+    for cut in (1, 3, 7, len(frame) - 1):
+        c.feed(frame[:cut])
+        assert c.received() == []
+        c.feed(frame[cut:])
+        assert [next(iter(m)) for m in c.received()] == ["ChatMessage"]
+
+
+def test_what_the_fast_path_does_not_take_fails_as_autobahn_fails_it(h: WsHarness) -> None:
+    bad_utf8 = h.ws()
+    bad_utf8.connect(1)
+    bad_utf8.feed(_text("HeartBeat") + wsframe.encode(wsframe.TEXT, b'"\xff\xfe"', KEY))
+    assert [next(iter(m)) for m in bad_utf8.received()] == ["HeartBeatResponse"]
+    assert bad_utf8.close_code == 1007
+    unmasked = h.ws()
+    unmasked.connect(2)
+    unmasked.feed(b"\x81\x0b" + b'"HeartBeat"')  # a client frame without a mask
+    unmasked.received()
+    assert unmasked.close_code == 1002
+    reserved = h.ws()
+    reserved.connect(3)
+    reserved.feed(bytes([0xC1]) + wsframe.encode(wsframe.TEXT, b'"HeartBeat"', KEY)[1:])  # RSV1
+    reserved.received()
+    assert reserved.close_code == 1002
+
+
+def test_frames_after_a_message_that_closes_go_to_autobahn(h: WsHarness) -> None:
+    c = h.ws()
+    c.connect(1)
+    handled: list[bytes] = []
+    real = c.conn.handler
+
+    class Closing:
+        """The router, but the first message closes the connection (as a kick would)."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def frame_received(self, conn: Any, data: bytes) -> None:
+            handled.append(data)
+            conn.close("kicked")
+
+    c.conn.handler = Closing()  # type: ignore[assignment]
+    c.feed(_text("HeartBeat") + _text("HeartBeat"))
+    assert len(handled) == 1  # the second arrived after the close began: not handled
+    c.received()
+    assert c.close_code == 1008

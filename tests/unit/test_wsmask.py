@@ -54,3 +54,9 @@ def test_an_autobahn_without_the_hook_is_left_alone() -> None:
     import types
 
     assert not wsmask.install(types.ModuleType("not_autobahn"))
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 125, 126, 300, 65535])
+def test_unmask_in_one_go(n: int) -> None:
+    mask, data = os.urandom(4), os.urandom(n)
+    assert wsmask.unmask(data, mask) == create_xor_masker(mask, max(n, 1)).process(data)
