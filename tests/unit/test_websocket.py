@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
@@ -813,3 +815,99 @@ def test_frames_after_a_message_that_closes_go_to_autobahn(h: WsHarness) -> None
     assert len(handled) == 1  # the second arrived after the close began: not handled
     c.received()
     assert c.close_code == 1008
+
+
+_PIECES = st.lists(
+    st.one_of(
+        st.tuples(st.just("text"), st.text(max_size=300)),
+        st.tuples(st.just("text"), st.text(max_size=300)),
+        st.tuples(st.just("ping"), st.binary(max_size=20)),
+        st.tuples(st.just("fragments"), st.lists(st.text(max_size=40), min_size=2, max_size=3)),
+        st.tuples(st.just("bad"), st.sampled_from(["utf8", "unmasked", "rsv", "empty"])),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+def _frames(pieces: list[tuple[str, Any]], key: bytes) -> list[bytes]:
+    """The client frames for ``pieces`` (a fragmented message's frames as one item)."""
+    out = []
+    for kind, value in pieces:
+        if kind == "text":
+            out.append(wsframe.encode(wsframe.TEXT, value.encode(), key))
+        elif kind == "ping":
+            out.append(wsframe.encode(wsframe.PING, value, key))
+        elif kind == "fragments":
+            parts = [p.encode() for p in value]
+            frag = wsframe.encode(wsframe.TEXT, parts[0], key, fin=False)
+            for j, part in enumerate(parts[1:], 1):
+                frag += wsframe.encode(0, part, key, fin=j == len(parts) - 1)
+            out.append(frag)
+        else:
+            out.append(
+                {
+                    "utf8": wsframe.encode(wsframe.TEXT, b"ok\xff", key),
+                    "unmasked": b"\x81\x02ok",
+                    "rsv": bytes([0xC1]) + wsframe.encode(wsframe.TEXT, b"ok", key)[1:],
+                    "empty": wsframe.encode(wsframe.TEXT, b"", key),
+                }[value]
+            )
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pieces=_PIECES,
+    by_frame=st.booleans(),
+    cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=6),
+    key=st.binary(min_size=4, max_size=4),
+)
+def test_the_fast_path_and_autobahn_read_any_stream_alike(
+    pieces: list[tuple[str, Any]], by_frame: bool, cuts: list[int], key: bytes
+) -> None:
+    """Differential: the same bytes, read the same way (frame by frame in groups, or cut
+    anywhere), by a connection with the whole-frame path and by one without it: the
+    same messages, answers, pongs and close code."""
+    frames = _frames(pieces, key)
+    stream = b"".join(frames)
+    chunks: list[bytes] = []
+    if by_frame:  # reads that end on frame boundaries: cuts say how many frames per read
+        i = 0
+        for cut in [*cuts, len(frames)]:
+            if i >= len(frames):
+                break
+            n = cut % 3 + 1
+            chunks.append(b"".join(frames[i : i + n]))
+            i += n
+    else:
+        pos = 0
+        for cut in cuts:
+            if pos >= len(stream):
+                break
+            chunks.append(stream[pos : pos + cut])
+            pos += cut
+        chunks.append(stream[pos:])
+    outcomes = []
+    for fast in (True, False):
+        h = WsHarness()
+        c = h.ws()
+        c.connect(1)
+        seen: list[bytes] = []
+        deliver = c.conn.onMessage
+
+        def record(
+            payload: bytes, is_binary: bool, deliver: Any = deliver, seen: list[bytes] = seen
+        ) -> None:
+            seen.append(payload)
+            deliver(payload, is_binary)
+
+        c.conn.onMessage = record  # type: ignore[method-assign]
+        if not fast:
+            c.conn._take_text_frames = lambda data: data  # type: ignore[method-assign]
+        for chunk in chunks:
+            if c.conn.state != c.conn.STATE_CLOSED:
+                c.feed(chunk)
+        answers = c.received()
+        outcomes.append((seen, answers, c.pongs, c.close_code))
+    assert outcomes[0] == outcomes[1]
