@@ -444,8 +444,8 @@ class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ign
         hooks. Here the header is read with a few index operations, the payload unmasked
         with int XOR (gamed.wsmask) and checked as UTF-8 with the codec. Everything
         else stops this loop and goes to autobahn, which then does what it always did:
-        a fragment, a control frame (ping, pong, close), an unmasked frame or reserved
-        bits (1002), invalid UTF-8 (1007), a frame over the size limits (1009), a
+        a fragment, a control frame (ping, pong, close), an unmasked frame, reserved
+        bits or a length not in its minimal encoding (1002), invalid UTF-8 (1007), a frame over the size limits (1009), a
         frame not wholly received yet, a 64-bit length, and every byte after a message
         that started closing the connection.
         """
@@ -464,6 +464,8 @@ class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ign
                 head = i + 2
             elif length == 126 and n - i >= 8:
                 length = (data[i + 2] << 8) | data[i + 3]
+                if length < 126:
+                    break  # not the minimal encoding: autobahn fails it with 1002
                 head = i + 4
             else:
                 break

@@ -823,7 +823,9 @@ _PIECES = st.lists(
         st.tuples(st.just("text"), st.text(max_size=300)),
         st.tuples(st.just("ping"), st.binary(max_size=20)),
         st.tuples(st.just("fragments"), st.lists(st.text(max_size=40), min_size=2, max_size=3)),
-        st.tuples(st.just("bad"), st.sampled_from(["utf8", "unmasked", "rsv", "empty"])),
+        st.tuples(
+            st.just("bad"), st.sampled_from(["utf8", "unmasked", "rsv", "empty", "nonminimal"])
+        ),
     ),
     min_size=1,
     max_size=8,
@@ -851,6 +853,8 @@ def _frames(pieces: list[tuple[str, Any]], key: bytes) -> list[bytes]:
                     "unmasked": b"\x81\x02ok",
                     "rsv": bytes([0xC1]) + wsframe.encode(wsframe.TEXT, b"ok", key)[1:],
                     "empty": wsframe.encode(wsframe.TEXT, b"", key),
+                    # "ok" with a 16-bit length: RFC 6455 wants the shortest form (1002)
+                    "nonminimal": b"\x81\xfe\x00\x02" + key + wsframe.mask(b"ok", key),
                 }[value]
             )
     return out
