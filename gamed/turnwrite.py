@@ -8,7 +8,7 @@ two system calls, a poll event and several Python calls per delivery on top of t
 ``send``, and it is most of what fan-out costs above decoding.
 
 ``TurnWriter`` keeps the frames a connection is sent during one turn of the reactor
-(``GameProtocol.send_frame`` appends to a list) and, once the turn's events are
+(its ``send_frame``, TCP or WebSocket, appends to a list: ``ConnectionBase._queue_frame``) and, once the turn's events are
 handled (a ``callLater(0)``, which the reactor runs before its next poll), writes
 each connection's frames with one ``socket.send``. What the socket does not take,
 and everything while Twisted still holds unsent bytes for that transport, goes to
@@ -55,10 +55,11 @@ class TurnWriter:
         #: The pending flush (a ``callLater(0)``), or None when nothing is queued.
         self.call: IDelayedCall | None = None
         #: Connections that queued a frame this turn (each once per turn; one flushed
-        #: early, by ``GameProtocol.flush_output``, is skipped).
+        #: early, by ``ConnectionBase.flush_output``, is skipped).
         self.dirty: list[Any] = []
         #: Sends made on sockets, and writes handed to Twisted's buffer instead (the
-        #: socket was full, failing, or Twisted still held bytes): for /stats.
+        #: socket was full, failing, or Twisted still held bytes): exported as
+        #: gamed_transport_sends_total and gamed_transport_buffered_writes_total.
         self.sends = 0
         self.fallbacks = 0
 
