@@ -445,9 +445,9 @@ class WebSocketConnection(ConnectionBase, WebSocketServerProtocol):  # type: ign
         with int XOR (gamed.wsmask) and checked as UTF-8 with the codec. Everything
         else stops this loop and goes to autobahn, which then does what it always did:
         a fragment, a control frame (ping, pong, close), an unmasked frame, reserved
-        bits or a length not in its minimal encoding (1002), invalid UTF-8 (1007), a frame over the size limits (1009), a
-        frame not wholly received yet, a 64-bit length, and every byte after a message
-        that started closing the connection.
+        bits or a length not in its minimal encoding (1002), invalid UTF-8 (1007), a
+        frame over the size limits (1009), a frame not wholly received yet, a 64-bit
+        length, and every byte after a message that started closing the connection.
         """
         n = len(data)
         i = 0
